@@ -1,0 +1,1 @@
+"""Shared API: typed models of MoEDeployment/MoEPool, presets, validation and generated schemas."""

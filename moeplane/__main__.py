@@ -1,0 +1,3 @@
+from moeplane.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Kopf operator: reconciles MoEDeployment into MoEPools, KubeRay RayClusters, services and config."""

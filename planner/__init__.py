@@ -1,0 +1,1 @@
+"""SLA planner: observe, predict, size and scale the prefill and decode pools; dashboard."""
