@@ -16,3 +16,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on 127.0.0.1, shared by the session. Tests use distinct key prefixes."""
+    from moeplane.local_redis import LocalRedis
+
+    server = LocalRedis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance per test session: actors cost ~300 MB and seconds each on 2 cores."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
