@@ -1,0 +1,381 @@
+"""The MoEDeployment spec: what the user asks for, in typed pydantic models.
+
+These models are the single source of truth: the CRDs (`crdgen.py`), the validation rules
+(`validation.py`) and the resolved layout (`layout.py`) are all derived from them. Attributes are
+snake_case with units; on the wire they are camelCase (`ApiModel`). Field descriptions become the
+CRD's (and the Helm values schema's) descriptions, so they are written for users.
+
+Structural checks (types, ranges, enums) happen when a model is built; cross-field rules (expert
+divisibility, memory fit...) live in `validation.py`, and `parse_deployment` runs both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypeVar
+
+from moeplane.api.arch import ModelArch
+from moeplane.api.base import ApiModel
+from moeplane.api.enums import (
+    EplbAlgorithm,
+    EplbMode,
+    KvTransferBackend,
+    PerfModelSource,
+    Predictor,
+    Role,
+    WeightsFormat,
+)
+from moeplane.api.errors import Problem, SpecInvalid, pydantic_problem
+from moeplane.api.hardware import HardwarePreset, HardwareSpec, hardware_preset
+from moeplane.api.layout import GroupLayout
+from moeplane.api.presets import ModelPreset, model_preset
+from moeplane.api.status import Condition, MoEDeploymentStatus
+from pydantic import ConfigDict, Field, ValidationError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+# ---- spec -------------------------------------------------------------------------------------
+
+
+class WeightsSpec(ApiModel):
+    """Where the model's weights come from."""
+
+    format: WeightsFormat = Field(
+        WeightsFormat.SAFETENSORS,
+        description="safetensors (Hugging Face DeepSeek-V3 tensor names) or random (seeded, for tests).",
+    )
+    uri: str | None = Field(
+        None,
+        min_length=1,
+        description="Location of the safetensors checkpoint: a local path, pvc://CLAIM/PATH, "
+        "hf://ORG/REPO or s3://BUCKET/PREFIX. Required for safetensors.",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the random initialisation (format random).")
+
+
+class ModelSpec(ApiModel):
+    """The model to serve: a preset name or an explicit architecture, plus weights and tokenizer."""
+
+    preset: ModelPreset | None = Field(
+        None, description="Model preset: deepseek-v3, deepseek-r1, kimi-k2, qwen3-235b-a22b or tiny."
+    )
+    architecture: ModelArch | None = Field(
+        None, description="Explicit architecture constants, in place of a preset."
+    )
+    weights: WeightsSpec = Field(description="Where the weights come from.")
+    tokenizer: str | None = Field(
+        None,
+        min_length=1,
+        description="Tokenizer location (path or Hugging Face repo id); defaults to the weights' "
+        "location. `bytes` selects the byte-level tokenizer of the tiny model.",
+    )
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name on the OpenAI-compatible API; defaults to the deployment's name.",
+    )
+
+    def resolve_arch(self) -> ModelArch:
+        """The architecture to serve; ValueError when neither or both of preset/architecture are set."""
+        if (self.preset is None) == (self.architecture is None):
+            raise ValueError("set exactly one of spec.model.preset and spec.model.architecture")
+        if self.architecture is not None:
+            return self.architecture
+        assert self.preset is not None
+        return model_preset(self.preset)
+
+
+class HardwareConfig(ApiModel):
+    """The GPU type the pools run on."""
+
+    gpu: HardwarePreset = Field(
+        description="GPU preset: h100, h200, h800, b200, gb200, or cpu for the embedded default."
+    )
+    gpus_per_node: int | None = Field(
+        None, gt=0, description="GPUs per node; overrides the preset's value."
+    )
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", min_length=1, description="Extended resource name of one GPU."
+    )
+    rdma_resource_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Extended resource name of an RDMA NIC (e.g. rdma/hca), requested once per GPU.",
+    )
+
+    def figures(self) -> HardwareSpec:
+        """The preset's datasheet figures with `gpusPerNode` applied."""
+        preset = hardware_preset(self.gpu)
+        if self.gpus_per_node is None:
+            return preset
+        return preset.model_copy(update={"gpus_per_node": self.gpus_per_node})
+
+    @property
+    def effective_gpus_per_node(self) -> int:
+        return self.figures().gpus_per_node
+
+
+class PoolSpec(ApiModel):
+    """One pool (prefill or decode): its expert-parallel layout and its scaling bounds."""
+
+    expert_parallel: int = Field(
+        gt=0,
+        description="EP size: GPUs per EP group. At most gpusPerNode, or a multiple of it.",
+    )
+    data_parallel_attention: int | None = Field(
+        None,
+        gt=0,
+        description="Attention data-parallel size within an EP group; attention is tensor-parallel "
+        "over expertParallel / dataParallelAttention GPUs. Defaults to expertParallel (every GPU "
+        "owns its own requests and KV cache).",
+    )
+    redundant_experts: int = Field(
+        0,
+        ge=0,
+        description="Extra expert slots per layer for replicas of hot experts. (routed experts + "
+        "redundantExperts) must be divisible by expertParallel.",
+    )
+    replicas: int = Field(1, ge=0, description="EP groups to run now.")
+    min_replicas: int = Field(1, ge=0, description="Fewest EP groups the planner may scale to.")
+    max_replicas: int | None = Field(
+        None, ge=0, description="Most EP groups the planner may scale to; unbounded if unset."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU's memory for weights and KV cache (the rest is "
+        "activations and communication buffers).",
+    )
+    min_kv_tokens_per_gpu: int = Field(
+        4096,
+        ge=0,
+        description="Smallest KV cache, in tokens per GPU, that must fit beside the weights.",
+    )
+    # Pod-level overrides; the Kubernetes structures pass through as they are.
+    image: str | None = Field(None, min_length=1, description="Container image; overrides spec.image.")
+    resources: dict[str, Any] | None = Field(
+        None,
+        description="Kubernetes ResourceRequirements of the worker container (CPU, memory...). "
+        "GPU and RDMA requests are added from the layout.",
+    )
+    node_selector: dict[str, str] | None = Field(None, description="Node selector of the pods.")
+    tolerations: list[dict[str, Any]] | None = Field(None, description="Kubernetes tolerations.")
+    affinity: dict[str, Any] | None = Field(None, description="Kubernetes affinity.")
+
+    @property
+    def attention_dp_size(self) -> int:
+        return self.data_parallel_attention or self.expert_parallel
+
+
+class EplbSpec(ApiModel):
+    """Expert-parallel load balancing."""
+
+    mode: EplbMode = Field(EplbMode.ONLINE, description="off, static (from loadFile) or online.")
+    algorithm: EplbAlgorithm = Field(
+        EplbAlgorithm.AUTO,
+        description="Placement policy: auto (moeplane's own), or DeepSeek's hierarchical or global.",
+    )
+    window_seconds: float = Field(
+        60.0, gt=0, description="Sliding window of expert-load counts; at most intervalSeconds."
+    )
+    interval_seconds: float = Field(300.0, gt=0, description="How often the balancer runs.")
+    balancedness_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Rebalance when mean/max per-GPU token load falls below this.",
+    )
+    load_file: str | None = Field(
+        None,
+        min_length=1,
+        description="Expert-load file (JSON or .pt of [layers, experts] counts); required for static.",
+    )
+
+
+class KvTransferSpec(ApiModel):
+    """How decode pulls the KV cache from prefill."""
+
+    backend: KvTransferBackend = Field(KvTransferBackend.GRPC, description="grpc or mooncake.")
+    chunk_bytes: int = Field(
+        512 * KiB, ge=256 * KiB, le=1 * MiB, description="Bytes per streamed chunk, 256 KiB to 1 MiB."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="Prefill frees a request's KV blocks after this if decode never acks."
+    )
+
+
+class SlaSpec(ApiModel):
+    """Latency targets the planner sizes the pools for."""
+
+    ttft_ms: float = Field(gt=0, description="Time-to-first-token target, milliseconds.")
+    itl_ms: float = Field(gt=0, description="Inter-token latency target, milliseconds.")
+    percentile: float = Field(
+        90.0, gt=0, lt=100, description="Percentile the targets apply to, e.g. 90 for p90."
+    )
+
+
+class PlannerSpec(ApiModel):
+    """The SLA planner. It keeps each pool within its minReplicas..maxReplicas bounds."""
+
+    enabled: bool = Field(True, description="Let the planner scale the pools.")
+    interval_seconds: float = Field(60.0, gt=0, description="Seconds between planning decisions.")
+    predictor: Predictor = Field(
+        Predictor.EMA, description="Load predictor: constant, ema, holt, kalman or arima."
+    )
+    gpu_budget_nodes: int | None = Field(
+        None,
+        gt=0,
+        description="Most nodes both pools together may use (as nodes × gpusPerNode GPUs).",
+    )
+    cooldown_seconds: float = Field(
+        120.0, ge=0, description="Least time between two scaling actions on the same pool."
+    )
+    max_step_groups: int = Field(
+        2, gt=0, description="Most EP groups a pool may grow or shrink by in one decision."
+    )
+    perf_model: PerfModelSource = Field(
+        PerfModelSource.ROOFLINE, description="Performance model: roofline or profile."
+    )
+    profile_file: str | None = Field(
+        None, min_length=1, description="Profile JSON written by `moeplane profile` (perfModel profile)."
+    )
+
+
+class FrontendSpec(ApiModel):
+    """The OpenAI-compatible frontend of the deployment."""
+
+    replicas: int = Field(1, ge=1, description="Frontend pods.")
+    image: str | None = Field(None, min_length=1, description="Container image; overrides spec.image.")
+    resources: dict[str, Any] | None = Field(None, description="Kubernetes ResourceRequirements.")
+
+
+class MoEDeploymentSpec(ApiModel):
+    """A mixture-of-experts model served by a prefill pool and a decode pool."""
+
+    model: ModelSpec = Field(description="The model, its weights and tokenizer.")
+    hardware: HardwareConfig = Field(description="GPU type and node shape.")
+    image: str | None = Field(
+        None, min_length=1, description="Default container image of workers and frontend."
+    )
+    prefill: PoolSpec = Field(description="The prefill pool.")
+    decode: PoolSpec = Field(description="The decode pool.")
+    eplb: EplbSpec = Field(default_factory=EplbSpec, description="Expert load balancing.")
+    kv_transfer: KvTransferSpec = Field(
+        default_factory=KvTransferSpec, description="KV-cache transfer from prefill to decode."
+    )
+    sla: SlaSpec = Field(description="Latency targets.")
+    planner: PlannerSpec = Field(default_factory=PlannerSpec, description="The SLA planner.")
+    frontend: FrontendSpec = Field(default_factory=FrontendSpec, description="The frontend.")
+
+    def pool(self, role: Role) -> PoolSpec:
+        return self.prefill if role is Role.PREFILL else self.decode
+
+
+# ---- MoEPool: one per role, owned by the operator, scaled through /scale ------------------------
+
+
+class MoEPoolSpec(ApiModel):
+    """A pool of EP groups of one role. Replicas count EP groups (the scale subresource)."""
+
+    role: Role = Field(description="prefill or decode.")
+    deployment_name: str = Field(min_length=1, description="The owning MoEDeployment.")
+    replicas: int = Field(ge=0, description="EP groups to run.")
+    layout: GroupLayout = Field(description="The resolved shape of one EP group.")
+    image: str | None = Field(None, min_length=1, description="Worker container image.")
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", min_length=1, description="Extended resource name of one GPU."
+    )
+    rdma_resource_name: str | None = Field(
+        None, min_length=1, description="Extended resource name of an RDMA NIC, one per GPU."
+    )
+    resources: dict[str, Any] | None = Field(
+        None, description="Kubernetes ResourceRequirements of the worker container."
+    )
+    node_selector: dict[str, str] | None = Field(None, description="Node selector of the pods.")
+    tolerations: list[dict[str, Any]] | None = Field(None, description="Kubernetes tolerations.")
+    affinity: dict[str, Any] | None = Field(None, description="Kubernetes affinity.")
+
+
+class MoEPoolStatus(ApiModel):
+    """Observed state of a pool; `replicas` and `selector` serve the scale subresource."""
+
+    replicas: int = Field(0, ge=0, description="EP groups that exist.")
+    ready_replicas: int = Field(0, ge=0, description="EP groups with every worker ready.")
+    ready_workers: int = Field(0, ge=0, description="Ready worker pods over all groups.")
+    selector: str = Field("", description="Label selector of the pool's pods (for HPA/KEDA).")
+    observed_generation: int | None = Field(None, ge=0, description="The spec generation observed.")
+    placement_version: int | None = Field(None, ge=0, description="Expert placement version served.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+
+
+# ---- top-level objects ------------------------------------------------------------------------
+
+GROUP = "moeplane.io"
+VERSION = "v1alpha1"
+API_VERSION: Final = "moeplane.io/v1alpha1"
+
+
+class ObjectMeta(ApiModel):
+    """The metadata fields moeplane reads; everything else Kubernetes sets is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    generation: int | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+
+
+class MoEDeployment(ApiModel):
+    api_version: Literal["moeplane.io/v1alpha1"] = API_VERSION
+    kind: Literal["MoEDeployment"] = "MoEDeployment"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: MoEDeploymentSpec
+    status: MoEDeploymentStatus | None = None
+
+
+class MoEPool(ApiModel):
+    api_version: Literal["moeplane.io/v1alpha1"] = API_VERSION
+    kind: Literal["MoEPool"] = "MoEPool"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: MoEPoolSpec
+    status: MoEPoolStatus | None = None
+
+
+def parse_deployment(obj: object, *, validate: bool = True) -> MoEDeployment:
+    """A MoEDeployment from its wire form (a dict, as from YAML or the API server).
+
+    Raises `SpecInvalid` listing every problem, each naming its field path: first the
+    structural ones (types, ranges, enums, unknown fields); when there are none, the
+    cross-field rules of `validation.py` (skipped with `validate=False`). Never raises anything
+    else for bad input.
+    """
+    deployment = _parse(MoEDeployment, obj)
+    if validate:
+        # Imported here because validation.py builds on these models.
+        from moeplane.api.validation import check_spec
+
+        check_spec(deployment.spec)
+    return deployment
+
+
+def parse_pool(obj: object) -> MoEPool:
+    """A MoEPool from its wire form; raises `SpecInvalid` on structural problems."""
+    return _parse(MoEPool, obj)
+
+
+_M = TypeVar("_M", bound=ApiModel)
+
+
+def _parse(model: type[_M], obj: object) -> _M:
+    if not isinstance(obj, dict):
+        raise SpecInvalid([Problem("(document)", f"must be a mapping, got {type(obj).__name__}")])
+    try:
+        return model.model_validate(obj)
+    except ValidationError as err:
+        raise SpecInvalid([pydantic_problem(e) for e in err.errors()]) from None

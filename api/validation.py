@@ -1,0 +1,171 @@
+"""Cross-field rules of a MoEDeployment spec: every problem, each naming its field path with numbers.
+
+Structural rules (types, ranges, enums) are enforced by the models themselves; these are the
+rules that relate fields to each other and to the model and GPU presets. `validate_spec` returns
+all problems; `check_spec` raises `SpecInvalid` carrying them. The rules CEL can express are
+mirrored in the CRD (`celrules.py`) so the API server refuses the same manifests.
+"""
+
+from __future__ import annotations
+
+from moeplane.api.arch import AttentionKind, ModelArch
+from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
+from moeplane.api.errors import Problem, SpecInvalid
+from moeplane.api.hardware import HardwareSpec
+from moeplane.api.layout import resolve_group
+from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
+
+GB = 1e9
+
+
+def check_spec(spec: MoEDeploymentSpec) -> None:
+    """Raise `SpecInvalid` with every cross-field problem of `spec`."""
+    problems = validate_spec(spec)
+    if problems:
+        raise SpecInvalid(problems)
+
+
+def validate_spec(spec: MoEDeploymentSpec) -> list[Problem]:
+    """Every cross-field problem of `spec`, in field order."""
+    problems = _model_problems(spec)
+    hw = spec.hardware.figures()
+    arch = _arch_or_none(spec)
+    for role in Role:
+        problems += _pool_problems(f"spec.{role.value}", spec.pool(role), role, arch, hw)
+    problems += _eplb_problems(spec)
+    problems += _planner_problems(spec, hw)
+    return problems
+
+
+def _arch_or_none(spec: MoEDeploymentSpec) -> ModelArch | None:
+    try:
+        return spec.model.resolve_arch()
+    except ValueError:
+        return None
+
+
+def _model_problems(spec: MoEDeploymentSpec) -> list[Problem]:
+    model = spec.model
+    problems = []
+    if model.preset is None and model.architecture is None:
+        problems.append(Problem("spec.model", "set one of preset or architecture (neither is set)"))
+    elif model.preset is not None and model.architecture is not None:
+        problems.append(Problem("spec.model", "set only one of preset or architecture (both are set)"))
+    if model.weights.format is WeightsFormat.SAFETENSORS and model.weights.uri is None:
+        problems.append(Problem("spec.model.weights.uri", "is required when format is safetensors"))
+    return problems
+
+
+def _pool_problems(
+    path: str, pool: PoolSpec, role: Role, arch: ModelArch | None, hw: HardwareSpec
+) -> list[Problem]:
+    problems = []
+    ep, gpn = pool.expert_parallel, hw.gpus_per_node
+    if ep > gpn and ep % gpn:
+        problems.append(Problem(
+            f"{path}.expertParallel",
+            f"{ep} must be at most gpusPerNode ({gpn}) or a multiple of it",
+        ))
+    if arch is not None:
+        slots = arch.num_routed_experts + pool.redundant_experts
+        if slots % ep:
+            problems.append(Problem(
+                f"{path}.expertParallel",
+                f"{arch.num_routed_experts} routed + {pool.redundant_experts} redundant experts = "
+                f"{slots} slots per layer, not divisible by expertParallel {ep}",
+            ))
+    problems += _attention_problems(path, pool, arch, gpn)
+    if pool.min_replicas > pool.replicas:
+        problems.append(Problem(
+            f"{path}.minReplicas", f"{pool.min_replicas} exceeds replicas ({pool.replicas})"
+        ))
+    if pool.max_replicas is not None and pool.replicas > pool.max_replicas:
+        problems.append(Problem(
+            f"{path}.maxReplicas", f"{pool.max_replicas} is below replicas ({pool.replicas})"
+        ))
+    if arch is not None and not problems:
+        problems += _memory_problems(path, pool, role, arch, hw)
+    return problems
+
+
+def _attention_problems(path: str, pool: PoolSpec, arch: ModelArch | None, gpn: int) -> list[Problem]:
+    ep, dp = pool.expert_parallel, pool.attention_dp_size
+    field = f"{path}.dataParallelAttention"
+    if dp > ep or ep % dp:
+        return [Problem(field, f"{dp} must divide expertParallel ({ep})")]
+    tp = ep // dp
+    problems = []
+    if tp > gpn:
+        problems.append(Problem(
+            field,
+            f"attention tensor parallelism expertParallel/dataParallelAttention = {ep}/{dp} = {tp} "
+            f"spans more than one node ({gpn} GPUs)",
+        ))
+    if arch is not None and tp > 1:
+        if arch.num_attention_heads % tp:
+            problems.append(Problem(
+                field,
+                f"attention tensor parallelism {tp} (= {ep}/{dp}) does not divide the model's "
+                f"{arch.num_attention_heads} attention heads",
+            ))
+        kv = arch.num_kv_heads
+        if arch.attention is AttentionKind.GQA and kv % tp and tp % kv:
+            problems.append(Problem(
+                field,
+                f"attention tensor parallelism {tp} (= {ep}/{dp}) and the model's {kv} KV heads "
+                "must divide one another",
+            ))
+    return problems
+
+
+def _memory_problems(
+    path: str, pool: PoolSpec, role: Role, arch: ModelArch, hw: HardwareSpec
+) -> list[Problem]:
+    group = resolve_group(arch, hw, pool, role)
+    kv_min = pool.min_kv_tokens_per_gpu * group.kv_bytes_per_token_per_gpu
+    need = group.weight_bytes_per_gpu + kv_min
+    if need <= group.usable_bytes_per_gpu:
+        return []
+    replicated = group.weight_bytes_per_gpu - group.expert_weight_bytes_per_gpu
+    return [Problem(
+        f"{path}.expertParallel",
+        f"does not fit in GPU memory: {group.routed_experts_per_gpu} routed + "
+        f"{group.shared_experts_per_gpu} shared experts per GPU x {arch.num_moe_layers} MoE layers = "
+        f"{group.expert_weight_bytes_per_gpu / GB:.1f} GB, plus {replicated / GB:.1f} GB replicated "
+        f"weights, plus minKvTokensPerGpu {pool.min_kv_tokens_per_gpu} x "
+        f"{group.kv_bytes_per_token_per_gpu} B = {kv_min / GB:.1f} GB, needs {need / GB:.1f} GB > "
+        f"{group.usable_bytes_per_gpu / GB:.1f} GB usable ({hw.hbm_bytes / GB:.1f} GB {hw.name} x "
+        f"gpuMemoryUtilization {pool.gpu_memory_utilization}); raise expertParallel",
+    )]
+
+
+def _eplb_problems(spec: MoEDeploymentSpec) -> list[Problem]:
+    eplb = spec.eplb
+    problems = []
+    if eplb.window_seconds > eplb.interval_seconds:
+        problems.append(Problem(
+            "spec.eplb.windowSeconds",
+            f"{eplb.window_seconds:g} s is longer than intervalSeconds ({eplb.interval_seconds:g} s)",
+        ))
+    if eplb.mode is EplbMode.STATIC and eplb.load_file is None:
+        problems.append(Problem("spec.eplb.loadFile", "is required when mode is static"))
+    return problems
+
+
+def _planner_problems(spec: MoEDeploymentSpec, hw: HardwareSpec) -> list[Problem]:
+    planner = spec.planner
+    problems = []
+    if planner.perf_model is PerfModelSource.PROFILE and planner.profile_file is None:
+        problems.append(Problem("spec.planner.profileFile", "is required when perfModel is profile"))
+    if planner.gpu_budget_nodes is not None:
+        budget_gpus = planner.gpu_budget_nodes * hw.gpus_per_node
+        p, d = spec.prefill, spec.decode
+        need = p.min_replicas * p.expert_parallel + d.min_replicas * d.expert_parallel
+        if need > budget_gpus:
+            problems.append(Problem(
+                "spec.planner.gpuBudgetNodes",
+                f"{planner.gpu_budget_nodes} nodes x {hw.gpus_per_node} = {budget_gpus} GPUs cannot "
+                f"hold the pools' minimum: prefill {p.min_replicas} x EP{p.expert_parallel} + decode "
+                f"{d.min_replicas} x EP{d.expert_parallel} = {need} GPUs",
+            ))
+    return problems
