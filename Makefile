@@ -16,14 +16,16 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,mooncake]'
 	touch $(STAMP)
 
-# Debian packages: redis-server (the embedded stack and the tests) and chromium (browser tests).
+# Debian packages: redis-server (the embedded stack and the tests), chromium (browser tests) and
+# libibverbs1 (Mooncake's transfer engine loads it even for TCP).
 sysdeps:
-	@command -v redis-server >/dev/null && command -v chromium >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null && \
+	  ldconfig -p | grep -q libibverbs.so.1 || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium libibverbs1 >/dev/null; }
 
 demo: setup sysdeps
 	$(BIN)/moeplane demo
@@ -49,6 +51,7 @@ pytest: setup sysdeps
 
 crds: setup
 	$(BIN)/moeplane crds
+	$(PY) -m moeplane.api.helmvalues
 
 protos: setup
 	$(PY) -m moeplane.protos.generate

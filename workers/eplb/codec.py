@@ -1,0 +1,74 @@
+"""Placements and count matrices as bytes and JSON, for Redis, ConfigMaps and files.
+
+Binary form: a one-line JSON header, a newline, then the raw little-endian int64 matrix; a
+[58, 288] placement is 134 KB raw. JSON form: nested lists, for humans and ConfigMaps.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from moeplane.workers.placement import Placement, PlacementError
+
+
+class CodecError(ValueError):
+    """Bytes or JSON that do not decode to what they claim."""
+
+
+def encode_matrix(matrix: torch.Tensor, **header: Any) -> bytes:
+    """[L, N] integer tensor -> header line + raw int64 bytes. Extra header fields must be JSON."""
+    if matrix.dim() != 2:
+        raise CodecError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
+    body = matrix.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy().astype("<i8").tobytes()
+    head = {**header, "shape": list(matrix.shape), "dtype": "int64"}
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+
+
+def decode_matrix(data: bytes) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Inverse of `encode_matrix`: ([L, N] int64 tensor, header)."""
+    head_raw, sep, body = data.partition(b"\n")
+    if not sep:
+        raise CodecError("missing header line")
+    try:
+        head = json.loads(head_raw)
+        rows, cols = (int(x) for x in head["shape"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CodecError(f"bad header {head_raw[:200]!r}: {exc}") from None
+    if head.get("dtype") != "int64" or len(body) != rows * cols * 8:
+        raise CodecError(
+            f"body holds {len(body)} bytes, expected {rows * cols * 8} for int64 [{rows}, {cols}]"
+        )
+    array = np.frombuffer(body, dtype="<i8").reshape(rows, cols)
+    return torch.from_numpy(array.astype(np.int64)), head
+
+
+def encode_placement(placement: Placement) -> bytes:
+    return encode_matrix(placement.phy2log, version=placement.version, num_logical=placement.num_logical)
+
+
+def decode_placement(data: bytes) -> Placement:
+    phy2log, head = decode_matrix(data)
+    try:
+        return Placement.from_phy2log(phy2log, int(head["num_logical"]), version=int(head["version"]))
+    except (KeyError, TypeError, ValueError, PlacementError) as exc:
+        raise CodecError(f"not a placement: {exc}") from None
+
+
+def placement_to_json(placement: Placement) -> dict[str, Any]:
+    """{"version", "numLogical", "phy2log": [[...]]}: the ConfigMap / file form."""
+    return {
+        "version": placement.version,
+        "numLogical": placement.num_logical,
+        "phy2log": placement.phy2log.tolist(),
+    }
+
+
+def placement_from_json(doc: dict[str, Any]) -> Placement:
+    try:
+        phy2log = torch.tensor(doc["phy2log"], dtype=torch.int64)
+        return Placement.from_phy2log(phy2log, int(doc["numLogical"]), version=int(doc.get("version", 0)))
+    except (KeyError, TypeError, ValueError, RuntimeError, PlacementError) as exc:
+        raise CodecError(f"not a placement document: {exc}") from None

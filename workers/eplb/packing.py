@@ -1,0 +1,403 @@
+"""Vectorised building blocks of the balancer, batched over D independent domains.
+
+A domain is one layer (global placement) or one (layer, node) pair (hierarchical placement).
+Every function loops over items, rounds or search steps, never over domains, so the cost does
+not grow with the number of layers beyond the width of each tensor operation.
+
+Loads are float64 throughout: token counts reach 1e9 per window and float32 would blur the
+comparisons that the local search relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# A swap must shrink the hottest bin by more than this fraction of its load; it keeps float32
+# rounding in the candidate scores from cycling the search.
+_REL_EPS = 1e-5
+
+
+def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Replicas per expert that minimise the hottest replica's load (greedy, optimal for that).
+
+    Each step gives one more replica to the expert whose per-replica load `weight / count` is the
+    largest, as DeepSeek's EPLB does.
+
+    Args:
+        weight: [D, E] float64 loads.
+        num_slots: slots to fill per domain (>= E).
+    Returns:
+        [D, E] int64 counts, each >= 1, summing to `num_slots` per domain.
+    """
+    num_domains, num_experts = weight.shape
+    counts = torch.ones(num_domains, num_experts, dtype=torch.int64)
+    one = torch.ones(num_domains, 1, dtype=torch.int64)
+    for _ in range(num_slots - num_experts):
+        hottest = (weight / counts).argmax(dim=-1, keepdim=True)
+        counts.scatter_add_(1, hottest, one)
+    return counts
+
+
+def expand_replicas(weight: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The replica list of every domain, heaviest first.
+
+    Args:
+        weight: [D, E] float64 loads.
+        counts: [D, E] int64 replicas per expert, summing to the same n in every domain.
+    Returns:
+        ids: [D, n] int64 expert of each replica; w: [D, n] float64 its load (weight / count),
+        sorted descending (ties keep the lower expert id first).
+    """
+    num_domains, num_experts = counts.shape
+    experts = torch.arange(num_experts).repeat(num_domains)
+    ids = torch.repeat_interleave(experts, counts.flatten()).view(num_domains, -1)
+    w = (weight / counts).gather(1, ids)
+    order = torch.argsort(w, dim=-1, descending=True, stable=True)
+    return ids.gather(1, order), w.gather(1, order)
+
+
+def bin_floor(w: torch.Tensor, per_bin: int) -> torch.Tensor:
+    """A lower bound on the hottest bin of any packing with `per_bin` items per bin.
+
+    No bin is cooler than the mean bin. And by pigeonhole, for every m < per_bin some bin holds
+    m + 1 of the m*B + 1 heaviest items (B bins), so at least the m + 1 lightest of those, plus
+    `per_bin - m - 1` others no lighter than the lightest items overall (m = 0: the heaviest item
+    and the lightest partners).
+
+    Args:
+        w: [D, n] item loads sorted descending (n a multiple of per_bin).
+    Returns:
+        [D] same dtype.
+    """
+    num_items = w.shape[1]
+    num_bins = num_items // per_bin
+    floor = w.sum(-1) / num_bins
+    light = torch.cumsum(w.flip(-1), dim=-1)  # light[:, j-1]: the j lightest items
+    for m in range(per_bin):
+        top = w[:, m * num_bins - m : m * num_bins + 1].sum(-1) if m else w[:, 0]
+        rest = per_bin - m - 1
+        floor = torch.maximum(floor, top + (light[:, rest - 1] if rest else 0.0))
+    return floor
+
+
+def lpt_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Longest-processing-time packing with equal bin sizes (DeepSeek's `balanced_packing`).
+
+    Items are taken heaviest first; each goes to the lightest bin that still has room.
+
+    Args:
+        w: [D, n] float64 item loads, sorted descending; n is a multiple of num_bins.
+    Returns:
+        [D, num_bins, n // num_bins] int64 item index held by each (bin, position), positions in
+        the order the bin received its items.
+    """
+    num_domains, num_items = w.shape
+    per_bin = num_items // num_bins
+    loads = torch.zeros(num_domains, num_bins, dtype=w.dtype)
+    fill = torch.zeros(num_domains, num_bins, dtype=torch.int64)
+    held = torch.empty(num_domains, num_bins, per_bin, dtype=torch.int64)
+    rows = torch.arange(num_domains)
+    for item in range(num_items):
+        open_loads = loads.masked_fill(fill >= per_bin, float("inf"))
+        target = open_loads.argmin(dim=-1)
+        held[rows, target, fill[rows, target]] = item
+        fill[rows, target] += 1
+        loads[rows, target] += w[:, item]
+    return held
+
+
+def round_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Round-wise LPT with giants: each round hands the next heaviest items, heaviest first, to
+    the bins ordered lightest first; one sort per round, equal bin sizes by construction.
+
+    A "giant" is a first-round item so heavy that its bin exceeds the mean bin whatever joins it;
+    such bins take the lightest items (the heaviest giant the very lightest), as LPT would leave
+    them, and the rounds share the rest among the other bins. With two items per bin this is the
+    optimal pairing (heaviest with lightest).
+
+    Args:
+        w: [D, n] float64 item loads, sorted descending; n is a multiple of num_bins.
+    Returns:
+        [D, num_bins, n // num_bins] int64 item index held by each (bin, position).
+    """
+    num_domains, num_items = w.shape
+    per_bin = num_items // num_bins
+    held = torch.empty(num_domains, num_bins, per_bin, dtype=torch.int64)
+    bins = torch.arange(num_bins)
+    held[:, :, 0] = bins
+    if per_bin == 1:
+        return held
+    rest = per_bin - 1
+    lightest = w[:, num_items - rest :].sum(-1, keepdim=True)
+    giants = (w[:, :num_bins] + lightest > (w.sum(-1, keepdim=True) / num_bins)).sum(-1)  # [D]
+    # Giant bin j takes items n - (j+1)*rest .. n - j*rest - 1.
+    tail = num_items - (bins.view(-1, 1) + 1) * rest + torch.arange(rest)  # [B, rest]
+    is_giant = bins.view(1, -1) < giants.view(-1, 1)  # [D, B]
+    held[:, :, 1:] = torch.where(is_giant.unsqueeze(-1), tail.unsqueeze(0), -1)
+    loads = w[:, :num_bins].clone()
+    loads += torch.where(
+        is_giant,
+        w.gather(1, tail.flatten().expand(num_domains, -1)).view(num_domains, num_bins, rest).sum(-1),
+        0.0,
+    )
+    # The others share items num_bins .. n - giants*rest - 1, (num_bins - giants) per round.
+    share = (num_bins - giants).view(-1, 1)  # [D, 1]
+    open_loads = loads.masked_fill(is_giant, float("inf"))
+    for r in range(1, per_bin):
+        lightest_first = torch.argsort(open_loads, dim=-1, stable=True)  # giants last
+        item = num_bins + (r - 1) * share + bins.view(1, -1)  # [D, B]; valid where j < share
+        valid = bins.view(1, -1) < share
+        d_idx, j_idx = valid.nonzero(as_tuple=True)
+        target = lightest_first[d_idx, j_idx]
+        held[d_idx, target, r] = item[d_idx, j_idx]
+        open_loads[d_idx, target] += w[d_idx, item[d_idx, j_idx]]
+    return held
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Items in bins, for every domain.
+
+    Attributes:
+        ids: [D, B, k] int64 expert held at each (bin, position).
+        w: [D, B, k] float64 its load.
+    """
+
+    ids: torch.Tensor
+    w: torch.Tensor
+
+    @classmethod
+    def from_items(cls, ids: torch.Tensor, w: torch.Tensor, held: torch.Tensor) -> Bins:
+        """ids, w: [D, n] items; held: [D, B, k] item index per (bin, position)."""
+        flat = held.flatten(1)
+        return cls(ids.gather(1, flat).view_as(held), w.gather(1, flat).view_as(held))
+
+    def loads(self) -> torch.Tensor:
+        """[D, B] float64 load per bin."""
+        return self.w.sum(-1)
+
+
+def swap_search(
+    bins: Bins,
+    max_steps: int,
+    target: torch.Tensor | None = None,
+    prev_ids: torch.Tensor | None = None,
+    domains_per_layer: int = 1,
+    good_enough: float = 0.0,
+    max_partners: int | None = None,
+) -> Bins:
+    """Local search: repeatedly swap one item of a domain's hottest bin with an item elsewhere.
+
+    Every step, in every active domain, the swap that leaves the lower max of the two bins
+    involved is applied if it cools the hottest bin. Without `target`, a domain is active while
+    it holds its layer's hottest bin (domains of a layer are consecutive, `domains_per_layer` of
+    them): only that bin bounds the layer's balancedness. With `target` ([D] float64), a domain is
+    active while its hottest bin is above it. A domain also stops when no swap helps.
+
+    With `prev_ids` ([D, B, k], the expert each position held before), swaps reaching the target
+    are ranked by how many positions they newly change, so warm starts move few weights.
+    Only active domains are computed on, so late steps are cheap. A domain stops at the
+    `bin_floor` bound, or within `good_enough` (relative) of its mean bin.
+
+    Args:
+        bins: the starting assignment (D domains, B bins, k items per bin).
+        max_steps: bound on the number of steps (each step is at most one swap per domain).
+    Returns:
+        the improved assignment.
+    """
+    ids, w = bins.ids.clone(), bins.w.clone()
+    num_domains, num_bins, per_bin = w.shape
+    if num_bins < 2:
+        return Bins(ids, w)
+    # Candidates are scored in float32 on loads scaled to a mean bin of 1 (half the memory
+    # traffic of float64); the bins themselves stay exact.
+    scale = (w.sum((1, 2)) / num_bins).clamp_min(1e-300)
+    w32 = (w / scale.view(-1, 1, 1)).to(torch.float32)
+    target32 = None if target is None else (target / scale).to(torch.float32)
+    # Stop at the `bin_floor` bound (no swap can go below it), or within `good_enough` of the
+    # mean bin (scaled to 1): a perfectly even split is the most any swap could reach.
+    flat = w32.flatten(1).sort(dim=-1, descending=True).values
+    floor = torch.maximum(bin_floor(flat, per_bin), torch.full((num_domains,), 1.0 + good_enough))
+    stuck = torch.zeros(num_domains, dtype=torch.bool)
+    # Move-aware searches need every bin: the cheapest swap may involve any of them.
+    few = max_partners is not None and prev_ids is None
+    num_partners = min(num_bins, max_partners) if few and max_partners is not None else num_bins
+    for _ in range(max_steps):
+        hot_all = w32.sum(-1).amax(-1)
+        stuck |= hot_all <= floor * (1 + _REL_EPS)
+        if target32 is not None:
+            active = ~stuck & (hot_all > target32 * (1 + _REL_EPS))
+        else:
+            # Domains of a layer compare in tokens, not in their own scaled units.
+            hot_tokens = hot_all.to(torch.float64) * scale
+            layer_hot = hot_tokens.view(-1, domains_per_layer).amax(-1).repeat_interleave(domains_per_layer)
+            is_hot = hot_tokens >= layer_hot * (1 - _REL_EPS)
+            # A layer whose hottest domain is stuck cannot improve: stop all of its domains.
+            blocked = (
+                (stuck & is_hot).view(-1, domains_per_layer).any(-1).repeat_interleave(domains_per_layer)
+            )
+            active = ~stuck & is_hot & ~blocked
+        rows = active.nonzero(as_tuple=True)[0]
+        n = rows.numel()
+        if n == 0:
+            break
+        sub_w = w32[rows]
+        loads = sub_w.sum(-1)
+        hot_load, hot = loads.max(dim=-1)
+        local = torch.arange(n)
+        # Partners: every bin, or (cold searches on wide domains) the coolest few, which have
+        # the room to take load. The hot bin is never among the coolest.
+        if num_partners < num_bins:
+            partner = torch.topk(loads, num_partners, dim=-1, largest=False, sorted=False).indices
+            part_w = sub_w.gather(1, partner.unsqueeze(-1).expand(-1, -1, per_bin))
+            part_load = loads.gather(1, partner)
+        else:
+            partner, part_w, part_load = None, sub_w, loads
+        # A swap with delta <= 0, or within the hot bin, leaves the hot bin at least as hot, so
+        # no mask is needed: such candidates never beat an improving one.
+        delta = sub_w[local, hot].view(n, per_bin, 1, 1) - part_w.unsqueeze(1)  # [n, k, P, k]
+        after = torch.maximum(hot_load.view(n, 1, 1, 1) - delta, part_load.view(n, 1, -1, 1) + delta)
+        if prev_ids is not None and target32 is not None:
+            sub_ids, sub_prev = ids[rows], prev_ids[rows]
+            key = _move_aware_key(
+                sub_ids[local, hot], sub_prev[local, hot], sub_ids, sub_prev, after, hot_load, target32[rows]
+            )
+        else:
+            key = after
+        best = key.flatten(1).argmin(dim=-1)
+        best_after = after.flatten(1).gather(1, best.unsqueeze(1)).squeeze(1)
+        improves = best_after < hot_load * (1 - _REL_EPS)
+        stuck[rows[~improves]] = True
+        if not bool(improves.any()):
+            continue
+        r, b, best = rows[improves], hot[improves], best[improves]
+        pi, other = best // (num_partners * per_bin), best % (num_partners * per_bin)
+        j, pj = other // per_bin, other % per_bin
+        if partner is not None:
+            j = partner[improves].gather(1, j.unsqueeze(1)).squeeze(1)
+        for t in (ids, w, w32):
+            t_i, t_j = t[r, b, pi], t[r, j, pj]
+            t[r, b, pi], t[r, j, pj] = t_j, t_i
+    return Bins(ids, w)
+
+
+def pair_rounds(
+    bins: Bins, target: torch.Tensor, max_rounds: int, prev_ids: torch.Tensor | None = None
+) -> Bins:
+    """Parallel pair balancing: each round pairs every bin above `target` with a cool bin
+    (hottest with coolest) and applies, in all pairs at once, the best swap within each pair.
+
+    Pairs never share a bin (the hot half against the cool half), so one round fixes many bins;
+    stragglers are left to `swap_search`, which considers every partner. The best swap is the
+    one that cools the pair most; with `prev_ids` ([D, B, k], the expert each position held
+    before), swaps that bring both bins under the target come first, fewest newly moved weights
+    first (warm starts).
+
+    Args:
+        bins: [D, B, k] assignment; target: [D] float64 load to get under.
+    Returns:
+        the improved assignment.
+    """
+    ids, w = bins.ids.clone(), bins.w.clone()
+    _, num_bins, per_bin = w.shape
+    if num_bins < 2:
+        return Bins(ids, w)
+    scale = target.clamp_min(1e-300)
+    w32 = (w / scale.view(-1, 1, 1)).to(torch.float32)  # the target is 1 in these units
+    limit = 1 + _REL_EPS
+    for _ in range(max_rounds):
+        over_all = w32.sum(-1) > limit
+        active = over_all.any(-1).nonzero(as_tuple=True)[0]
+        if active.numel() == 0:
+            break
+        # Only domains with a bin over target are computed on, with as many pairs as the worst.
+        sub_w = w32[active]
+        loads = sub_w.sum(-1)
+        pairs = min(int(over_all[active].sum(-1).max()), num_bins // 2)
+        rows = torch.arange(active.numel()).view(-1, 1)
+        order = torch.argsort(loads, dim=-1, descending=True)
+        hot_b, cool_b = order[:, :pairs], order.flip(-1)[:, :pairs]  # [n, h]
+        hot_load = loads.gather(1, hot_b)[..., None, None]
+        cool_load = loads.gather(1, cool_b)[..., None, None]
+        delta = sub_w[rows, hot_b].unsqueeze(-1) - sub_w[rows, cool_b].unsqueeze(-2)  # [n, h, k, k]
+        after = torch.maximum(hot_load - delta, cool_load + delta)
+        if prev_ids is not None:
+            sub_ids, sub_prev = ids[active], prev_ids[active]
+            hot_ids, cool_ids = sub_ids[rows, hot_b].unsqueeze(-1), sub_ids[rows, cool_b].unsqueeze(-2)
+            hot_prev, cool_prev = sub_prev[rows, hot_b].unsqueeze(-1), sub_prev[rows, cool_b].unsqueeze(-2)
+            # Positions kept before the swap minus after it: the weights the swap newly moves.
+            added = (
+                (hot_ids == hot_prev).to(torch.int8)
+                + (cool_ids == cool_prev).to(torch.int8)
+                - (cool_ids == hot_prev).to(torch.int8)
+                - (hot_ids == cool_prev).to(torch.int8)
+            )
+            # After/hot is in [0, 1) for useful swaps, so the bands never overlap.
+            key = torch.where(after <= limit, added * 2 + after / hot_load, 10 + after / hot_load)
+        else:
+            key = after
+        best = key.flatten(2).argmin(-1)  # [n, h]
+        best_after = after.flatten(2).gather(2, best.unsqueeze(-1)).squeeze(-1)
+        apply = (hot_load[..., 0, 0] > limit) & (best_after < hot_load[..., 0, 0] * (1 - _REL_EPS))
+        if not bool(apply.any()):
+            break
+        r, p = apply.nonzero(as_tuple=True)
+        d, hb, cb = active[r], hot_b[r, p], cool_b[r, p]
+        pi, pj = best[r, p] // per_bin, best[r, p] % per_bin
+        for t in (ids, w, w32):
+            t_i, t_j = t[d, hb, pi], t[d, cb, pj]
+            t[d, hb, pi], t[d, cb, pj] = t_j, t_i
+    return Bins(ids, w)
+
+
+def _move_aware_key(
+    hot_ids: torch.Tensor,
+    hot_prev: torch.Tensor,
+    all_ids: torch.Tensor,
+    all_prev: torch.Tensor,
+    after: torch.Tensor,
+    hot_load: torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """Ranking of candidate swaps [n, k, B, k]: those reaching the target first, fewest new
+    moves first, then the coolest result; the rest after them, coolest first.
+
+    hot_ids / hot_prev: [n, k] items of the hot bin now / before; all_ids / all_prev: [n, B, k]
+    items of every bin now / before. Loads are float32 scaled to a mean bin of 1.
+    """
+    n, per_bin = hot_ids.shape
+    ids_i, prev_i = hot_ids.view(n, per_bin, 1, 1), hot_prev.view(n, per_bin, 1, 1)
+    ids_j, prev_j = all_ids.unsqueeze(1), all_prev.unsqueeze(1)
+    kept_now = (ids_i == prev_i).to(torch.float32) + (ids_j == prev_j).to(torch.float32)
+    kept_after = (ids_j == prev_i).to(torch.float32) + (ids_i == prev_j).to(torch.float32)
+    added = kept_now - kept_after  # in [-2, 2]
+    scaled = after / hot_load.view(-1, 1, 1, 1)
+    reaches = after <= target.view(-1, 1, 1, 1) * (1 + _REL_EPS)
+    # Useful swaps have `scaled` in [0, 1), so the bands never overlap.
+    return torch.where(reaches, added * 2 + scaled, 10 + scaled)
+
+
+def stable_slots(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+    """Reorder each bin's items so experts the bin already held stay in their old positions.
+
+    The n-th copy of an expert in the new bin takes the position of the n-th copy in the old
+    bin, if there is one; the other items fill the remaining positions in ascending order.
+
+    Args:
+        ids: [D, B, k] int64 new contents; prev_ids: [D, B, k] int64 old contents (-1: empty).
+    Returns:
+        [D, B, k] int64: the same multiset per bin as `ids`.
+    """
+    per_bin = ids.shape[-1]
+    earlier = torch.ones(per_bin, per_bin, dtype=torch.bool).tril(-1)
+    nth_new = ((ids.unsqueeze(-1) == ids.unsqueeze(-2)) & earlier).sum(-1)
+    nth_old = ((prev_ids.unsqueeze(-1) == prev_ids.unsqueeze(-2)) & earlier).sum(-1)
+    match = (ids.unsqueeze(-1) == prev_ids.unsqueeze(-2)) & (nth_new.unsqueeze(-1) == nth_old.unsqueeze(-2))
+    placed = match.any(-1)
+    taken = match.any(-2)
+    free_first = torch.argsort(taken.to(torch.int8), dim=-1, stable=True)
+    item_rank = (torch.cumsum(~placed, -1) - 1).clamp_min(0)
+    pos = torch.where(placed, match.to(torch.int8).argmax(-1), free_first.gather(-1, item_rank))
+    return torch.empty_like(ids).scatter_(-1, pos, ids)
