@@ -1,4 +1,5 @@
-"""Subcommands of the `moeplane` CLI owned by moeplane.workers."""
+"""Subcommands of the `moeplane` CLI owned by moeplane.workers: `up`, `demo`, `frontend` and
+`eplb-plan`."""
 
 from __future__ import annotations
 
@@ -6,4 +7,71 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this component's subcommands (none yet)."""
+    up = subparsers.add_parser(
+        "up", help="run the whole stack on this machine (local Ray, private Redis, tiny CPU MoE)",
+        description="Start a private redis-server, local Ray, one prefill and one decode group (EP2 "
+        "each with the tiny model) and the OpenAI-compatible frontend, all on 127.0.0.1. Ctrl-C stops "
+        "everything.",
+    )
+    add_stack_arguments(up, default_port=8000)
+    up.set_defaults(func=_up)
+
+    demo = subparsers.add_parser(
+        "demo", help="start the embedded stack, drive a Poisson load and print an SLA report",
+        description="Start the same stack as `up`, send a bounded Poisson load with mixed prompt "
+        "lengths, then print TTFT and ITL p50/p90/p99 against the manifest's SLA, tokens/s and errors.",
+    )
+    add_stack_arguments(demo, default_port=0)
+    demo.add_argument("--requests", type=int, default=48, help="requests to send (default 48)")
+    demo.add_argument("--rate", type=float, default=1.5, help="mean arrivals per second (default 1.5)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the load (default 0)")
+    demo.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    demo.set_defaults(func=_demo)
+
+    fe = subparsers.add_parser(
+        "frontend", help="run the OpenAI-compatible frontend of a deployment (as in its Kubernetes pod)",
+        description="Serve the OpenAI-compatible API, routing over the deployment's worker registry in "
+        "Redis. Reads MOEPLANE_ENGINE_CONFIG, MOEPLANE_REDIS_URL and MOEPLANE_GRPC_TOKEN.",
+    )
+    fe.add_argument("--engine-config", default=None, help="engine.json (default: $MOEPLANE_ENGINE_CONFIG)")
+    fe.add_argument("--redis-url", default=None, help="Redis URL (default: $MOEPLANE_REDIS_URL)")
+    fe.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    fe.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    fe.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
+    fe.set_defaults(func=_frontend)
+
+    from moeplane.workers.eplb import cli as eplb_cli
+
+    eplb_cli.register(subparsers)
+
+
+def add_stack_arguments(p: argparse.ArgumentParser, default_port: int) -> None:
+    from moeplane.workers.embedded.plan import DEFAULT_MANIFEST  # light: no torch, no Ray
+
+    p.add_argument("-f", "--file", default=str(DEFAULT_MANIFEST),
+                   help="MoEDeployment manifest (default: examples/tiny-cpu.yaml)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default_port,
+                   help=f"frontend port (default {default_port}; 0: any free port)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="longest prompt + output in tokens (default: the model's)")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
+
+
+# The handlers import the stack lazily: `moeplane --help` must not pay for torch and Ray.
+def _up(args: argparse.Namespace) -> int:
+    from moeplane.workers.embedded.commands import run_up
+
+    return run_up(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from moeplane.workers.embedded.commands import run_demo
+
+    return run_demo(args)
+
+
+def _frontend(args: argparse.Namespace) -> int:
+    from moeplane.workers.frontend.main import run
+
+    return run(args)

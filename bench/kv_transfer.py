@@ -1,0 +1,300 @@
+"""Pull a DeepSeek-sized KV cache between two processes: gRPC vs raw sockets (and Mooncake TCP).
+
+    python bench/kv_transfer.py [--quick] [--json OUT]
+
+One request's KV for DeepSeek-V3 is 70,272 bytes/token (MLA latent + rope key, 61 layers, BF16);
+4,096 tokens make 288 MB. A server process holds the payload; this process pulls it with
+- gRPC: moeplane's KV transport (raw 1 MiB frames, identity serializers, per-chunk CRC-32 and a
+  whole-transfer digest checked on receipt, lease and ack),
+- a raw asyncio TCP socket (1 MiB writes with drain; a BufferedProtocol receiving in place),
+- a blocking socket (sendall / recv_into), and
+- Mooncake's transfer engine over TCP, if `mooncake.engine` imports.
+Every method's received bytes are checked against the source. Each figure is the median of the
+repetitions; the ratio is against the asyncio socket measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import struct
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+DEEPSEEK_KV_BYTES_PER_TOKEN = 70_272
+CHUNK_BYTES = 1 << 20
+_LEN = struct.Struct("<Q")
+
+
+def make_payload(num_bytes: int) -> bytearray:
+    data = bytearray(os.urandom(1 << 20)) * (num_bytes // (1 << 20) + 1)
+    del data[num_bytes:]
+    data[: 1 << 16] = os.urandom(1 << 16)  # distinct head so a misplaced chunk shows
+    return data
+
+
+# ---- server process -------------------------------------------------------------------------
+def serve(num_bytes: int, num_transfers: int, ready: mp.Queue, done: mp.Event) -> None:  # type: ignore[valid-type]
+    asyncio.run(_serve(num_bytes, num_transfers, ready, done))
+
+
+async def _serve(num_bytes: int, num_transfers: int, ready, done) -> None:  # type: ignore[no-untyped-def]
+    from moeplane.workers.kv.buffers import BufferSource
+    from moeplane.workers.kv.grpc_backend import GrpcKVTransport
+    from moeplane.workers.kv.layout import KVDtype, KVLayout
+
+    payload = make_payload(num_bytes)
+    view = memoryview(payload)
+    info: dict = {"crc32": zlib.crc32(payload)}
+
+    transport = GrpcKVTransport(chunk_bytes=CHUNK_BYTES)
+    await transport.start()
+    # The payload as one "layer" of bytes, so any size fits the layout.
+    layout = KVLayout(num_layers=1, num_tokens=num_bytes, kv_elems=1, dtype=KVDtype.FLOAT8_E4M3)
+    handles = [
+        transport.offer(f"t{i}", layout, BufferSource(payload), 600.0, lambda *_: None)
+        for i in range(num_transfers)
+    ]
+    info["grpc"] = [h.to_proto().SerializeToString() for h in handles]
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        want = _LEN.unpack(await reader.readexactly(_LEN.size))[0]
+        for off in range(0, want, CHUNK_BYTES):
+            writer.write(view[off : off + CHUNK_BYTES])
+            await writer.drain()
+        await reader.read()  # wait for the client to close
+        writer.close()
+
+    aserver = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    info["asyncio_port"] = aserver.sockets[0].getsockname()[1]
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    info["blocking_port"] = lsock.getsockname()[1]
+
+    def blocking_loop() -> None:
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            with conn:
+                want = _LEN.unpack(_recv_exact(conn, _LEN.size))[0]
+                conn.sendall(view[:want])
+                conn.recv(1)
+
+    threading.Thread(target=blocking_loop, daemon=True).start()
+
+    engine = None
+    try:
+        from mooncake.engine import TransferEngine
+
+        engine = TransferEngine()
+        if engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") != 0:
+            raise RuntimeError("mooncake initialize failed")
+        import ctypes
+
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(payload))
+        if engine.register_memory(addr, num_bytes) != 0:
+            raise RuntimeError("mooncake register_memory failed")
+        info["mooncake"] = (f"127.0.0.1:{engine.get_rpc_port()}", addr)
+    except Exception as exc:  # optional backend: report why it is missing
+        info["mooncake_error"] = f"{type(exc).__name__}: {exc}"
+
+    ready.put(info)
+    while not done.is_set():
+        await asyncio.sleep(0.1)
+    lsock.close()
+    aserver.close()
+    await transport.close()
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        part = conn.recv(n - len(buf))
+        if not part:
+            raise ConnectionError("peer closed")
+        buf += part
+    return bytes(buf)
+
+
+# ---- client side ----------------------------------------------------------------------------
+async def pull_grpc(handle_bytes: bytes, dst: bytearray, streams: int) -> float:
+    from moeplane.protos import kv_transfer_pb2 as pb
+    from moeplane.workers.kv.buffers import BufferSink
+    from moeplane.workers.kv.grpc_backend import GrpcKVTransport
+    from moeplane.workers.kv.layout import TransferHandle
+
+    client = GrpcKVTransport(chunk_bytes=CHUNK_BYTES, streams=streams)
+    handle = TransferHandle.from_proto(pb.KVHandle.FromString(handle_bytes))
+    try:
+        start = time.perf_counter()
+        await client.pull(handle, BufferSink(dst))
+        return time.perf_counter() - start
+    finally:
+        await client.close()
+
+
+class _Receiver(asyncio.BufferedProtocol):
+    def __init__(self, dst: bytearray, done: asyncio.Future) -> None:
+        self.view = memoryview(dst)
+        self.pos = 0
+        self.done = done
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.pos :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pos += nbytes
+        if self.pos == len(self.view) and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed after {self.pos} bytes"))
+
+
+async def pull_asyncio(port: int, dst: bytearray) -> float:
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    done: asyncio.Future = loop.create_future()
+    transport, _ = await loop.create_connection(lambda: _Receiver(dst, done), "127.0.0.1", port)
+    transport.write(_LEN.pack(len(dst)))
+    await done
+    elapsed = time.perf_counter() - start
+    transport.close()
+    return elapsed
+
+
+def pull_blocking(port: int, dst: bytearray) -> float:
+    view = memoryview(dst)
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(_LEN.pack(len(dst)))
+        pos = 0
+        while pos < len(view):
+            got = conn.recv_into(view[pos:])
+            if not got:
+                raise ConnectionError(f"closed after {pos} bytes")
+            pos += got
+        return time.perf_counter() - start
+
+
+def pull_mooncake(engine, target: str, remote_addr: int, dst: bytearray) -> float:  # type: ignore[no-untyped-def]
+    import ctypes
+
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(dst))
+    start = time.perf_counter()
+    if engine.transfer_sync_read(target, addr, remote_addr, len(dst)) != 0:
+        raise RuntimeError("mooncake transfer_sync_read failed")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,024 tokens and 2 repetitions")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens of KV (default 4,096)")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--grpc-streams", type=int, default=1, help="parallel gRPC streams per pull")
+    args = parser.parse_args(argv)
+    tokens = args.tokens or (1024 if args.quick else 4096)
+    reps = args.reps or (2 if args.quick else 5)
+    num_bytes = tokens * DEEPSEEK_KV_BYTES_PER_TOKEN
+
+    load_before = os.getloadavg()[0]
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=serve, args=(num_bytes, reps + 1, ready, done), daemon=True)
+    server.start()
+    info = ready.get(timeout=120)
+    dst = bytearray(num_bytes)
+    seconds: dict[str, list[float]] = {}
+
+    def check(name: str) -> None:
+        if zlib.crc32(dst) != info["crc32"]:
+            raise SystemExit(f"{name}: received bytes differ from the source")
+        memoryview(dst)[:4096] = bytes(4096)  # the next pull must write the head again
+
+    mooncake_engine = None
+    if "mooncake" in info:
+        from mooncake.engine import TransferEngine
+
+        mooncake_engine = TransferEngine()
+        mooncake_engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+        import ctypes
+
+        mooncake_engine.register_memory(ctypes.addressof(ctypes.c_char.from_buffer(dst)), num_bytes)
+
+    methods = ["grpc", "asyncio_socket", "blocking_socket"] + (["mooncake"] if mooncake_engine else [])
+    total_runs = len(methods) * (reps + 1)
+    run = 0
+    for rep in range(reps + 1):  # the first round warms connections and page-faults the buffer
+        for name in methods:
+            run += 1
+            print(f"\r[{run}/{total_runs}] {name:<16}", end="", file=sys.stderr, flush=True)
+            if name == "grpc":
+                elapsed = asyncio.run(pull_grpc(info["grpc"][rep], dst, args.grpc_streams))
+            elif name == "asyncio_socket":
+                elapsed = asyncio.run(pull_asyncio(info["asyncio_port"], dst))
+            elif name == "blocking_socket":
+                elapsed = pull_blocking(info["blocking_port"], dst)
+            else:
+                elapsed = pull_mooncake(mooncake_engine, *info["mooncake"], dst)
+            check(name)
+            if rep:
+                seconds.setdefault(name, []).append(elapsed)
+    print(file=sys.stderr)
+    done.set()
+    server.join(timeout=30)
+
+    gbps = {name: num_bytes / statistics.median(s) / 1e9 for name, s in seconds.items()}
+    base = gbps["asyncio_socket"]
+    load = (load_before, os.getloadavg()[0])
+    print(
+        f"KV of {tokens} tokens x {DEEPSEEK_KV_BYTES_PER_TOKEN} B = {num_bytes / 1e6:.1f} MB, "
+        f"median of {reps}, 1 MiB chunks, {args.grpc_streams} gRPC stream(s), loopback, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} -> {load[1]:.1f}"
+    )
+    print(f"{'method':<18}{'GB/s':>8}{'ms':>10}{'vs asyncio':>12}")
+    for name in ["grpc", "asyncio_socket", "blocking_socket", "mooncake"]:
+        if name in gbps:
+            ms = statistics.median(seconds[name]) * 1e3
+            print(f"{name:<18}{gbps[name]:>8.2f}{ms:>10.1f}{gbps[name] / base:>11.2f}x")
+        else:
+            print(f"{name:<18}{'n/a':>8}   ({info.get('mooncake_error', 'not run')})")
+    ratio = gbps["grpc"] / base
+    verdict = "meets" if ratio >= 0.8 else "MISSES"
+    print(f"gRPC / asyncio socket = {ratio:.2f} ({verdict} the >= 0.8 target)")
+    result = {
+        "tokens": tokens,
+        "bytes": num_bytes,
+        "repetitions": reps,
+        "chunk_bytes": CHUNK_BYTES,
+        "grpc_streams": args.grpc_streams,
+        "cpus": os.cpu_count(),
+        "load_average": load,
+        "grpc_gbps": gbps["grpc"],
+        "asyncio_socket_gbps": base,
+        "blocking_socket_gbps": gbps["blocking_socket"],
+        "mooncake_gbps": gbps.get("mooncake"),
+        "mooncake_error": info.get("mooncake_error"),
+        "grpc_over_asyncio_socket": ratio,
+        "seconds": seconds,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The embedded stack's pure parts: manifest -> plan, the Poisson schedule, the SLA report, the bar."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import pytest
+from moeplane.api.enums import Role
+from moeplane.api.spec import SlaSpec
+from moeplane.workers.embedded.loadgen import Arrival, LoadSpec, Result, poisson_schedule
+from moeplane.workers.embedded.plan import (
+    DEFAULT_MANIFEST,
+    EmbeddedPlanError,
+    load_manifest,
+    plan_from_deployment,
+)
+from moeplane.workers.embedded.progress import ProgressBar
+from moeplane.workers.embedded.report import format_report, summarize
+
+pytestmark = pytest.mark.unit
+
+
+def test_tiny_cpu_manifest_gives_one_prefill_and_one_decode_group_of_ep2() -> None:
+    dep = load_manifest(DEFAULT_MANIFEST)
+    plan = plan_from_deployment(dep)
+    assert (plan.prefill.role, plan.prefill.ep_size, plan.prefill.num_groups) == (Role.PREFILL, 2, 1)
+    assert (plan.decode.role, plan.decode.ep_size, plan.decode.num_groups) == (Role.DECODE, 2, 1)
+    assert plan.decode.num_blocks_per_rank * plan.decode.block_size_tokens == 8192  # minKvTokensPerGpu
+    assert plan.served_model == "tiny" and plan.keys.prefix == "moeplane:default/tiny:"
+    assert plan.max_model_len == plan.arch.max_position_embeddings == 2048
+    assert (plan.sla.ttft_ms, plan.sla.itl_ms, plan.sla.percentile) == (1000, 200, 90)
+    aggregated = plan_from_deployment(dep, prefill_groups=0, decode_groups=2, max_model_len=512)
+    assert aggregated.prefill.num_groups == 0 and aggregated.decode.num_ranks == 4
+    assert aggregated.max_model_len == 512
+
+
+def test_plans_the_embedded_stack_cannot_run_name_the_field() -> None:
+    dep = load_manifest(DEFAULT_MANIFEST)
+    weights = dep.spec.model.weights.model_copy(update={"format": "safetensors", "uri": "/w"})
+    model = dep.spec.model.model_copy(update={"weights": weights})
+    with pytest.raises(EmbeddedPlanError, match=r"spec\.model\.weights\.format is safetensors"):
+        plan_from_deployment(dep.model_copy(update={"spec": dep.spec.model_copy(update={"model": model})}))
+    decode = dep.spec.decode.model_copy(update={"data_parallel_attention": 1})
+    with pytest.raises(EmbeddedPlanError, match=r"spec\.decode\.dataParallelAttention \(1\) must equal"):
+        plan_from_deployment(dep.model_copy(update={"spec": dep.spec.model_copy(update={"decode": decode})}))
+    with pytest.raises(EmbeddedPlanError, match="at least one decode group"):
+        plan_from_deployment(dep, decode_groups=0)
+
+
+def test_poisson_schedule_is_seeded_mixed_and_has_the_right_rate() -> None:
+    spec = LoadSpec(num_requests=2000, rate_per_s=4.0, seed=3)
+    arrivals = poisson_schedule(spec)
+    assert arrivals == poisson_schedule(spec) and arrivals != poisson_schedule(LoadSpec(2000, 4.0, seed=4))
+    assert all(b.at_s > a.at_s for a, b in itertools.pairwise(arrivals))
+    assert arrivals[-1].at_s == pytest.approx(2000 / 4.0, rel=0.1)
+    assert {a.prompt_tokens for a in arrivals} == set(spec.prompt_tokens)
+    assert {a.max_tokens for a in arrivals} == set(spec.output_tokens)
+    assert all(len(a.prompt.encode()) == a.prompt_tokens - 1 for a in arrivals)  # + BOS
+    share = sum(a.prompt_tokens == 32 for a in arrivals) / len(arrivals)
+    assert share == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="rate_per_s"):
+        LoadSpec(rate_per_s=0)
+
+
+def _result(ttft: float, itl: float, ok: bool = True, error: str = "") -> Result:
+    a = Arrival(0.0, "x", 2, 8)
+    if not ok:
+        return Result(a, False, error)
+    return Result(a, True, ttft_ms=ttft, itl_ms=itl, e2e_ms=ttft + 7 * itl, prompt_tokens=2, output_tokens=8)
+
+
+def test_sla_report_percentiles_verdicts_and_errors() -> None:
+    results = [_result(float(t), 10.0 + t / 100) for t in range(1, 101)]
+    sla = SlaSpec(ttft_ms=95, itl_ms=10.5, percentile=90)
+    report = summarize(results, duration_s=4.0, sla=sla)
+    assert report.ttft is not None and report.itl is not None
+    assert report.ttft.p50_ms == pytest.approx(50.5) and report.ttft.at_sla_ms == pytest.approx(90.1)
+    assert report.ttft.met and not report.itl.met and not report.sla_met
+    assert report.output_tokens_per_s == 200.0 and report.num_errors == 0
+    text = format_report(report, "title")
+    assert "TTFT ms" in text and "met" in text and "MISSED (1.04x target)" in text
+    assert "200.0 output tokens/s" in text and "100/100 ok, 0 errors" in text
+
+    failed = summarize([*results[:3], _result(0, 0, False, "HTTP 503: busy")] * 2, 1.0, sla)
+    assert failed.num_errors == 2 and failed.errors == {"HTTP 503: busy": 2}
+    assert "2 x HTTP 503: busy" in format_report(failed, "t") and "SLA NOT MET" in format_report(failed, "t")
+    assert summarize([], 1.0, sla).ttft is None
+
+
+def test_progress_bar_logs_every_tenth_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(20, "load", out=out)
+    for i in range(20):
+        bar.update(ok=i != 5)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("load [##############################] 20/20  1 errors")

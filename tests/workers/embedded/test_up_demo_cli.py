@@ -1,0 +1,147 @@
+"""`moeplane up` and `moeplane demo` as a user runs them: real subprocesses, real Ray, real Redis.
+
+`up` prints its URLs, serves, and on Ctrl-C (SIGINT) stops with exit 0 leaving no process behind;
+`demo` drives its load and prints the SLA report with no errors. Every process either command
+started (Ray's, redis-server) is collected while it runs and must be gone when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT_S = 240
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pids: set[int]) -> list[str]:
+    """The pids still running (not zombies), with their command lines."""
+    left = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            left.append(f"{pid}: {cmd}")
+    return left
+
+
+class Watch:
+    """Collects the descendants of a process every 0.5 s while it runs."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc, self.seen = proc, set()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self.proc.poll() is None:
+            self.seen |= descendants(self.proc.pid)
+            time.sleep(0.5)
+
+
+def moeplane(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "moeplane", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=env,
+    )
+
+
+def test_up_serves_then_ctrl_c_stops_everything() -> None:
+    proc = moeplane("up", "--port", "0", "--max-model-len", "256")
+    watch = Watch(proc)
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        url = None
+        for line in proc.stdout:
+            output.append(line)
+            if m := re.match(r"\s+OpenAI API\s+(http://127\.0\.0\.1:\d+)/v1", line):
+                url = m.group(1)
+            if "Press Ctrl-C to stop." in line or time.monotonic() > deadline:
+                break
+        assert url is not None, "".join(output)
+        assert re.search(r"prefill group prefill-0\s+gRPC 127\.0\.0\.1:\d+", "".join(output))
+        assert "redis        redis://127.0.0.1:" in "".join(output)
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            assert json.load(resp)["groups"] == {"prefill": 1, "decode": 1}
+        body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 4}).encode()
+        req = urllib.request.Request(
+            url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert json.load(resp)["usage"]["completion_tokens"] >= 1
+        started = watch.seen | descendants(proc.pid)
+        assert any("redis-server" in c for c in alive(started)) and any("raylet" in c for c in alive(started))
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(output)
+    assert "moeplane: stopped" in "".join(output)
+    time.sleep(1.0)  # reaped processes vanish from /proc
+    assert alive(watch.seen) == []
+
+
+def test_demo_prints_the_sla_report_without_errors(tmp_path: Path) -> None:
+    out_json = tmp_path / "demo.json"
+    proc = moeplane(
+        "demo", "--requests", "8", "--rate", "4", "--max-model-len", "512", "--json", str(out_json)
+    )
+    watch = Watch(proc)
+    try:
+        output, _ = proc.communicate(timeout=START_TIMEOUT_S + 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert re.search(r"demo \[#+\] 8/8  0 errors", output)  # the progress bar
+    row = r"^TTFT ms\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+1000  (met|MISSED)"
+    assert re.search(row, output, re.M), output
+    assert re.search(r"^ITL ms\s+[\d.]+", output, re.M)
+    assert "requests:   8/8 ok, 0 errors" in output
+    report = json.loads(out_json.read_text())
+    assert report["num_ok"] == 8 and report["output_tokens_per_s"] > 0 and report["ttft"]["p99_ms"] > 0
+    assert len(watch.seen) >= 3, "the watch saw the stack's processes (redis-server, Ray's)"
+    time.sleep(1.0)
+    assert alive(watch.seen) == []

@@ -1,0 +1,80 @@
+"""The router's registry cache keeps routing through a Redis outage and a restart that loses the data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from moeplane.api.enums import Role
+from moeplane.api.keys import DeploymentKeys
+from moeplane.workers.frontend.router import RegistryCache
+from moeplane.workers.registry.client import async_redis
+from moeplane.workers.registry.groups import WorkerGroup, WorkerRegistry
+
+from moeplane.local_redis import LocalRedis
+
+pytestmark = pytest.mark.integration
+
+
+def _group(gid: str, role: Role) -> WorkerGroup:
+    return WorkerGroup(
+        group_id=gid, role=role, address="127.0.0.1:1", model="tiny", ep_size=2, block_size_tokens=16,
+        kv_blocks_total=64, kv_blocks_free=64, max_blocks_per_rank=32, queue_depth=0,
+        heartbeat_at_s=time.time(),
+    )
+
+
+async def test_cache_survives_outage_and_empty_restart() -> None:
+    with LocalRedis() as server:
+        client = async_redis(server.url, timeout_s=0.3)
+        reg = WorkerRegistry(client, DeploymentKeys("test", f"cache-{uuid.uuid4().hex[:6]}"), ttl_s=1.0)
+        cache = RegistryCache(reg, refresh_s=0.4)  # refreshed by hand below
+        assert cache.staleness_s == float("inf")
+        await reg.publish(_group("p0", Role.PREFILL))
+        await reg.publish(_group("d0", Role.DECODE))
+        assert await cache.refresh()
+        assert [g.group_id for g in cache.groups()] == ["d0", "p0"]
+
+        # Outage far longer than the TTL: nothing can be read, nothing ages out.
+        server.stop()
+        assert not await cache.refresh()
+        await asyncio.sleep(1.0)
+        assert not await cache.refresh()
+        assert cache.last_error and cache.num_errors == 2 and cache.staleness_s > 1.0
+        assert [g.group_id for g in cache.groups()] == ["d0", "p0"]
+
+        # Back, but empty (no persistence): the groups are held until their next heartbeat...
+        server.start()
+        assert await cache.refresh() and cache.last_error is None
+        assert [g.group_id for g in cache.groups()] == ["d0", "p0"]
+        await asyncio.sleep(1.5)  # a stall of this process: one read ages p0 by 2 x refresh_s at most
+        await reg.publish(_group("d0", Role.DECODE))  # only d0 heartbeats again
+        assert await cache.refresh()
+        assert [g.group_id for g in cache.groups()] == ["d0", "p0"]
+        for _ in range(2):  # reads that keep missing p0 age it past hold_s (= the TTL)
+            await reg.publish(_group("d0", Role.DECODE))
+            await asyncio.sleep(0.4)
+            assert await cache.refresh()
+        assert [g.group_id for g in cache.groups()] == ["d0"]
+        assert cache.counts() == {Role.PREFILL: 0, Role.DECODE: 1}
+        await client.aclose()
+
+
+async def test_suspects_are_routed_around_until_their_time_runs_out(redis_server: LocalRedis) -> None:
+    client = async_redis(redis_server.url)
+    reg = WorkerRegistry(client, DeploymentKeys("test", f"cache-{uuid.uuid4().hex[:6]}"), ttl_s=5)
+    await reg.publish(_group("d0", Role.DECODE))
+    await reg.publish(_group("d1", Role.DECODE))
+    cache = RegistryCache(reg, refresh_s=0.05)
+    cache.start()
+    await cache.wait_for([Role.DECODE], timeout_s=5)
+    cache.suspect("d0", for_s=0.3)
+    assert [g.group_id for g in cache.groups()] == ["d1"]
+    await asyncio.sleep(0.4)
+    assert [g.group_id for g in cache.groups()] == ["d0", "d1"]
+    with pytest.raises(TimeoutError, match="no live prefill groups"):
+        await cache.wait_for([Role.PREFILL], timeout_s=0.2)
+    await cache.stop()
+    await client.aclose()

@@ -1,0 +1,26 @@
+"""The tokenizer interface and the byte-level tokenizer of the tiny preset."""
+
+from __future__ import annotations
+
+import pytest
+from moeplane.api.presets import model_preset
+from moeplane.workers.model import ByteTokenizer, Tokenizer, tokenizer_for
+from moeplane.workers.model.tokenizer import TokenizerError
+
+pytestmark = pytest.mark.unit
+
+
+def test_utf8_round_trip_with_bos_and_dropped_specials() -> None:
+    tok = tokenizer_for(model_preset("tiny"))
+    assert isinstance(tok, Tokenizer)
+    ids = tok.encode("héllo ✓")
+    assert ids[0] == tok.bos_id and max(ids[1:]) < 256
+    assert tok.decode([*ids, tok.eos_id, tok.pad_id]) == "héllo ✓"
+    assert tok.encode("a", add_bos=False) == [97]
+
+
+def test_out_of_vocab_ids_and_big_vocabularies_are_errors() -> None:
+    with pytest.raises(TokenizerError, match=r"\[300\] are outside the vocabulary of 260"):
+        ByteTokenizer().decode([300])
+    with pytest.raises(TokenizerError, match="129280-token vocabulary"):
+        tokenizer_for(model_preset("deepseek-v3"))

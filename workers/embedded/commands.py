@@ -1,0 +1,129 @@
+"""`moeplane up` and `moeplane demo`: the embedded stack as commands (argument handling and signals).
+
+Both start the stack from a MoEDeployment manifest (examples/tiny-cpu.yaml by default). `up`
+prints where everything listens and serves until SIGINT (Ctrl-C) or SIGTERM; `demo` drives a
+bounded Poisson load, prints the SLA report and exits. Either way the stack is stopped before
+the command returns, so no Ray process or redis-server outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from moeplane.api.errors import SpecInvalid
+from moeplane.workers.embedded.loadgen import LoadSpec, drive, poisson_schedule
+from moeplane.workers.embedded.plan import (
+    EmbeddedPlan,
+    EmbeddedPlanError,
+    load_manifest,
+    plan_from_deployment,
+)
+from moeplane.workers.embedded.progress import ProgressBar
+from moeplane.workers.embedded.report import format_report, summarize
+from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
+
+
+def _plan(args: argparse.Namespace) -> EmbeddedPlan:
+    return plan_from_deployment(load_manifest(Path(args.file)), max_model_len=args.max_model_len)
+
+
+def _say(message: str) -> None:
+    print(f"moeplane: {message}", file=sys.stderr, flush=True)
+
+
+def _on_signals(handler: Callable[[], object]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+
+
+async def _up(plan: EmbeddedPlan, options: StackOptions) -> int:
+    stack = EmbeddedStack(plan, options)
+    stop = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+    _on_signals(main.cancel)  # while starting, Ctrl-C abandons the start (which cleans up)
+    try:
+        await stack.start(_say)
+        _on_signals(stop.set)  # again: starting Ray may have installed its own handlers
+        lines = [
+            f"moeplane is up: {plan.served_model} ({plan.arch.name}), deployment {plan.keys.prefix}",
+            f"  OpenAI API   {stack.url}/v1   (model {plan.served_model!r})",
+            f"  health       {stack.url}/health",
+            f"  metrics      {stack.url}/metrics",
+            f"  redis        {stack.redis_url}",
+        ]
+        lines += [f"  {g.role:<7} group {g.group_id:<10} gRPC {g.address}" for g in stack.groups]
+        lines.append("Press Ctrl-C to stop.")
+        print("\n".join(lines), flush=True)
+        await stop.wait()
+        _say("stopping")
+    except asyncio.CancelledError:
+        _say("interrupted while starting; cleaning up")
+    finally:
+        await stack.stop()
+    _say("stopped")
+    return 0
+
+
+async def _demo(plan: EmbeddedPlan, options: StackOptions, load: LoadSpec, json_out: str | None) -> int:
+    stack = EmbeddedStack(plan, options)
+    main = asyncio.current_task()
+    assert main is not None
+    _on_signals(main.cancel)
+    try:
+        await stack.start(_say)
+        _on_signals(main.cancel)
+        arrivals = poisson_schedule(load)
+        _say(f"stack up at {stack.url}; sending {load.num_requests} requests, Poisson {load.rate_per_s:g}/s")
+        bar = ProgressBar(len(arrivals), "demo")
+        results, duration_s = await drive(stack.url, plan.served_model, arrivals, lambda r: bar.update(r.ok))
+    except asyncio.CancelledError:
+        _say("interrupted; cleaning up")
+        return 130
+    finally:
+        await stack.stop()
+    report = summarize(results, duration_s, plan.sla)
+    prompts = "/".join(map(str, load.prompt_tokens))
+    outputs = "/".join(map(str, load.output_tokens))
+    title = (
+        f"SLA report: {plan.served_model}, {plan.prefill.num_groups} prefill x EP{plan.prefill.ep_size} + "
+        f"{plan.decode.num_groups} decode x EP{plan.decode.ep_size} on the CPU; {load.num_requests} "
+        f"requests, Poisson {load.rate_per_s:g}/s, prompts {prompts} tokens, outputs {outputs} tokens"
+    )
+    print(format_report(report, title), flush=True)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"load": load.__dict__, **report.to_json()}, indent=2))
+    return 1 if report.num_errors else 0
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        return asyncio.run(coro_factory())
+    except (SpecInvalid, EmbeddedPlanError) as exc:
+        print(f"moeplane: invalid manifest:\n{exc}", file=sys.stderr)
+        return 1
+
+
+def _options(args: argparse.Namespace) -> StackOptions:
+    return StackOptions(host=args.host, port=args.port, request_timeout_s=args.request_timeout)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    return _run(lambda: _up(_plan(args), _options(args)))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    load = LoadSpec(num_requests=args.requests, rate_per_s=args.rate, seed=args.seed)
+    started = time.monotonic()
+    code = _run(lambda: _demo(_plan(args), _options(args), load, args.json))
+    _say(f"demo finished in {time.monotonic() - started:.0f} s")
+    return code

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible frontend: request validation, routing over the registry, Prometheus metrics."""

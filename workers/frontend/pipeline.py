@@ -1,0 +1,301 @@
+"""One request through the serving groups: route, prefill, decode, stream, retry, measure.
+
+`Exchange` is a single request's run. The HTTP handler iterates `chunks()` under its request
+timeout and then calls `finish(status)` exactly once, which records the request's metrics (to
+Prometheus and the Redis stream). Leaving `chunks()` early, by cancellation (the client went
+away), the timeout or an error, closes the decode stream, which cancels the request on the
+decode group and frees its KV blocks; a prefill whose KV was never pulled is cancelled on its
+prefill group.
+
+Failure rule: a request is never lost silently. A group that fails (UNAVAILABLE, or an error
+event) is routed around and the request tried again, up to `max_attempts`. If tokens were
+already streamed, the retry prefills prompt + those tokens and resumes where it stopped, so
+the client sees one uninterrupted stream; otherwise the request ends with an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from moeplane.workers.frontend.backend import ClientPool, GroupClient, is_retryable
+from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, UpstreamError
+from moeplane.workers.frontend.metrics import FrontendMetrics
+from moeplane.workers.frontend.router import Inflight, RegistryCache, Reservation, Route, choose_route
+from moeplane.workers.registry.request_metrics import RequestMetricsWriter, RequestRecord, RequestStatus
+from moeplane.workers.serving.client import WorkerControlError
+from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+
+log = logging.getLogger(__name__)
+
+CANCEL_RPC_TIMEOUT_S = 2.0
+
+
+class Endpoint(StrEnum):
+    COMPLETIONS = "completions"
+    CHAT = "chat.completions"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    request_id: str
+    model: str
+    endpoint: Endpoint
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New output: text released by the group (stop strings already cut) and its token ids."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason | None = None
+
+
+class _GroupFailed(Exception):
+    """A group failed this attempt; the request may be retried on another group."""
+
+    def __init__(self, group_id: str, stage: str, message: str) -> None:
+        super().__init__(f"{stage} group {group_id}: {message}")
+        self.group_id = group_id
+        self.stage = stage
+
+
+@dataclass
+class Timings:
+    """Monotonic timestamps of one request, and the wall-clock arrival for the record."""
+
+    arrived_at_s: float = field(default_factory=time.time)
+    arrived_mono_s: float = field(default_factory=time.monotonic)
+    dispatched_mono_s: float | None = None
+    first_token_mono_s: float | None = None
+    last_token_mono_s: float | None = None
+    max_gap_s: float = 0.0
+    num_output_tokens: int = 0
+
+    def on_tokens(self, n: int) -> float | None:
+        """Record `n` new tokens now; returns the per-token gap since the previous ones."""
+        now = time.monotonic()
+        gap = None
+        if self.first_token_mono_s is None:
+            self.first_token_mono_s = now
+        elif self.last_token_mono_s is not None and n:
+            gap = (now - self.last_token_mono_s) / n
+            self.max_gap_s = max(self.max_gap_s, gap)
+        self.last_token_mono_s = now
+        self.num_output_tokens += n
+        return gap
+
+
+class Pipeline:
+    """Shared by all requests of one frontend: the router's view, the clients and the sinks."""
+
+    def __init__(
+        self,
+        cache: RegistryCache,
+        clients: ClientPool,
+        metrics: FrontendMetrics,
+        writer: RequestMetricsWriter | None = None,
+        max_attempts: int = 3,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.cache = cache
+        self.clients = clients
+        self.metrics = metrics
+        self.writer = writer
+        self.max_attempts = max_attempts
+        self.inflight = Inflight()
+
+    def open(self, req: GenerateRequest, timings: Timings | None = None) -> Exchange:
+        return Exchange(self, req, timings or Timings())
+
+
+class Exchange:
+    def __init__(self, pipeline: Pipeline, req: GenerateRequest, timings: Timings) -> None:
+        self.p = pipeline
+        self.req = req
+        self.t = timings
+        self.output_ids: list[int] = []
+        self.finish_reason: FinishReason | None = None
+        self.route: Route | None = None
+        self._finished = False
+        self.p.metrics.in_flight.labels(model=req.model).inc()
+
+    # ---- the run ----------------------------------------------------------------------------------
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """Output as it is produced, ending with a chunk that carries the finish reason."""
+        failures: list[str] = []
+        exclude: set[str] = set()
+        for attempt in range(self.p.max_attempts):
+            remaining = self.req.sampling.max_tokens - len(self.output_ids)
+            self.route = choose_route(
+                self.p.cache.groups(), self.req.model, len(self.req.prompt_token_ids) + len(self.output_ids),
+                remaining, self.p.inflight, frozenset(exclude),
+            )
+            try:
+                async for chunk in self._attempt(self.route, attempt, remaining):
+                    yield chunk
+                return
+            except _GroupFailed as exc:
+                log.warning("request %s: %s", self.req.request_id, exc)
+                failures.append(str(exc))
+                exclude.add(exc.group_id)
+                self.p.cache.suspect(exc.group_id)
+                self.p.metrics.retries.labels(stage=exc.stage).inc()
+        raise UpstreamError(
+            f"the request failed on {len(failures)} worker groups: " + "; ".join(failures)
+        )
+
+    async def _attempt(self, route: Route, attempt: int, max_tokens: int) -> AsyncGenerator[Chunk, None]:
+        rid = self.req.request_id if attempt == 0 else f"{self.req.request_id}~{attempt}"
+        prompt = [*self.req.prompt_token_ids, *self.output_ids]  # resumes after a failed group
+        sampling = replace(self.req.sampling, max_tokens=max_tokens)
+        decode_client = self.p.clients.get(route.decode.address)
+        # The decode group only allocates when the decode call starts, so its heartbeats cannot
+        # show this request before then (sent_at_s = inf until it does).
+        decode_res = self.p.inflight.add(route.decode.group_id, route.decode_blocks, math.inf)
+        prefill_res: Reservation | None = None
+        first_token_id: int | None = None
+        kv = None
+        prefill_client: GroupClient | None = None
+        try:
+            if self.t.dispatched_mono_s is None:
+                self.t.dispatched_mono_s = time.monotonic()
+            if route.prefill is not None:
+                prefill_client = self.p.clients.get(route.prefill.address)
+                prefill_res = self.p.inflight.add(
+                    route.prefill.group_id, route.prefill.blocks_for(len(prompt)), time.time()
+                )
+                try:
+                    first = await prefill_client.prefill(rid, prompt, sampling)
+                except WorkerControlError as exc:
+                    if is_retryable(exc):
+                        raise _GroupFailed(route.prefill.group_id, "prefill", exc.message) from None
+                    raise _translate(exc) from None
+                finally:
+                    self.p.inflight.remove(prefill_res)
+                chunk = Chunk(first.text, (first.first_token_id,), first.finish_reason)
+                yield self._emit(chunk)
+                if first.finish_reason is not None:
+                    return
+                first_token_id, kv = first.first_token_id, first.kv
+
+            decode_res.sent_at_s = time.time()
+            stream = decode_client.decode(rid, prompt, sampling, first_token_id, kv)
+            kv = None  # handed over: the decode group now owns pulling (or releasing) it
+            try:
+                async for ev in stream:
+                    if ev.finish_reason is FinishReason.ERROR:
+                        raise _GroupFailed(route.decode.group_id, "decode", ev.error or "error event")
+                    if ev.finish_reason is FinishReason.CANCELLED:
+                        raise UpstreamError(f"decode group {route.decode.group_id} cancelled the request")
+                    yield self._emit(Chunk(ev.text, ev.token_ids, ev.finish_reason))
+                    if ev.finish_reason is not None:
+                        return
+            except WorkerControlError as exc:
+                if is_retryable(exc):
+                    raise _GroupFailed(route.decode.group_id, "decode", exc.message) from None
+                raise _translate(exc) from None
+            finally:
+                # Closing early cancels the request on the decode group and frees its blocks.
+                await _aclose(stream)
+            raise _GroupFailed(route.decode.group_id, "decode", "the token stream ended without a finish")
+        finally:
+            self.p.inflight.remove(decode_res)
+            if kv is not None and prefill_client is not None:
+                # Prefilled but never handed to decode: ask the prefill group to drop the lease
+                # now rather than at its expiry.
+                await _quiet_cancel(prefill_client, rid)
+
+    def _emit(self, chunk: Chunk) -> Chunk:
+        self.output_ids.extend(chunk.token_ids)
+        gap = self.t.on_tokens(len(chunk.token_ids))
+        if gap is not None:
+            self.p.metrics.itl.labels(model=self.req.model).observe(gap)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        return chunk
+
+    # ---- the record -------------------------------------------------------------------------------
+    def finish(self, status: RequestStatus) -> RequestRecord:
+        """Record the request once: Prometheus, and the Redis stream for the planner."""
+        if self._finished:
+            raise RuntimeError(f"request {self.req.request_id} finished twice")
+        self._finished = True
+        t, model = self.t, self.req.model
+        end = time.monotonic()
+        ttft_s = None if t.first_token_mono_s is None else t.first_token_mono_s - t.arrived_mono_s
+        itl_s = None
+        if t.num_output_tokens > 1 and t.first_token_mono_s is not None and t.last_token_mono_s is not None:
+            itl_s = (t.last_token_mono_s - t.first_token_mono_s) / (t.num_output_tokens - 1)
+        queue_s = None if t.dispatched_mono_s is None else t.dispatched_mono_s - t.arrived_mono_s
+        m = self.p.metrics
+        m.in_flight.labels(model=model).dec()
+        m.requests.labels(model=model, endpoint=str(self.req.endpoint), status=str(status)).inc()
+        m.prompt_tokens.labels(model=model).inc(len(self.req.prompt_token_ids))
+        m.generation_tokens.labels(model=model).inc(t.num_output_tokens)
+        m.e2e.labels(model=model).observe(end - t.arrived_mono_s)
+        if ttft_s is not None:
+            m.ttft.labels(model=model).observe(ttft_s)
+        if queue_s is not None:
+            m.queue.labels(model=model).observe(queue_s)
+
+        def ms(s: float | None) -> float | None:
+            return None if s is None else round(s * 1e3, 3)
+
+        record = RequestRecord(
+            request_id=self.req.request_id,
+            model=model,
+            status=status,
+            finish_reason=None if self.finish_reason is None else str(self.finish_reason),
+            isl_tokens=len(self.req.prompt_token_ids),
+            osl_tokens=t.num_output_tokens,
+            queue_ms=ms(queue_s),
+            ttft_ms=ms(ttft_s),
+            itl_ms=ms(itl_s),
+            itl_max_ms=ms(t.max_gap_s) if itl_s is not None else None,
+            e2e_ms=ms(end - t.arrived_mono_s) or 0.0,
+            arrived_at_s=t.arrived_at_s,
+            prefill_group=None if self.route is None or self.route.prefill is None
+            else self.route.prefill.group_id,
+            decode_group=None if self.route is None else self.route.decode.group_id,
+        )
+        if self.p.writer is not None:
+            self.p.writer.record(record)
+        return record
+
+
+def _translate(exc: WorkerControlError) -> FrontendError:
+    """A group's non-retryable answer, as the client's error (INVALID_ARGUMENT -> 400)."""
+    if exc.code.name == "INVALID_ARGUMENT":
+        field_name, _, _ = exc.message.partition(":")
+        param = field_name if field_name.isidentifier() else None
+        return InvalidRequest(f"The worker rejected the request: {exc.message}", param=param)
+    return UpstreamError(f"worker group error {exc.code.name}: {exc.message}")
+
+
+async def _aclose(stream: AsyncIterator[object]) -> None:
+    close = getattr(stream, "aclose", None)  # every async generator has it; a plain iterator may not
+    if close is not None:
+        await close()
+
+
+_background: set[asyncio.Task[bool]] = set()
+
+
+async def _quiet_cancel(client: GroupClient, request_id: str) -> None:
+    """Best effort, shielded: this runs while the request's task is being cancelled."""
+    task = asyncio.ensure_future(asyncio.wait_for(client.cancel(request_id), CANCEL_RPC_TIMEOUT_S))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    with contextlib.suppress(Exception):
+        await asyncio.shield(task)

@@ -1,0 +1,70 @@
+"""`FrontendServer`: the frontend's parts wired together and listening (the process edge).
+
+Owns the Redis client, the registry cache, the metrics-stream writer, the gRPC client pool and
+the aiohttp runner, and starts and stops them in order. Handlers are cancelled when their client
+disconnects (`handler_cancellation`), which is what cancels a non-streaming request upstream.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from moeplane.api.keys import DeploymentKeys
+from moeplane.workers.frontend.app import Frontend, FrontendConfig
+from moeplane.workers.frontend.backend import ClientPool
+from moeplane.workers.frontend.metrics import FrontendMetrics
+from moeplane.workers.frontend.pipeline import Pipeline
+from moeplane.workers.frontend.router import RegistryCache
+from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.model.tokenizer import Tokenizer
+from moeplane.workers.registry.client import async_redis
+from moeplane.workers.registry.groups import DEFAULT_TTL_S, WorkerRegistry
+from moeplane.workers.registry.request_metrics import DEFAULT_MAXLEN, RequestMetricsWriter
+
+
+class FrontendServer:
+    def __init__(
+        self,
+        config: FrontendConfig,
+        redis_url: str,
+        keys: DeploymentKeys,
+        tokenizer: Tokenizer,
+        security: GrpcSecurity | None = None,
+        registry_ttl_s: float = DEFAULT_TTL_S,
+        registry_refresh_s: float = 0.5,
+        metrics_maxlen: int = DEFAULT_MAXLEN,
+    ) -> None:
+        self.config = config
+        self.redis = async_redis(redis_url)
+        self.registry = WorkerRegistry(self.redis, keys, ttl_s=registry_ttl_s)
+        self.cache = RegistryCache(self.registry, refresh_s=registry_refresh_s)
+        self.writer = RequestMetricsWriter(self.redis, keys, maxlen=metrics_maxlen)
+        self.clients = ClientPool(security)
+        self.metrics = FrontendMetrics()
+        self.metrics.bind(self.cache.counts, lambda: self.cache.staleness_s, lambda: self.writer.num_dropped)
+        self.pipeline = Pipeline(self.cache, self.clients, self.metrics, self.writer)
+        self.frontend = Frontend(config, self.pipeline, tokenizer)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0: any free port); returns the base URL."""
+        await self.cache.refresh()
+        self.cache.start()
+        self.writer.start()
+        runner = web.AppRunner(self.frontend.app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound = runner.addresses[0][1]
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops accepting, then cancels in-flight handlers
+            self._runner = None
+        await self.cache.stop()
+        await self.writer.stop()
+        await self.clients.close()
+        await self.redis.aclose()

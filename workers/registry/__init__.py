@@ -1,0 +1,1 @@
+"""The Redis worker registry (TTL heartbeats) and the per-request metrics stream."""

@@ -1,0 +1,119 @@
+"""`RankWorker`: one EP rank of a serving group, the body of a Ray actor (thin: it builds the
+runner, the KV cache and the KV transport, then forwards `step()` to its `RankEngine`).
+
+The KV transport runs on the worker's own event-loop thread, so the rank serves exported KV and
+pulls imported KV while its main thread runs model steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from moeplane.api.arch import ModelArch
+from moeplane.workers.ep.comm import EPComm
+from moeplane.workers.kv.frames import DEFAULT_CHUNK_BYTES
+from moeplane.workers.kv.grpc_backend import GrpcKVTransport, run_expiry
+from moeplane.workers.kv.layout import KVBackend
+from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.kv.transport import KVTransport
+from moeplane.workers.model import EPModelRunner, WeightSource, tokenizer_for
+from moeplane.workers.placement import Placement
+from moeplane.workers.serving.engine import EngineConfig, RankEngine, RankStats, StepInput, StepResult
+from moeplane.workers.serving.loop import LoopThread
+
+from moeplane.local_redis import free_port
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank needs to start; the same for every rank of a group."""
+
+    arch: ModelArch
+    weights: WeightSource | int
+    engine: EngineConfig
+    placement: Placement | None = None
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    kv_backend: KVBackend = KVBackend.GRPC
+    kv_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    kv_streams: int = 1  # parallel gRPC streams (each its own connection) per pull
+    bind_host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    security: GrpcSecurity = field(default_factory=GrpcSecurity)
+    collective_timeout_s: float = 120.0
+    torch_threads: int = 1
+
+
+def make_transport(spec: RankSpec) -> KVTransport:
+    if spec.kv_backend is KVBackend.MOONCAKE:
+        from moeplane.workers.kv.mooncake_backend import MooncakeKVTransport
+
+        return MooncakeKVTransport(
+            host=spec.bind_host, advertise_host=spec.advertise_host, security=spec.security
+        )
+    return GrpcKVTransport(
+        host=spec.bind_host,
+        security=spec.security,
+        chunk_bytes=spec.kv_chunk_bytes,
+        advertise_host=spec.advertise_host,
+        streams=spec.kv_streams,
+    )
+
+
+class RankWorker:
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.engine: RankEngine | None = None
+        self.loop: LoopThread | None = None
+
+    def rendezvous_address(self, host: str = "127.0.0.1") -> str:
+        """A free TCP endpoint for the group's torch.distributed store (asked of rank 0)."""
+        return f"tcp://{host}:{free_port(host)}"
+
+    def start(self, init_method: str, spec: RankSpec) -> str:
+        """Join the EP group, load this rank's weights, allocate the cache; returns the KV address."""
+        torch.set_num_threads(spec.torch_threads)
+        device = "cuda:0" if spec.device == "cuda" else spec.device  # Ray shows one GPU as 0
+        comm = EPComm.init(self.rank, self.world_size, init_method, device, spec.collective_timeout_s)
+        runner = EPModelRunner(spec.arch, spec.weights, spec.placement, comm, device, spec.dtype)
+        cache = runner.allocate_kv_cache(spec.engine.num_blocks, spec.engine.block_size)
+        self.loop = LoopThread(name=f"moeplane-kv-rank{self.rank}")
+        transport = make_transport(spec)
+        self.loop.run(transport.start())
+        self._expiry = self.loop.submit(run_expiry(transport))
+        self.engine = RankEngine(spec.engine, runner, cache, tokenizer_for(spec.arch), transport, self.loop)
+        return transport.address
+
+    def _engine(self) -> RankEngine:
+        if self.engine is None:
+            raise RuntimeError(f"rank {self.rank} has not started")
+        return self.engine
+
+    def step(self, inp: StepInput) -> StepResult:
+        return self._engine().step(inp)
+
+    def stats(self) -> RankStats:
+        return self._engine().stats()
+
+    def check_invariants(self) -> None:
+        self._engine().check_invariants()
+
+    def take_expert_load(self) -> torch.Tensor:
+        """Rows per local expert slot per MoE layer since the last call (for EPLB), on the CPU."""
+        return self._engine().runner.take_expert_load().cpu()
+
+    def set_placement(self, placement: Placement) -> None:
+        """Reload this rank's experts; the controller calls it on every rank between two steps."""
+        self._engine().runner.set_placement(placement)
+
+    def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None and self.loop is not None:
+            self._expiry.cancel()
+            if engine.transport is not None:
+                self.loop.run(engine.transport.close(), timeout_s=15)
+            engine.runner.comm.close()
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None

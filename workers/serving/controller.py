@@ -1,0 +1,293 @@
+"""`GroupController`: one serving group (an EP group of prefill or decode ranks) as seen from outside.
+
+It starts one `RankWorker` Ray actor per EP rank, assigns each request to one DP rank, and runs the
+group's step loop: every iteration all ranks step together (MoE layers are collectives; idle ranks
+join with empty batches), new requests and cancellations ride along with the step call, and
+outputs are routed back to each request's waiter. The gRPC control service (`service.py`) is a
+thin adapter over this object; it lives in an asyncio loop (a process or an async Ray actor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from moeplane.workers.kv.layout import TransferHandle
+from moeplane.workers.placement import Placement
+from moeplane.workers.serving.actor import RankSpec, RankWorker
+from moeplane.workers.serving.config import EngineConfigError, Role
+from moeplane.workers.serving.engine import NewRequest, RankStats, StepInput, TokenOutput
+from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class GroupUnavailable(RuntimeError):
+    """The group is not running (starting, failed or closed); the request can go elsewhere."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    group_id: str
+    role: Role
+    ep_size: int
+    rank: RankSpec
+    num_cpus_per_rank: float = 0.25
+    step_timeout_s: float = 120.0
+    start_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.ep_size < 1:
+            raise EngineConfigError(f"ep_size must be >= 1, got {self.ep_size}")
+        if self.rank.engine.role is not self.role:
+            raise EngineConfigError(f"group role {self.role} but engine role {self.rank.engine.role}")
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    group_id: str
+    role: Role
+    block_size: int
+    ranks: tuple[RankStats, ...]
+    queue_depth: int  # requests assigned and not finished, over all ranks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return sum(r.num_free_blocks for r in self.ranks)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return sum(r.num_used_blocks for r in self.ranks)
+
+
+@dataclass
+class _Waiter:
+    rank: int
+    queue: asyncio.Queue[TokenOutput] = field(default_factory=asyncio.Queue)
+    arrival_s: float = field(default_factory=time.monotonic)
+
+
+class GroupController:
+    def __init__(self, spec: GroupSpec) -> None:
+        self.spec = spec
+        self.kv_addresses: list[str] = []
+        self._actors: list[Any] = []
+        self._new: list[list[NewRequest]] = [[] for _ in range(spec.ep_size)]
+        self._cancels: list[list[str]] = [[] for _ in range(spec.ep_size)]
+        self._waiters: dict[str, _Waiter] = {}
+        self._stats: list[RankStats | None] = [None] * spec.ep_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._error: str | None = None
+        self._closing = False
+        self._between_steps: list[tuple[Placement, asyncio.Future[None]]] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        spec = self.spec
+        gpu = spec.rank.device.startswith("cuda")
+        actor_cls = ray.remote(RankWorker).options(
+            num_cpus=0 if gpu else spec.num_cpus_per_rank, num_gpus=1 if gpu else 0, max_concurrency=2
+        )
+        self._actors = [actor_cls.remote(r, spec.ep_size) for r in range(spec.ep_size)]
+        try:
+            host = spec.rank.bind_host
+            init = await asyncio.wait_for(
+                self._actors[0].rendezvous_address.remote(host), spec.start_timeout_s
+            )
+            self.kv_addresses = await asyncio.wait_for(
+                asyncio.gather(*(a.start.remote(init, spec.rank) for a in self._actors)), spec.start_timeout_s
+            )
+            self._stats = list(await asyncio.gather(*(a.stats.remote() for a in self._actors)))
+        except BaseException:
+            await self.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name=f"group-{spec.group_id}")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._fail_all("the group shut down")
+        for actor in self._actors:
+            try:
+                await asyncio.wait_for(actor.close.remote(), 20)
+            except Exception:  # a dead or stuck rank is killed below either way
+                log.warning("rank of group %s did not close cleanly", self.spec.group_id)
+            ray.kill(actor)
+        self._actors = []
+
+    @property
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done() and self._error is None
+
+    @property
+    def status_message(self) -> str:
+        if self._error:
+            return self._error
+        return "serving" if self.healthy else "not started"
+
+    # ---- requests ---------------------------------------------------------------------------------
+    async def prefill(
+        self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams
+    ) -> TokenOutput:
+        """Compute the prompt and sample the first token; the output carries the KV handle unless the
+        request already finished."""
+        if self.spec.role is not Role.PREFILL:
+            raise InvalidRequest("role", f"group {self.spec.group_id} is a {self.spec.role} group")
+        waiter = self._submit(NewRequest(request_id, tuple(prompt_token_ids), sampling))
+        try:
+            out = await waiter.queue.get()
+        except asyncio.CancelledError:
+            # Also after the hand-off: the rank then drops the KV lease nobody will pull.
+            self._waiters.pop(request_id, None)
+            self._cancels[waiter.rank].append(request_id)
+            self._wake.set()
+            raise
+        self._waiters.pop(request_id, None)
+        return out
+
+    async def decode(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams,
+        first_token_id: int | None = None,
+        kv: TransferHandle | None = None,
+    ) -> AsyncGenerator[TokenOutput, None]:
+        """Stream the request's outputs until one carries a finish reason. Closing the iterator
+        early (a client that went away) cancels the request and frees its blocks."""
+        if self.spec.role is not Role.DECODE:
+            raise InvalidRequest("role", f"group {self.spec.group_id} is a {self.spec.role} group")
+        waiter = self._submit(NewRequest(request_id, tuple(prompt_token_ids), sampling, first_token_id, kv))
+        finished = False
+        try:
+            while not finished:
+                out = await waiter.queue.get()
+                finished = out.finish_reason is not None
+                yield out
+        finally:
+            if not finished:
+                await self.cancel(request_id)
+            self._waiters.pop(request_id, None)
+
+    async def cancel(self, request_id: str) -> bool:
+        waiter = self._waiters.get(request_id)
+        if waiter is None:
+            return False
+        self._cancels[waiter.rank].append(request_id)
+        self._wake.set()
+        return True
+
+    def _submit(self, req: NewRequest) -> _Waiter:
+        if not self.healthy:
+            raise GroupUnavailable(f"group {self.spec.group_id} is not serving: {self.status_message}")
+        if req.request_id in self._waiters:
+            raise InvalidRequest("request_id", f"{req.request_id!r} is already being served")
+        waiter = _Waiter(self._pick_rank())
+        self._waiters[req.request_id] = waiter
+        self._new[waiter.rank].append(req)
+        self._wake.set()
+        return waiter
+
+    def _pick_rank(self) -> int:
+        """Fewest requests in flight; ties go to the rank with the most free blocks."""
+        load = [0] * self.spec.ep_size
+        for waiter in self._waiters.values():
+            load[waiter.rank] += 1
+        free = [s.num_free_blocks if s is not None else 0 for s in self._stats]
+        return min(range(self.spec.ep_size), key=lambda r: (load[r], -free[r], r))
+
+    # ---- the step loop ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        busy = False
+        try:
+            while not self._closing:
+                if self._between_steps:
+                    await self._apply_placements()
+                has_input = any(self._new) or any(self._cancels)
+                if not has_input and not busy:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                inputs = [
+                    StepInput(tuple(n), tuple(c)) for n, c in zip(self._new, self._cancels, strict=True)
+                ]
+                self._new = [[] for _ in range(self.spec.ep_size)]
+                self._cancels = [[] for _ in range(self.spec.ep_size)]
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(a.step.remote(i) for a, i in zip(self._actors, inputs, strict=True))),
+                    self.spec.step_timeout_s,
+                )
+                for rank, result in enumerate(results):
+                    self._stats[rank] = result.stats
+                    for out in result.outputs:
+                        self._deliver(out)
+                busy = any(s.num_running + s.num_waiting + s.num_importing for s in self._stats if s)
+                if busy and not results[0].group_ran_forward:
+                    await asyncio.sleep(0.002)  # only KV pulls in flight: poll gently
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._error = f"group {self.spec.group_id} failed: {type(exc).__name__}: {exc}"
+            log.exception("group %s step loop failed", self.spec.group_id)
+            self._fail_all(self._error)
+
+    async def set_placement(self, placement: Placement) -> None:
+        """Switch every rank to a new expert placement between two steps (no request is dropped)."""
+        if not self.healthy:
+            raise GroupUnavailable(f"group {self.spec.group_id} is not serving: {self.status_message}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._between_steps.append((placement, done))
+        self._wake.set()
+        await done
+
+    async def _apply_placements(self) -> None:
+        pending, self._between_steps = self._between_steps, []
+        for placement, done in pending:
+            try:
+                await asyncio.gather(*(a.set_placement.remote(placement) for a in self._actors))
+                done.set_result(None)
+            except Exception as exc:
+                done.set_exception(exc)
+                raise
+
+    async def take_expert_load(self) -> list[Any]:
+        """Per rank, [num_moe_layers, slots_per_rank] int64 rows per expert slot since the last call."""
+        return list(await asyncio.gather(*(a.take_expert_load.remote() for a in self._actors)))
+
+    def _deliver(self, out: TokenOutput) -> None:
+        waiter = self._waiters.get(out.request_id)
+        if waiter is None:
+            return  # its caller is gone (cancelled); the rank has freed or will free its blocks
+        waiter.queue.put_nowait(out)
+        if out.finish_reason is not None or out.kv is not None:
+            self._waiters.pop(out.request_id, None)
+
+    def _fail_all(self, error: str) -> None:
+        for rid, waiter in list(self._waiters.items()):
+            waiter.queue.put_nowait(
+                TokenOutput(rid, (), "", 0, FinishReason.ERROR, error, ErrorKind.INTERNAL)
+            )
+        self._waiters.clear()
+
+    # ---- introspection ---------------------------------------------------------------------------
+    async def stats(self) -> GroupStats:
+        """Fresh per-rank stats (they wait for a step in progress)."""
+        if self._actors and self.healthy:
+            self._stats = list(await asyncio.gather(*(a.stats.remote() for a in self._actors)))
+        ranks = tuple(s for s in self._stats if s is not None)
+        return GroupStats(
+            self.spec.group_id, self.spec.role, self.spec.rank.engine.block_size, ranks, len(self._waiters)
+        )
+
+    async def check_invariants(self) -> None:
+        await asyncio.gather(*(a.check_invariants.remote() for a in self._actors))
