@@ -1,0 +1,105 @@
+"""The per-deployment frontend (the OpenAI-compatible API) and the per-pool headless Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moeplane.api.enums import Role
+from moeplane.api.spec import MoEDeployment
+from moeplane.operator import names
+from moeplane.operator.builders.configmaps import ENGINE_KEY
+from moeplane.operator.builders.raycluster import ENGINE_DIR
+from moeplane.operator.config import OperatorConfig
+
+FRONTEND_CONTAINER = "frontend"
+FRONTEND_COMPONENT = "frontend"
+
+
+def build_frontend_deployment(
+    deployment: MoEDeployment, name: str, namespace: str, config: OperatorConfig
+) -> dict[str, Any]:
+    spec = deployment.spec
+    labels = names.deployment_labels(name, FRONTEND_COMPONENT)
+    selector = {
+        names.DEPLOYMENT_LABEL: labels[names.DEPLOYMENT_LABEL],
+        names.APP_COMPONENT: FRONTEND_COMPONENT,
+    }
+    env = [
+        {"name": "MOEPLANE_NAMESPACE", "value": namespace},
+        {"name": "MOEPLANE_DEPLOYMENT", "value": name},
+        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
+    ]
+    if config.redis_url:
+        env.append({"name": "MOEPLANE_REDIS_URL", "value": config.redis_url})
+    container: dict[str, Any] = {
+        "name": FRONTEND_CONTAINER,
+        "image": spec.frontend.image or spec.image or config.image,
+        "args": ["frontend", "--host", "0.0.0.0", "--port", str(config.frontend_port)],
+        "env": env,
+        "ports": [{"containerPort": config.frontend_port, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True}],
+    }
+    if spec.frontend.resources:
+        container["resources"] = spec.frontend.resources
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": names.frontend(name), "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": spec.frontend.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "engine", "configMap": {"name": names.engine_configmap(name)}}],
+                },
+            },
+        },
+    }
+
+
+def build_frontend_service(name: str, namespace: str, config: OperatorConfig) -> dict[str, Any]:
+    labels = names.deployment_labels(name, FRONTEND_COMPONENT)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": names.frontend(name), "namespace": namespace, "labels": labels},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {
+                names.DEPLOYMENT_LABEL: labels[names.DEPLOYMENT_LABEL],
+                names.APP_COMPONENT: FRONTEND_COMPONENT,
+            },
+            "ports": [
+                {"name": "http", "port": config.frontend_port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_worker_service(
+    deployment: str, pool_name: str, namespace: str, role: Role, config: OperatorConfig
+) -> dict[str, Any]:
+    """Headless: one DNS record per worker pod, for the KV-transfer gRPC between groups."""
+    labels = names.pool_labels(deployment, pool_name, role)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": names.worker_service(pool_name), "namespace": namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            # Workers register in Redis while still warming up; their addresses must resolve then.
+            "publishNotReadyAddresses": True,
+            "selector": {names.POOL_LABEL: labels[names.POOL_LABEL], names.RAY_NODE_TYPE: "worker"},
+            "ports": [
+                {
+                    "name": "kv-grpc",
+                    "port": config.worker_grpc_port,
+                    "targetPort": config.worker_grpc_port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }

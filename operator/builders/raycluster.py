@@ -1,0 +1,192 @@
+"""The KubeRay RayCluster of a MoEPool: one worker group, one replica per EP group.
+
+`numOfHosts` is the nodes of one EP group (18 for DeepSeek's EP144 decode on 8-GPU nodes), and
+`replicas` the EP groups. In-tree autoscaling is off: moeplane owns replicas through the pool's
+`/scale`. The revision is a hash of everything that would restart a worker (layout, image,
+resources, scheduling), so a change there rolls a new RayCluster in beside the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from moeplane.api.hardware import HardwarePreset
+from moeplane.api.spec import MoEPoolSpec
+from moeplane.operator import names
+from moeplane.operator.builders.configmaps import ENGINE_KEY, PLACEMENT_KEY
+from moeplane.operator.config import OperatorConfig
+
+ENGINE_DIR = "/etc/moeplane/engine"
+PLACEMENT_DIR = "/etc/moeplane/placement"
+WORKER_CONTAINER = "ray-worker"
+MAX_GROUPS = 2**31 - 1  # KubeRay's own default
+HEAD_CONTAINER = "ray-head"
+
+
+def gpus_per_pod(pool: MoEPoolSpec) -> int:
+    """GPUs (or CPU ranks) in one pod: a whole node, or the whole group when it is smaller."""
+    return pool.layout.gpus_per_group // pool.layout.nodes_per_group
+
+
+def _worker_resources(pool: MoEPoolSpec, accelerator: HardwarePreset) -> dict[str, Any]:
+    per_pod = gpus_per_pod(pool)
+    user = pool.resources or {}
+    requests = dict(user.get("requests") or {})
+    limits = dict(user.get("limits") or {})
+    if accelerator is HardwarePreset.CPU:
+        requests.setdefault("cpu", str(per_pod))
+    else:
+        # Extended resources must be requested equal to their limit.
+        extended = {pool.gpu_resource_name: str(per_pod)}
+        if pool.rdma_resource_name:
+            extended[pool.rdma_resource_name] = str(per_pod)
+        requests.update(extended)
+        limits.update(extended)
+    out: dict[str, Any] = {"requests": requests}
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _env(
+    pool: MoEPoolSpec, pool_name: str, namespace: str, revision: str, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    env = [
+        {"name": "MOEPLANE_NAMESPACE", "value": namespace},
+        {"name": "MOEPLANE_DEPLOYMENT", "value": pool.deployment_name},
+        {"name": "MOEPLANE_ROLE", "value": pool.role.value},
+        {"name": "MOEPLANE_POOL", "value": pool_name},
+        {"name": "MOEPLANE_REVISION", "value": revision},
+        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
+        {"name": "MOEPLANE_PLACEMENT", "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
+        {"name": "MOEPLANE_WORKER_SERVICE", "value": names.worker_service(pool_name)},
+        {"name": "MOEPLANE_GRPC_PORT", "value": str(config.worker_grpc_port)},
+    ]
+    if config.redis_url:
+        env.append({"name": "MOEPLANE_REDIS_URL", "value": config.redis_url})
+    return env
+
+
+def _volumes(pool_name: str, deployment: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    return [
+        # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
+        {"name": "engine", "configMap": {"name": names.engine_configmap(deployment)}},
+        {"name": "placement", "configMap": {"name": names.placement_configmap(pool_name)}},
+    ]
+
+
+_MOUNTS = [
+    {"name": "dshm", "mountPath": "/dev/shm"},
+    {"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
+    {"name": "placement", "mountPath": PLACEMENT_DIR, "readOnly": True},
+]
+
+
+def _scheduling(pool: MoEPoolSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if pool.node_selector:
+        out["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        out["tolerations"] = list(pool.tolerations)
+    if pool.affinity:
+        out["affinity"] = dict(pool.affinity)
+    return out
+
+
+def _template_spec(
+    pool: MoEPoolSpec,
+    pool_name: str,
+    namespace: str,
+    accelerator: HardwarePreset,
+    config: OperatorConfig,
+    revision: str,
+) -> dict[str, Any]:
+    image = pool.image or config.image
+    per_pod = gpus_per_pod(pool)
+    start_params = (
+        {"num-cpus": str(per_pod)} if accelerator is HardwarePreset.CPU else {"num-gpus": str(per_pod)}
+    )
+    labels = names.pool_labels(pool.deployment_name, pool_name, pool.role)
+    head = {
+        "serviceType": "ClusterIP",
+        # The head schedules nothing itself: every rank runs on a worker.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "containers": [
+                    {
+                        "name": HEAD_CONTAINER,
+                        "image": image,
+                        "resources": config.head_resources,
+                        "env": _env(pool, pool_name, namespace, revision, config),
+                        "ports": [
+                            {"containerPort": 6379, "name": "gcs"},
+                            {"containerPort": 8265, "name": "dashboard"},
+                            {"containerPort": 10001, "name": "client"},
+                        ],
+                        "volumeMounts": _MOUNTS[1:],
+                    }
+                ],
+                "volumes": _volumes(pool_name, pool.deployment_name, config)[1:],
+            },
+        },
+    }
+    worker = {
+        "groupName": pool.role.value,
+        "replicas": pool.replicas,
+        # Bounds only matter to KubeRay's autoscaler, which is off; replicas must stay within them.
+        "minReplicas": 0,
+        "maxReplicas": MAX_GROUPS,
+        "numOfHosts": pool.layout.nodes_per_group,
+        "rayStartParams": start_params,
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "containers": [
+                    {
+                        "name": WORKER_CONTAINER,
+                        "image": image,
+                        "resources": _worker_resources(pool, accelerator),
+                        "env": _env(pool, pool_name, namespace, revision, config),
+                        "ports": [{"containerPort": config.worker_grpc_port, "name": "kv-grpc"}],
+                        "volumeMounts": _MOUNTS,
+                    }
+                ],
+                "volumes": _volumes(pool_name, pool.deployment_name, config),
+                **_scheduling(pool),
+            },
+        },
+    }
+    return {
+        "rayVersion": config.ray_version,
+        "enableInTreeAutoscaling": False,
+        "headGroupSpec": head,
+        "workerGroupSpecs": [worker],
+    }
+
+
+def pool_revision(
+    pool: MoEPoolSpec, pool_name: str, namespace: str, accelerator: HardwarePreset, config: OperatorConfig
+) -> str:
+    """8 hex digits over what restarts a worker; replicas are left out (scaling is not a rollout)."""
+    spec = _template_spec(
+        pool.model_copy(update={"replicas": 0}), pool_name, namespace, accelerator, config, revision=""
+    )
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def build_raycluster(
+    pool: MoEPoolSpec, pool_name: str, namespace: str, accelerator: HardwarePreset, config: OperatorConfig
+) -> dict[str, Any]:
+    revision = pool_revision(pool, pool_name, namespace, accelerator, config)
+    labels = {**names.pool_labels(pool.deployment_name, pool_name, pool.role), names.REVISION_LABEL: revision}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": names.raycluster(pool_name, revision), "namespace": namespace, "labels": labels},
+        "spec": _template_spec(pool, pool_name, namespace, accelerator, config, revision),
+    }

@@ -1,0 +1,47 @@
+"""The operator's own configuration: one frozen dataclass, validated once, passed down whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """An operator setting that cannot work; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How the operator runs and what its children look like by default."""
+
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
+    standalone: bool = True  # False: coordinate with other operators through a KopfPeering
+    peering_name: str = "moeplane"
+    liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
+    redis_url: str | None = None  # where the deployments' keys live; None: nothing to clean up
+    resync_s: float = 30.0  # the periodic level-triggered reconcile of every MoEDeployment
+    wait_s: float = 5.0  # retry delay while waiting on children (TemporaryError)
+    redis_cleanup_timeout_s: float = 60.0  # give up cleaning an unreachable Redis after this
+    image: str = "ghcr.io/moeplane/moeplane:0.1.0"  # default image of workers and the frontend
+    ray_version: str = "2.40.0"
+    worker_grpc_port: int = 50051
+    frontend_port: int = 8000
+    shm_size: str = "64Gi"  # /dev/shm of each worker pod (NCCL and Ray's object store)
+    head_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    )
+
+    def __post_init__(self) -> None:
+        if self.resync_s <= 0:
+            raise ConfigError(f"--resync-seconds must be positive (got {self.resync_s})")
+        if self.wait_s <= 0:
+            raise ConfigError(f"--wait-seconds must be positive (got {self.wait_s})")
+        if not self.standalone and not self.peering_name:
+            raise ConfigError("--peering needs a peering name")
+        for port_name in ("worker_grpc_port", "frontend_port"):
+            port = getattr(self, port_name)
+            if not 0 < port < 65536:
+                raise ConfigError(f"{port_name} must be a TCP port (got {port})")
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces

@@ -1,0 +1,131 @@
+"""What the operator reads back from KubeRay: readiness of the RayClusters of a pool. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from moeplane.operator import names
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> str | None:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == kind:
+            return str(cond.get("status"))
+    return None
+
+
+@dataclass(frozen=True)
+class RayClusterObservation:
+    """One RayCluster as KubeRay reports it (`status.readyWorkerReplicas` counts pods, not groups)."""
+
+    name: str
+    uid: str
+    revision: str
+    replicas: int
+    hosts_per_group: int
+    ready_workers: int
+    head_ready: bool
+    failure: str | None  # the RayClusterReplicaFailure message, when KubeRay reports one
+    deleting: bool
+
+    @property
+    def ready_groups(self) -> int:
+        """EP groups that can serve: every host of the group is ready, and so is the head.
+
+        KubeRay counts ready worker pods; a multi-host group is ready only when all its
+        `numOfHosts` pods are, so whole groups are ready pods // hosts (never more than asked).
+        """
+        if not self.head_ready or self.deleting:
+            return 0
+        return min(self.replicas, self.ready_workers // max(self.hosts_per_group, 1))
+
+    @property
+    def fully_ready(self) -> bool:
+        return self.ready_groups >= self.replicas
+
+
+def observe_raycluster(body: Mapping[str, Any]) -> RayClusterObservation:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    groups = spec.get("workerGroupSpecs") or [{}]
+    group = groups[0]
+    head_ready = _condition(status, "HeadPodReady") == "True" or status.get("state") == "ready"
+    failure = None
+    if _condition(status, "RayClusterReplicaFailure") == "True":
+        failure = next(
+            (
+                str(c.get("message") or c.get("reason") or "replica failure")
+                for c in status.get("conditions") or ()
+                if c.get("type") == "RayClusterReplicaFailure"
+            ),
+            "replica failure",
+        )
+    elif status.get("state") == "failed":
+        failure = str(status.get("reason") or "RayCluster failed")
+    return RayClusterObservation(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid", "")),
+        revision=str((meta.get("labels") or {}).get(names.REVISION_LABEL, "")),
+        replicas=int(group.get("replicas") or 0),
+        hosts_per_group=int(group.get("numOfHosts") or 1),
+        ready_workers=int(status.get("readyWorkerReplicas") or 0),
+        head_ready=head_ready,
+        failure=failure,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """The RayClusters of one pool: the current revision and any older ones still rolling out."""
+
+    desired_groups: int
+    current: RayClusterObservation | None
+    old: tuple[RayClusterObservation, ...]
+
+    @property
+    def ready_groups(self) -> int:
+        """Serving capacity: ready groups of every revision (old ones serve until replaced)."""
+        current = self.current.ready_groups if self.current else 0
+        return current + sum(o.ready_groups for o in self.old)
+
+    @property
+    def ready_workers(self) -> int:
+        clusters = ([self.current] if self.current else []) + list(self.old)
+        return sum(c.ready_workers for c in clusters if not c.deleting)
+
+    @property
+    def existing_groups(self) -> int:
+        return self.current.replicas if self.current else 0
+
+    @property
+    def rolling_out(self) -> bool:
+        return bool(self.old)
+
+    @property
+    def ready(self) -> bool:
+        current_ready = self.current.ready_groups if self.current else 0
+        return (
+            not self.old
+            and current_ready >= self.desired_groups
+            and (self.current is not None and self.current.replicas == self.desired_groups)
+        )
+
+    @property
+    def failure(self) -> str | None:
+        for c in ([self.current] if self.current else []) + list(self.old):
+            if c.failure:
+                return f"RayCluster {c.name}: {c.failure}"
+        return None
+
+
+def observe_pool(
+    desired_groups: int, current_name: str, rayclusters: Iterable[Mapping[str, Any]]
+) -> PoolObservation:
+    observed = [observe_raycluster(rc) for rc in rayclusters]
+    current = next((o for o in observed if o.name == current_name), None)
+    old = tuple(sorted((o for o in observed if o.name != current_name), key=lambda o: o.name))
+    return PoolObservation(desired_groups=desired_groups, current=current, old=old)

@@ -1,0 +1,213 @@
+"""The level-triggered reconcile: one ordered list of idempotent steps per object kind.
+
+MoEDeployment: engine ConfigMap -> MoEPools -> placement ConfigMaps -> frontend Deployment and
+Service -> each pool's children -> status. MoEPool: RayCluster of the current revision ->
+headless Service -> retire old revisions once the new one serves -> status.
+
+Each step builds the desired object with a pure builder, compares it with the cached live one and
+creates or patches only what differs. Run twice on an unchanged world, it writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from moeplane.api.enums import Role
+from moeplane.api.errors import SpecInvalid
+from moeplane.api.hardware import HardwarePreset
+from moeplane.api.layout import resolve_layout
+from moeplane.api.spec import MoEPool, parse_deployment, parse_pool
+from moeplane.operator import names
+from moeplane.operator.builders.configmaps import build_engine_configmap, build_placement_configmap
+from moeplane.operator.builders.frontend import (
+    build_frontend_deployment,
+    build_frontend_service,
+    build_worker_service,
+)
+from moeplane.operator.builders.pools import build_pool, desired_pool_replicas
+from moeplane.operator.builders.raycluster import build_raycluster
+from moeplane.operator.context import Context
+from moeplane.operator.diffing import ChildPolicy, Delete
+from moeplane.operator.kinds import CONFIGMAP, DEPLOYMENT, MOEDEPLOYMENT, MOEPOOL, RAYCLUSTER, SERVICE
+from moeplane.operator.observe import PoolObservation, RayClusterObservation, observe_pool
+from moeplane.operator.status import (
+    PoolSummary,
+    deployment_status,
+    invalid_status,
+    now_utc,
+    pool_status,
+    status_patch,
+)
+
+POOL_POLICY = ChildPolicy(
+    prune=(("spec",),),
+    drift=((("spec", "replicas"), ("spec", "replicas")),),
+    unhashed=(("spec", "replicas"),),
+)
+RAYCLUSTER_POLICY = ChildPolicy(
+    drift=((("spec", "workerGroupSpecs", 0, "replicas"), ("spec", "workerGroupSpecs")),),
+    unhashed=(("spec", "workerGroupSpecs", 0, "replicas"),),
+)
+CONFIGMAP_POLICY = ChildPolicy(prune=(("data",),))
+DEPLOYMENT_POLICY = ChildPolicy(drift=((("spec", "replicas"), ("spec", "replicas")),))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found: Ready, still waiting (and on what), or an invalid spec."""
+
+    ready: bool
+    waiting: str = ""
+    invalid: str = ""
+
+
+def _wire(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's part of an object: the typed models forbid unknown fields, and the server adds some."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": body.get("spec"),
+    }
+
+
+def _generation(body: Mapping[str, Any]) -> int | None:
+    value = (body.get("metadata") or {}).get("generation")
+    return int(value) if value is not None else None
+
+
+# ---- MoEDeployment --------------------------------------------------------------------------------
+async def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    async with ctx.locks(MOEDEPLOYMENT, namespace, name):
+        ctx.counters.reconciles["moedeployments"] += 1
+        try:
+            deployment = parse_deployment(_wire(body))
+        except SpecInvalid as exc:
+            message = "; ".join(exc.messages)
+            await _mark_invalid(ctx, body, message)
+            return Outcome(ready=False, invalid=message)
+        ctx.reported.pop((MOEDEPLOYMENT.plural, namespace, name), None)
+        layout = resolve_layout(deployment.spec)
+        arch = deployment.spec.model.resolve_arch()
+
+        await ctx.ensure(
+            CONFIGMAP, build_engine_configmap(deployment, name, namespace, layout), body, CONFIGMAP_POLICY
+        )
+        pools: dict[Role, dict[str, Any]] = {}
+        for role in Role:
+            live = ctx.lookup(MOEPOOL, namespace, names.pool_name(name, role))
+            replicas = desired_pool_replicas(deployment.spec.pool(role).replicas, live)
+            desired = build_pool(deployment, name, namespace, role, layout, replicas)
+            pools[role] = await ctx.ensure(MOEPOOL, desired, body, POOL_POLICY)
+        for role in Role:
+            pool = parse_pool(_wire(pools[role]))
+            labels = names.pool_labels(name, str(pools[role]["metadata"]["name"]), role)
+            placement = build_placement_configmap(
+                pool.spec,
+                str(pools[role]["metadata"]["name"]),
+                namespace,
+                labels,
+                arch.num_moe_layers,
+                arch.num_routed_experts,
+            )
+            await ctx.ensure(CONFIGMAP, placement, pools[role], CONFIGMAP_POLICY)
+        await ctx.ensure(
+            DEPLOYMENT,
+            build_frontend_deployment(deployment, name, namespace, ctx.config),
+            body,
+            DEPLOYMENT_POLICY,
+        )
+        await ctx.ensure(SERVICE, build_frontend_service(name, namespace, ctx.config), body)
+
+        summaries = [await reconcile_pool(ctx, pools[role]) for role in Role]
+        status = deployment_status(summaries, _generation(body), body.get("status"), now_utc())
+        await ctx.write_status(MOEDEPLOYMENT, namespace, name, status_patch(body.get("status"), status))
+        waiting = [
+            f"{s.role.value} {s.ready_groups}/{s.desired_groups} groups ready"
+            for s in summaries
+            if not s.ready
+        ]
+        return Outcome(ready=not waiting, waiting="; ".join(waiting))
+
+
+async def _mark_invalid(ctx: Context, body: Mapping[str, Any], message: str) -> None:
+    """Invalid condition + a Warning Event with the exact message; nothing created or deleted.
+
+    The Event is posted only when the condition changes, so a resync of a still-invalid spec
+    writes nothing.
+    """
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    status = invalid_status(message, _generation(body), body.get("status"), now_utc())
+    await ctx.write_status(MOEDEPLOYMENT, namespace, name, status_patch(body.get("status"), status))
+    key = (MOEDEPLOYMENT.plural, namespace, name)
+    if ctx.reported.get(key) != message:
+        ctx.reported[key] = message
+        ctx.events.warn(body, reason="InvalidSpec", message=message)
+
+
+# ---- MoEPool --------------------------------------------------------------------------------------
+def _accelerator(body: Mapping[str, Any]) -> HardwarePreset:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    try:
+        return HardwarePreset(annotations.get(names.ACCELERATOR, HardwarePreset.H100.value))
+    except ValueError:
+        return HardwarePreset.H100
+
+
+def retired(obs: PoolObservation) -> list[RayClusterObservation]:
+    """Old revisions to delete now.
+
+    All of them once the current revision serves every group it should; before that, only
+    those that serve nothing while something else serves (capacity never drops to zero).
+    """
+    if not obs.old:
+        return []
+    if obs.current is not None and obs.current.fully_ready:
+        return list(obs.old)
+    others_serve = [o for o in obs.old if o.ready_groups] or (
+        [obs.current] if obs.current and obs.current.ready_groups else []
+    )
+    return [o for o in obs.old if not o.ready_groups] if others_serve else []
+
+
+async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    async with ctx.locks(MOEPOOL, namespace, name):
+        ctx.counters.reconciles["moepools"] += 1
+        pool: MoEPool = parse_pool(_wire(body))
+        spec = pool.spec
+        desired = build_raycluster(spec, name, namespace, _accelerator(body), ctx.config)
+        pool_label = names.label_value(name)
+        live = {str(rc["metadata"]["name"]): rc for rc in await ctx.rayclusters(namespace, pool_label)}
+        current = await ctx.ensure(
+            RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=live.get(desired["metadata"]["name"])
+        )
+        await ctx.ensure(
+            SERVICE, build_worker_service(spec.deployment_name, name, namespace, spec.role, ctx.config), body
+        )
+        clusters = [rc for rc_name, rc in live.items() if rc_name != current["metadata"]["name"]] + [current]
+        obs = observe_pool(spec.replicas, str(current["metadata"]["name"]), clusters)
+        gone = retired(obs)
+        for old in gone:
+            await ctx.apply(Delete(RAYCLUSTER, namespace, old.name, old.uid))
+        if gone:
+            obs = PoolObservation(obs.desired_groups, obs.current, tuple(o for o in obs.old if o not in gone))
+        status = pool_status(obs, names.pool_selector(name), _generation(body), body.get("status"), now_utc())
+        await ctx.write_status(MOEPOOL, namespace, name, status_patch(body.get("status"), status))
+        return PoolSummary(
+            role=spec.role,
+            desired_groups=spec.replicas,
+            ready_groups=obs.ready_groups,
+            ready_workers=obs.ready_workers,
+            ready=obs.ready,
+            rolling_out=obs.rolling_out,
+            failure=obs.failure,
+            gpus_per_group=spec.layout.gpus_per_group,
+        )

@@ -1,0 +1,238 @@
+"""Status computed from observation, and the patch that writes it only when it changed. Pure.
+
+Conditions keep their `lastTransitionTime` while their status stays the same, so a resync that
+observes nothing new produces an identical status and no write.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moeplane.api.enums import ConditionStatus, ConditionType, Role
+from moeplane.api.status import Condition
+from moeplane.operator.observe import PoolObservation
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def _true(flag: bool) -> ConditionStatus:
+    return ConditionStatus.TRUE if flag else ConditionStatus.FALSE
+
+
+def conditions_wire(
+    conds: Sequence[Cond],
+    previous: Sequence[Mapping[str, Any]],
+    generation: int | None,
+    now: datetime.datetime,
+) -> list[Obj]:
+    """Wire form; a condition whose status did not change keeps its previous transition time."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in conds:
+        old = before.get(cond.type.value)
+        when = now
+        if old is not None and old.get("status") == cond.status.value and old.get("lastTransitionTime"):
+            when = datetime.datetime.fromisoformat(str(old["lastTransitionTime"]).replace("Z", "+00:00"))
+        out.append(
+            Condition(
+                type=cond.type,
+                status=cond.status,
+                reason=cond.reason,
+                message=cond.message,
+                last_transition_time=when,
+                observed_generation=generation,
+            ).to_wire()
+        )
+    return out
+
+
+# ---- MoEPool -----------------------------------------------------------------------------------
+def pool_conditions(obs: PoolObservation) -> list[Cond]:
+    current_ready = obs.current.ready_groups if obs.current else 0
+    if obs.ready:
+        ready = Cond(
+            ConditionType.READY,
+            ConditionStatus.TRUE,
+            "GroupsReady",
+            f"{current_ready}/{obs.desired_groups} EP groups ready",
+        )
+    else:
+        ready = Cond(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "WaitingForGroups",
+            f"{current_ready}/{obs.desired_groups} EP groups of the current revision ready",
+        )
+    if obs.rolling_out:
+        progressing = Cond(
+            ConditionType.PROGRESSING,
+            ConditionStatus.TRUE,
+            "RollingOut",
+            f"new revision {obs.current.revision if obs.current else '?'}: {current_ready}/"
+            f"{obs.desired_groups} groups ready; {len(obs.old)} old RayCluster(s) serve meanwhile",
+        )
+    elif not obs.ready:
+        progressing = Cond(
+            ConditionType.PROGRESSING,
+            ConditionStatus.TRUE,
+            "Scaling",
+            f"{current_ready}/{obs.desired_groups} EP groups ready",
+        )
+    else:
+        progressing = Cond(
+            ConditionType.PROGRESSING, ConditionStatus.FALSE, "Complete", "the pool is up to date"
+        )
+    failure = obs.failure
+    degraded = Cond(
+        ConditionType.DEGRADED,
+        _true(failure is not None),
+        "ReplicaFailure" if failure else "Healthy",
+        failure or "",
+    )
+    return [ready, progressing, degraded]
+
+
+def pool_status(
+    obs: PoolObservation,
+    selector: str,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime.datetime,
+) -> Obj:
+    previous = previous or {}
+    return {
+        "replicas": obs.existing_groups,
+        "readyReplicas": obs.ready_groups,
+        "readyWorkers": obs.ready_workers,
+        "selector": selector,
+        "observedGeneration": generation,
+        "conditions": conditions_wire(
+            pool_conditions(obs), previous.get("conditions") or [], generation, now
+        ),
+    }
+
+
+# ---- MoEDeployment -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolSummary:
+    """One pool as the deployment sees it (from the pool's spec and freshly computed status)."""
+
+    role: Role
+    desired_groups: int
+    ready_groups: int
+    ready_workers: int
+    ready: bool
+    rolling_out: bool
+    failure: str | None
+    gpus_per_group: int
+
+
+def deployment_conditions(pools: Sequence[PoolSummary]) -> list[Cond]:
+    waiting = [f"{p.role.value} {p.ready_groups}/{p.desired_groups}" for p in pools if not p.ready]
+    all_ready = not waiting and len(pools) == len(Role)
+    invalid = Cond(ConditionType.INVALID, ConditionStatus.FALSE, "SpecValid", "")
+    if all_ready:
+        ready = Cond(ConditionType.READY, ConditionStatus.TRUE, "PoolsReady", "every EP group is ready")
+        progressing = Cond(
+            ConditionType.PROGRESSING, ConditionStatus.FALSE, "Complete", "the deployment is up to date"
+        )
+    else:
+        detail = "; ".join(waiting) if waiting else "pools are being created"
+        ready = Cond(
+            ConditionType.READY, ConditionStatus.FALSE, "WaitingForPools", f"EP groups ready: {detail}"
+        )
+        rolling = [p.role.value for p in pools if p.rolling_out]
+        reason = "RollingOut" if rolling else "Scaling"
+        progressing = Cond(
+            ConditionType.PROGRESSING,
+            ConditionStatus.TRUE,
+            reason,
+            f"rolling out {', '.join(rolling)}" if rolling else f"waiting for {detail}",
+        )
+    failures = [f"{p.role.value}: {p.failure}" for p in pools if p.failure]
+    degraded = Cond(
+        ConditionType.DEGRADED,
+        _true(bool(failures)),
+        "ReplicaFailure" if failures else "Healthy",
+        "; ".join(failures),
+    )
+    return [ready, progressing, degraded, invalid]
+
+
+def deployment_status(
+    pools: Sequence[PoolSummary],
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime.datetime,
+) -> Obj:
+    previous = previous or {}
+    out: Obj = {
+        "observedGeneration": generation,
+        "conditions": conditions_wire(
+            deployment_conditions(pools), previous.get("conditions") or [], generation, now
+        ),
+        "totalGpus": sum(p.desired_groups * p.gpus_per_group for p in pools),
+    }
+    for p in pools:
+        out[p.role.value] = {
+            "desiredGroups": p.desired_groups,
+            "readyGroups": p.ready_groups,
+            "readyWorkers": p.ready_workers,
+        }
+    return out
+
+
+def invalid_status(
+    message: str, generation: int | None, previous: Mapping[str, Any] | None, now: datetime.datetime
+) -> Obj:
+    """Invalid=True with the exact validation message; the other conditions stay as they were."""
+    previous = previous or {}
+    kept = [c for c in previous.get("conditions") or [] if c.get("type") != ConditionType.INVALID.value]
+    conds = [
+        Cond(
+            ConditionType(c["type"]), ConditionStatus(c["status"]), c.get("reason", ""), c.get("message", "")
+        )
+        for c in kept
+        if c.get("type") in {t.value for t in ConditionType}
+    ]
+    if not any(c.type is ConditionType.READY for c in conds):
+        conds.append(Cond(ConditionType.READY, ConditionStatus.FALSE, "SpecInvalid", "the spec is invalid"))
+    conds.append(Cond(ConditionType.INVALID, ConditionStatus.TRUE, "SpecInvalid", message))
+    # Keep the generation the other conditions were computed from.
+    wire = conditions_wire(conds, previous.get("conditions") or [], generation, now)
+    return {"observedGeneration": generation, "conditions": wire}
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def status_patch(current: Mapping[str, Any] | None, desired: Obj) -> Obj | None:
+    """The merge patch of `status` (only keys the operator owns), or None when nothing changed.
+
+    Fields others own (the planner's `lastDecision`, EPLB's `placementVersion`) are untouched:
+    a merge patch leaves keys it does not name alone.
+    """
+    current = current or {}
+    patch: Obj = {}
+    for key, value in desired.items():
+        have = current.get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            sub = {k: v for k, v in value.items() if have.get(k) != v}
+            if sub:
+                patch[key] = sub
+        elif have != value:
+            patch[key] = value
+    return {"status": patch} if patch else None
