@@ -1,13 +1,37 @@
-"""The API permissions the operator needs, as data: the Helm chart's ClusterRole is rendered from
-(or checked against) these rules, and the operator tests check every call the operator makes
-against them."""
+"""The API permissions the operator needs, as data: the one source of the Helm chart's operator
+ClusterRoles (`chart_rules_template` is generated into the chart by `make crds`), and what the
+operator's tests check every call it makes against.
+
+RBAC is derived from observed use: each rule grants what the operator's test suite records it
+calling (tests/operator/api_calls.json) plus what Kopf itself needs (CRD and namespace discovery,
+events, peering); tests/charts/test_chart_rbac.py holds the chart to exactly that.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from moeplane.operator.names import DOMAIN
+
+
+class Scope(Enum):
+    """Where a rule is bound: in each served namespace, or cluster-wide (cluster-scoped kinds)."""
+
+    NAMESPACED = "namespaced"
+    CLUSTER = "cluster"
+
+
+class When(Enum):
+    """Which operator modes need a rule: always, or only with Kopf peering (not --standalone),
+    whose peering object is a namespaced KopfPeering when the operator serves listed namespaces
+    and a ClusterKopfPeering when it serves the whole cluster."""
+
+    ALWAYS = "always"
+    PEERING_NAMESPACED = "peeringNamespaced"
+    PEERING_CLUSTER_WIDE = "peeringClusterWide"
 
 
 @dataclass(frozen=True)
@@ -15,9 +39,16 @@ class PolicyRule:
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
+    why: str
+    scope: Scope = Scope.NAMESPACED
+    when: When = When.ALWAYS
 
     def allows(self, verb: str, group: str, resource: str) -> bool:
         return group in self.api_groups and resource in self.resources and verb in self.verbs
+
+    def calls(self) -> set[tuple[str, str, str]]:
+        """(verb, group, resource) of every request the rule allows."""
+        return {(v, g, r) for g in self.api_groups for r in self.resources for v in self.verbs}
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -27,25 +58,70 @@ class PolicyRule:
         }
 
 
-# Children are watched (kopf's cache), created and patched; they go away by garbage collection,
-# so only RayClusters (retired by a rollout) are ever deleted, and they are listed, not watched.
+# Children the reconcile reads from Kopf's watch cache: watched and listed by Kopf; created and
+# patched (diff-only) by the reconcile, which reads one (`get`) only when its create conflicts
+# with a child the cache has not seen yet. They go away by garbage collection, never by a delete.
 _CACHED_CHILD = ("get", "list", "watch", "create", "patch")
 
 RULES: tuple[PolicyRule, ...] = (
-    # The user's objects: watched, annotated by kopf (progress, finalizer), status written.
-    PolicyRule((DOMAIN,), ("moedeployments",), ("get", "list", "watch", "patch")),
-    PolicyRule((DOMAIN,), ("moepools",), _CACHED_CHILD),
-    PolicyRule((DOMAIN,), ("moedeployments/status", "moepools/status"), ("get", "patch")),
-    # The children.
-    PolicyRule(("ray.io",), ("rayclusters",), ("get", "list", "create", "patch", "delete")),
-    PolicyRule(("",), ("configmaps", "services"), _CACHED_CHILD),
-    PolicyRule(("apps",), ("deployments",), _CACHED_CHILD),
-    # Events: the Invalid-spec warning and kopf's handler failures.
-    PolicyRule(("", "events.k8s.io"), ("events",), ("create",)),
-    # kopf: resource discovery, namespace scanning, and peering when not --standalone.
-    PolicyRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch")),
-    PolicyRule(("",), ("namespaces",), ("list", "watch")),
-    PolicyRule(("kopf.dev",), ("kopfpeerings", "clusterkopfpeerings"), ("get", "list", "watch", "patch")),
+    PolicyRule(
+        (DOMAIN,),
+        ("moedeployments",),
+        ("list", "watch", "patch"),
+        "The user's MoEDeployments: watched; Kopf's progress annotations and the finalizer patched.",
+    ),
+    PolicyRule((DOMAIN,), ("moepools",), _CACHED_CHILD, "One MoEPool per role, watched by the operator."),
+    PolicyRule(
+        (DOMAIN,),
+        ("moedeployments/status", "moepools/status"),
+        ("patch",),
+        "Status is computed from what is observed and patched only when it changed.",
+    ),
+    PolicyRule(
+        ("ray.io",),
+        ("rayclusters",),
+        ("list", "create", "patch", "delete"),
+        "Each pool's RayClusters are listed fresh, never cached; a rollout deletes old revisions.",
+    ),
+    PolicyRule(
+        ("",),
+        ("configmaps", "services"),
+        _CACHED_CHILD,
+        "Engine and placement ConfigMaps, worker and frontend Services.",
+    ),
+    PolicyRule(("apps",), ("deployments",), _CACHED_CHILD, "The frontend Deployment."),
+    PolicyRule(
+        ("",), ("events",), ("create",), "Events: the Invalid-spec warning and Kopf's handler failures."
+    ),
+    PolicyRule(
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+        "Kopf discovers the served resources at run time (CRDs come and go).",
+        scope=Scope.CLUSTER,
+    ),
+    PolicyRule(
+        ("",),
+        ("namespaces",),
+        ("list", "watch"),
+        "Kopf scans namespaces at run time.",
+        scope=Scope.CLUSTER,
+    ),
+    PolicyRule(
+        ("kopf.dev",),
+        ("kopfpeerings",),
+        ("list", "watch", "patch"),
+        "Kopf peering, namespaced mode: keep-alives in each served namespace's KopfPeering.",
+        when=When.PEERING_NAMESPACED,
+    ),
+    PolicyRule(
+        ("kopf.dev",),
+        ("clusterkopfpeerings",),
+        ("list", "watch", "patch"),
+        "Kopf peering, cluster-wide mode: keep-alives in the ClusterKopfPeering.",
+        scope=Scope.CLUSTER,
+        when=When.PEERING_CLUSTER_WIDE,
+    ),
 )
 
 
@@ -53,10 +129,49 @@ def allowed(verb: str, group: str, resource: str) -> bool:
     return any(rule.allows(verb, group, resource) for rule in RULES)
 
 
+def rules_for(peering: bool, namespaced: bool) -> tuple[PolicyRule, ...]:
+    """The rules one operator mode needs (`namespaced`: it serves listed namespaces)."""
+    modes = {When.ALWAYS}
+    if peering:
+        modes.add(When.PEERING_NAMESPACED if namespaced else When.PEERING_CLUSTER_WIDE)
+    return tuple(rule for rule in RULES if rule.when in modes)
+
+
 def cluster_role(name: str = "moeplane-operator") -> dict[str, Any]:
+    """Every rule in one ClusterRole (for a cluster admin who binds the operator by hand)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name},
         "rules": [rule.to_wire() for rule in RULES],
     }
+
+
+# ---- the chart ------------------------------------------------------------------------------------
+def template_name(scope: Scope, when: When) -> str:
+    """The chart's named template holding the rules of one scope and mode."""
+    suffix = "" if when is When.ALWAYS else f"{when.value[0].upper()}{when.value[1:]}"
+    return f"moeplane.operatorRules.{scope.value}{suffix}"
+
+
+def _rule_yaml(rule: PolicyRule) -> list[str]:
+    return [
+        f"# {rule.why}",
+        f"- apiGroups: {json.dumps(list(rule.api_groups))}",
+        f"  resources: {json.dumps(list(rule.resources))}",
+        f"  verbs: {json.dumps(list(rule.verbs))}",
+    ]
+
+
+def chart_rules_template(generated_by: str) -> str:
+    """The chart's `templates/_operator_rules.tpl`: one named template per (scope, mode) holding
+    the rules as a YAML list, which `templates/rbac.yaml` includes into the operator's roles."""
+    lines = ["{{- /*", f"{generated_by}", "The rules are moeplane.operator.rbac.RULES. */ -}}"]
+    for scope in Scope:
+        for when in When:
+            rules = [r for r in RULES if r.scope is scope and r.when is when]
+            lines.append(f'{{{{- define "{template_name(scope, when)}" -}}}}')
+            for rule in rules:
+                lines += _rule_yaml(rule)
+            lines.append("{{- end }}")
+    return "\n".join(lines) + "\n"

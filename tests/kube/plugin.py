@@ -14,6 +14,7 @@ import pytest
 
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
+from tests.kube.recording import Call, component_of, recorder_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -21,12 +22,23 @@ USERS = ("admin", "operator", "planner")
 
 
 @pytest.fixture
-def kube_cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
-    """A fresh emulated API server with a kubeconfig per user (admin, operator, planner)."""
+def kube_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EmulatedCluster]:
+    """A fresh emulated API server with a kubeconfig per user (admin, operator, planner).
+
+    In a component's own suite (tests/operator, tests/planner) the calls its user made are checked
+    against the suite's committed recording at teardown (tests/kube/recording.py).
+    """
     workdir = tmp_path / "kube"
     workdir.mkdir()
+    component = component_of(request.node.path)
+    recorder = recorder_for(request.config)
+    unrecorded: list[Call] = []
     with EmulatedCluster(users=USERS, workdir=workdir) as cluster:
         yield cluster
+        if component is not None:
+            unrecorded = recorder.observe(component, cluster.rbac_seen(component))
+    if component is not None and unrecorded:
+        pytest.fail(recorder.problem(component, unrecorded), pytrace=False)
 
 
 @pytest.fixture

@@ -1,15 +1,14 @@
 """Operator fixtures: the emulated cluster (tests.kube), and the operator running against it.
 
-Every API call the operator makes in these tests is collected (verb, group, resource) and checked
-against `moeplane.operator.rbac.RULES`; the union is written to `.build/operator-api-calls.json`
-for the Helm chart's RBAC check.
+Every API call the operator makes in these tests is checked against `moeplane.operator.rbac.RULES`
+(harness.check_rbac) and, by the `kube_cluster` fixture, against the committed recording
+`tests/operator/api_calls.json` that the Helm chart's RBAC is checked against
+(tests/kube/recording.py; re-record with MOEPLANE_RECORD_API_CALLS=1).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,19 +20,11 @@ from tests.operator.harness import FAST, check_rbac, operator_in_thread
 
 __all__ = ["kube_cluster", "kube_crds", "kuberay"]
 
-ROOT = Path(__file__).resolve().parents[2]
-API_CALLS_FILE = ROOT / ".build" / "operator-api-calls.json"
-
 
 @pytest.fixture(scope="session")
-def operator_api_calls() -> Iterator[set[tuple[str, str, str]]]:
-    calls: set[tuple[str, str, str]] = set()
-    yield calls
-    if calls:
-        API_CALLS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        API_CALLS_FILE.write_text(
-            json.dumps([{"verb": v, "group": g, "resource": r} for v, g, r in sorted(calls)], indent=1) + "\n"
-        )
+def operator_api_calls() -> set[tuple[str, str, str]]:
+    """The operator's calls across the session, as harness.check_rbac collects them."""
+    return set()
 
 
 @pytest.fixture
