@@ -4,13 +4,20 @@
 
 One request's KV for DeepSeek-V3 is 70,272 bytes/token (MLA latent + rope key, 61 layers, BF16);
 4,096 tokens make 288 MB. A server process holds the payload; this process pulls it with
-- gRPC: moeplane's KV transport (raw 1 MiB frames, identity serializers, per-chunk CRC-32 and a
-  whole-transfer digest checked on receipt, lease and ack),
+- gRPC: moeplane's KV transport (raw 1 MiB frames, identity serializers, per-chunk CRC-32C and a
+  whole-transfer digest checked on receipt, lease and ack; glibc malloc tuned as the transport
+  does in production, `--no-malloc-tuning` to compare),
 - a raw asyncio TCP socket (1 MiB writes with drain; a BufferedProtocol receiving in place),
 - a blocking socket (sendall / recv_into), and
 - Mooncake's transfer engine over TCP, if `mooncake.engine` imports.
 Every method's received bytes are checked against the source. Each figure is the median of the
-repetitions; the ratio is against the asyncio socket measured in the same run.
+repetitions; the ratio is against the asyncio socket measured in the same run, and the methods take
+turns within each repetition so a change in the machine's load hits them alike.
+
+On a shared machine wall-clock ratios swing with the load (other processes take the cores the
+transfer would use), so each method's CPU time is reported as well: client and server process
+CPU-milliseconds per GB moved (Linux /proc; 10 ms ticks), which the load barely moves.
+`--grpc-streams 1,2` also measures the transport with several parallel streams per pull.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ def make_payload(num_bytes: int) -> bytearray:
 
 
 # ---- server process -------------------------------------------------------------------------
-def serve(num_bytes: int, num_transfers: int, ready: mp.Queue, done: mp.Event) -> None:  # type: ignore[valid-type]
-    asyncio.run(_serve(num_bytes, num_transfers, ready, done))
+def serve(
+    num_bytes: int, num_transfers: int, ready: mp.Queue, done: mp.Event, tune_malloc: bool = True  # type: ignore[valid-type]
+) -> None:
+    asyncio.run(_serve(num_bytes, num_transfers, ready, done, tune_malloc))
 
 
-async def _serve(num_bytes: int, num_transfers: int, ready, done) -> None:  # type: ignore[no-untyped-def]
+async def _serve(num_bytes: int, num_transfers: int, ready, done, tune_malloc: bool) -> None:  # type: ignore[no-untyped-def]
     from moeplane.workers.kv.buffers import BufferSource
     from moeplane.workers.kv.grpc_backend import GrpcKVTransport
     from moeplane.workers.kv.layout import KVDtype, KVLayout
@@ -55,7 +64,7 @@ async def _serve(num_bytes: int, num_transfers: int, ready, done) -> None:  # ty
     view = memoryview(payload)
     info: dict = {"crc32": zlib.crc32(payload)}
 
-    transport = GrpcKVTransport(chunk_bytes=CHUNK_BYTES)
+    transport = GrpcKVTransport(chunk_bytes=CHUNK_BYTES, tune_malloc=tune_malloc)
     await transport.start()
     # The payload as one "layer" of bytes, so any size fits the layout.
     layout = KVLayout(num_layers=1, num_tokens=num_bytes, kv_elems=1, dtype=KVDtype.FLOAT8_E4M3)
@@ -127,13 +136,13 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 
 # ---- client side ----------------------------------------------------------------------------
-async def pull_grpc(handle_bytes: bytes, dst: bytearray, streams: int) -> float:
+async def pull_grpc(handle_bytes: bytes, dst: bytearray, streams: int, tune_malloc: bool = True) -> float:
     from moeplane.protos import kv_transfer_pb2 as pb
     from moeplane.workers.kv.buffers import BufferSink
     from moeplane.workers.kv.grpc_backend import GrpcKVTransport
     from moeplane.workers.kv.layout import TransferHandle
 
-    client = GrpcKVTransport(chunk_bytes=CHUNK_BYTES, streams=streams)
+    client = GrpcKVTransport(chunk_bytes=CHUNK_BYTES, streams=streams, tune_malloc=tune_malloc)
     handle = TransferHandle.from_proto(pb.KVHandle.FromString(handle_bytes))
     try:
         start = time.perf_counter()
@@ -188,6 +197,15 @@ def pull_blocking(port: int, dst: bytearray) -> float:
         return time.perf_counter() - start
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all threads (None where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pull_mooncake(engine, target: str, remote_addr: int, dst: bytearray) -> float:  # type: ignore[no-untyped-def]
     import ctypes
 
@@ -198,31 +216,55 @@ def pull_mooncake(engine, target: str, remote_addr: int, dst: bytearray) -> floa
     return time.perf_counter() - start
 
 
+def parse_streams(text: str) -> list[int]:
+    try:
+        streams = [int(x) for x in text.split(",")]
+    except ValueError:
+        streams = []
+    if not streams or min(streams) < 1:
+        raise argparse.ArgumentTypeError(f"positive integers separated by commas, got {text!r}")
+    return streams
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,024 tokens and 2 repetitions")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--tokens", type=int, default=None, help="tokens of KV (default 4,096)")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--grpc-streams", type=int, default=1, help="parallel gRPC streams per pull")
+    parser.add_argument("--grpc-streams", type=parse_streams, default=[1],
+                        help="parallel gRPC streams per pull; a list (1,2) measures each (default 1)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc at its defaults in both processes (see kv/malloc.py)")
     args = parser.parse_args(argv)
     tokens = args.tokens or (1024 if args.quick else 4096)
     reps = args.reps or (2 if args.quick else 5)
     num_bytes = tokens * DEEPSEEK_KV_BYTES_PER_TOKEN
+    # The first count is moeplane's configuration ("grpc"); others are extra rows.
+    grpc_methods = {("grpc" if i == 0 else f"grpc_{n}streams"): n for i, n in enumerate(args.grpc_streams)}
 
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     ctx = mp.get_context("spawn")
     ready, done = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=serve, args=(num_bytes, reps + 1, ready, done), daemon=True)
+    server = ctx.Process(
+        target=serve,
+        args=(num_bytes, (reps + 1) * len(grpc_methods), ready, done, not args.no_malloc_tuning),
+        daemon=True,
+    )
     server.start()
     info = ready.get(timeout=120)
     dst = bytearray(num_bytes)
     seconds: dict[str, list[float]] = {}
+    cpu_ms_per_gb: dict[str, list[tuple[float, float]]] = {}  # (client, server) per repetition
 
     def check(name: str) -> None:
         if zlib.crc32(dst) != info["crc32"]:
             raise SystemExit(f"{name}: received bytes differ from the source")
         memoryview(dst)[:4096] = bytes(4096)  # the next pull must write the head again
+
+    def cpu_now() -> tuple[float, float] | None:
+        client, srv = process_cpu_s(os.getpid()), process_cpu_s(server.pid or 0)
+        return None if client is None or srv is None else (client, srv)
 
     mooncake_engine = None
     if "mooncake" in info:
@@ -234,60 +276,84 @@ def main(argv: list[str] | None = None) -> int:
 
         mooncake_engine.register_memory(ctypes.addressof(ctypes.c_char.from_buffer(dst)), num_bytes)
 
-    methods = ["grpc", "asyncio_socket", "blocking_socket"] + (["mooncake"] if mooncake_engine else [])
+    methods = [*grpc_methods, "asyncio_socket", "blocking_socket"] + (["mooncake"] if mooncake_engine else [])
     total_runs = len(methods) * (reps + 1)
     run = 0
+    handles = iter(info["grpc"])
     for rep in range(reps + 1):  # the first round warms connections and page-faults the buffer
         for name in methods:
             run += 1
             print(f"\r[{run}/{total_runs}] {name:<16}", end="", file=sys.stderr, flush=True)
-            if name == "grpc":
-                elapsed = asyncio.run(pull_grpc(info["grpc"][rep], dst, args.grpc_streams))
+            cpu_before = cpu_now()
+            if name in grpc_methods:
+                elapsed = asyncio.run(
+                    pull_grpc(next(handles), dst, grpc_methods[name], not args.no_malloc_tuning)
+                )
             elif name == "asyncio_socket":
                 elapsed = asyncio.run(pull_asyncio(info["asyncio_port"], dst))
             elif name == "blocking_socket":
                 elapsed = pull_blocking(info["blocking_port"], dst)
             else:
-                elapsed = pull_mooncake(mooncake_engine, *info["mooncake"], dst)
+                target, remote_addr = info["mooncake"]
+                elapsed = pull_mooncake(mooncake_engine, target, remote_addr, dst)
+            cpu_after = cpu_now()
             check(name)
             if rep:
                 seconds.setdefault(name, []).append(elapsed)
+                if cpu_before is not None and cpu_after is not None:
+                    gb = num_bytes / 1e9
+                    cpu_ms_per_gb.setdefault(name, []).append(
+                        ((cpu_after[0] - cpu_before[0]) * 1e3 / gb, (cpu_after[1] - cpu_before[1]) * 1e3 / gb)
+                    )
     print(file=sys.stderr)
     done.set()
     server.join(timeout=30)
 
     gbps = {name: num_bytes / statistics.median(s) / 1e9 for name, s in seconds.items()}
+    cpu = {
+        name: (statistics.median(c for c, _ in v), statistics.median(s for _, s in v))
+        for name, v in cpu_ms_per_gb.items()
+    }
     base = gbps["asyncio_socket"]
-    load = (load_before, os.getloadavg()[0])
+    load = (load_before[0], os.getloadavg()[0])
     print(
         f"KV of {tokens} tokens x {DEEPSEEK_KV_BYTES_PER_TOKEN} B = {num_bytes / 1e6:.1f} MB, "
-        f"median of {reps}, 1 MiB chunks, {args.grpc_streams} gRPC stream(s), loopback, "
-        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} -> {load[1]:.1f}"
+        f"median of {reps}, 1 MiB chunks, loopback, {os.cpu_count()} CPUs, "
+        f"malloc {'defaults' if args.no_malloc_tuning else 'tuned'}, "
+        f"load average {load[0]:.1f} -> {load[1]:.1f}"
     )
-    print(f"{'method':<18}{'GB/s':>8}{'ms':>10}{'vs asyncio':>12}")
-    for name in ["grpc", "asyncio_socket", "blocking_socket", "mooncake"]:
+    print(f"{'method':<18}{'GB/s':>8}{'ms':>10}{'vs asyncio':>12}{'CPU ms/GB client':>18}{'server':>8}")
+    for name in [*grpc_methods, "asyncio_socket", "blocking_socket", "mooncake"]:
         if name in gbps:
             ms = statistics.median(seconds[name]) * 1e3
-            print(f"{name:<18}{gbps[name]:>8.2f}{ms:>10.1f}{gbps[name] / base:>11.2f}x")
+            c, sv = cpu.get(name, (float("nan"), float("nan")))
+            print(f"{name:<18}{gbps[name]:>8.2f}{ms:>10.1f}{gbps[name] / base:>11.2f}x{c:>18.0f}{sv:>8.0f}")
         else:
             print(f"{name:<18}{'n/a':>8}   ({info.get('mooncake_error', 'not run')})")
     ratio = gbps["grpc"] / base
     verdict = "meets" if ratio >= 0.8 else "MISSES"
     print(f"gRPC / asyncio socket = {ratio:.2f} ({verdict} the >= 0.8 target)")
+    if "grpc" in cpu and "asyncio_socket" in cpu:
+        grpc_cpu, sock_cpu = sum(cpu["grpc"]), sum(cpu["asyncio_socket"])
+        print(f"CPU per byte: gRPC {grpc_cpu / max(sock_cpu, 1e-9):.1f}x the asyncio socket's (both sides)")
     result = {
         "tokens": tokens,
         "bytes": num_bytes,
         "repetitions": reps,
         "chunk_bytes": CHUNK_BYTES,
-        "grpc_streams": args.grpc_streams,
+        "grpc_streams": args.grpc_streams[0],
+        "malloc_tuned": not args.no_malloc_tuning,
         "cpus": os.cpu_count(),
         "load_average": load,
+        "load_average_1_5_15_before": load_before,
         "grpc_gbps": gbps["grpc"],
         "asyncio_socket_gbps": base,
         "blocking_socket_gbps": gbps["blocking_socket"],
         "mooncake_gbps": gbps.get("mooncake"),
         "mooncake_error": info.get("mooncake_error"),
         "grpc_over_asyncio_socket": ratio,
+        "grpc_streams_gbps": {str(n): gbps[name] for name, n in grpc_methods.items()},
+        "cpu_ms_per_gb": {name: {"client": c, "server": sv} for name, (c, sv) in cpu.items()},
         "seconds": seconds,
     }
     if args.json:

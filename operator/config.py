@@ -23,11 +23,14 @@ class OperatorConfig:
     redis_cleanup_timeout_s: float = 60.0  # give up cleaning an unreachable Redis after this
     image: str = "ghcr.io/moeplane/moeplane:0.1.0"  # default image of workers and the frontend
     ray_version: str = "2.40.0"
-    worker_grpc_port: int = 50051
     frontend_port: int = 8000
     shm_size: str = "64Gi"  # /dev/shm of each worker pod (NCCL and Ray's object store)
     head_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    )
+    # The `moeplane pool` sidecar of each Ray head: the groups' control services and registry.
+    pool_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
     )
 
     def __post_init__(self) -> None:
@@ -37,10 +40,8 @@ class OperatorConfig:
             raise ConfigError(f"--wait-seconds must be positive (got {self.wait_s})")
         if not self.standalone and not self.peering_name:
             raise ConfigError("--peering needs a peering name")
-        for port_name in ("worker_grpc_port", "frontend_port"):
-            port = getattr(self, port_name)
-            if not 0 < port < 65536:
-                raise ConfigError(f"{port_name} must be a TCP port (got {port})")
+        if not 0 < self.frontend_port < 65536:
+            raise ConfigError(f"frontend_port must be a TCP port (got {self.frontend_port})")
 
     @property
     def clusterwide(self) -> bool:

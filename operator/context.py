@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -141,17 +141,20 @@ class Context:
         owner: Mapping[str, Any] | None,
         policy: ChildPolicy = DEFAULT_POLICY,
         live: Mapping[str, Any] | _Cached | None = CACHED,
+        rebuild: Callable[[Mapping[str, Any] | None], Obj] | None = None,
     ) -> Obj:
         """Create the child if missing, patch what differs, or do nothing; return the live child.
 
-        `live` is looked up in the cache unless the caller read it itself.
+        `live` is looked up in the cache unless the caller read it itself. `rebuild` makes the
+        desired object again from a live one read after a create conflict (a Secret keeps the
+        token it already holds).
         """
-        if owner is not None:
-            kopf.adopt(desired, owner=dict(owner))  # type: ignore[arg-type]
         meta = desired["metadata"]
         namespace, name = str(meta.get("namespace", "")), str(meta["name"])
         if isinstance(live, _Cached):
             live = self.lookup(kind, namespace, name)
+        if owner is not None:
+            kopf.adopt(desired, owner=dict(owner))  # type: ignore[arg-type]
         action = plan_child(kind, desired, live, policy)
         if action is None:
             assert live is not None
@@ -163,6 +166,10 @@ class Context:
                 raise
         # The cache had not seen it yet (created moments ago, or before a restart): read and retry.
         live = await self.api.get(kind, namespace, name)
+        if rebuild is not None:
+            desired = rebuild(live)
+            if owner is not None:
+                kopf.adopt(desired, owner=dict(owner))  # type: ignore[arg-type]
         action = plan_child(kind, desired, live, policy)
         return await self.apply(action) if action is not None else dict(live or {})
 

@@ -165,7 +165,9 @@ def plan_child(
     if live_annotations.get(DESIRED_HASH) == desired_hash(desired, policy.unhashed):
         for compare, patch_path in policy.drift:
             if _get(desired, compare) != _get(live, compare):
-                _put(patch, patch_path, _get(desired, patch_path))
+                _put(patch, patch_path, copy.deepcopy(_get(desired, patch_path)))
+                if patch_path in policy.prune:  # a merge patch keeps keys it does not null
+                    _prune(_get(desired, patch_path), _get(live, patch_path), patch_path, patch)
     else:
         patch = copy.deepcopy(merge_diff(with_hash(desired, policy.unhashed), dict(live)) or {})
         for root in policy.prune:

@@ -44,9 +44,12 @@ RAYCLUSTER = Kind("ray.io", "v1", "rayclusters", "RayCluster")
 CONFIGMAP = Kind("", "v1", "configmaps", "ConfigMap")
 SERVICE = Kind("", "v1", "services", "Service")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+SECRET = Kind("", "v1", "secrets", "Secret")
 EVENT = Kind("", "v1", "events", "Event")
 
-CHILD_KINDS: tuple[Kind, ...] = (MOEPOOL, RAYCLUSTER, CONFIGMAP, SERVICE, DEPLOYMENT)
+CHILD_KINDS: tuple[Kind, ...] = (MOEPOOL, RAYCLUSTER, CONFIGMAP, SERVICE, DEPLOYMENT, SECRET)
 # Children read from kopf's watch cache. RayClusters are not: their status decides readiness, so
 # each pool reconcile lists them fresh (one request) rather than trusting a cache that can lag.
-CACHED_KINDS: tuple[Kind, ...] = (MOEPOOL, CONFIGMAP, SERVICE, DEPLOYMENT)
+# Secrets are watched only with the operator's managed-by label selector (server-side), so the
+# cache never holds a Secret the operator did not make.
+CACHED_KINDS: tuple[Kind, ...] = (MOEPOOL, CONFIGMAP, SERVICE, DEPLOYMENT, SECRET)

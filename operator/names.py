@@ -101,6 +101,11 @@ def placement_configmap(pool: str) -> str:
     return _fit(pool, "-placement", 253)
 
 
+def deployment_secret(deployment: str) -> str:
+    """The deployment's Secret: the workers' gRPC token and the Redis URL."""
+    return _fit(deployment, "-secret", 253)
+
+
 # ---- labels -----------------------------------------------------------------------------------
 def deployment_labels(deployment: str, component: str) -> dict[str, str]:
     return {

@@ -91,6 +91,13 @@ RULES: tuple[PolicyRule, ...] = (
     ),
     PolicyRule(("apps",), ("deployments",), _CACHED_CHILD, "The frontend Deployment."),
     PolicyRule(
+        ("",),
+        ("secrets",),
+        _CACHED_CHILD,
+        "Each MoEDeployment's Secret (workers' gRPC token, Redis URL); watched only with the "
+        "operator's managed-by label selector.",
+    ),
+    PolicyRule(
         ("",), ("events",), ("create",), "Events: the Invalid-spec warning and Kopf's handler failures."
     ),
     PolicyRule(

@@ -1,8 +1,9 @@
 """The level-triggered reconcile: one ordered list of idempotent steps per object kind.
 
-MoEDeployment: engine ConfigMap -> MoEPools -> placement ConfigMaps -> frontend Deployment and
-Service -> each pool's children -> status. MoEPool: RayCluster of the current revision ->
-headless Service -> retire old revisions once the new one serves -> status.
+MoEDeployment: Secret (gRPC token, Redis URL) -> engine ConfigMap -> MoEPools -> placement
+ConfigMaps -> frontend Deployment and Service -> each pool's children -> status. MoEPool:
+RayCluster of the current revision -> headless Service -> retire old revisions once the new one
+serves -> status.
 
 Each step builds the desired object with a pure builder, compares it with the cached live one and
 creates or patches only what differs. Run twice on an unchanged world, it writes nothing.
@@ -28,9 +29,18 @@ from moeplane.operator.builders.frontend import (
 )
 from moeplane.operator.builders.pools import build_pool, desired_pool_replicas
 from moeplane.operator.builders.raycluster import build_raycluster
+from moeplane.operator.builders.secret import build_deployment_secret, live_grpc_token, new_grpc_token
 from moeplane.operator.context import Context
 from moeplane.operator.diffing import ChildPolicy, Delete
-from moeplane.operator.kinds import CONFIGMAP, DEPLOYMENT, MOEDEPLOYMENT, MOEPOOL, RAYCLUSTER, SERVICE
+from moeplane.operator.kinds import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    MOEDEPLOYMENT,
+    MOEPOOL,
+    RAYCLUSTER,
+    SECRET,
+    SERVICE,
+)
 from moeplane.operator.observe import PoolObservation, RayClusterObservation, observe_pool
 from moeplane.operator.status import (
     PoolSummary,
@@ -52,6 +62,9 @@ RAYCLUSTER_POLICY = ChildPolicy(
 )
 CONFIGMAP_POLICY = ChildPolicy(prune=(("data",),))
 DEPLOYMENT_POLICY = ChildPolicy(drift=((("spec", "replicas"), ("spec", "replicas")),))
+# The Secret's data is compared directly and kept out of the hash annotation, which every reader
+# of the Secret's metadata sees.
+SECRET_POLICY = ChildPolicy(prune=(("data",),), drift=((("data",), ("data",)),), unhashed=(("data",),))
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ async def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> Outcome
         layout = resolve_layout(deployment.spec)
         arch = deployment.spec.model.resolve_arch()
 
+        await _ensure_secret(ctx, body, name, namespace)
         await ctx.ensure(
             CONFIGMAP, build_engine_configmap(deployment, name, namespace, layout), body, CONFIGMAP_POLICY
         )
@@ -133,6 +147,17 @@ async def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> Outcome
             if not s.ready
         ]
         return Outcome(ready=not waiting, waiting="; ".join(waiting))
+
+
+async def _ensure_secret(ctx: Context, body: Mapping[str, Any], name: str, namespace: str) -> None:
+    """The deployment's Secret, with the token it already holds (a new one only when it has none)."""
+
+    def desired(live: Mapping[str, Any] | None) -> dict[str, Any]:
+        token = live_grpc_token(live) or new_grpc_token()
+        return build_deployment_secret(name, namespace, token, ctx.config.redis_url)
+
+    live = ctx.lookup(SECRET, namespace, names.deployment_secret(name))
+    await ctx.ensure(SECRET, desired(live), body, SECRET_POLICY, live=live, rebuild=desired)
 
 
 async def _mark_invalid(ctx: Context, body: Mapping[str, Any], message: str) -> None:
@@ -190,7 +215,7 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
             RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=live.get(desired["metadata"]["name"])
         )
         await ctx.ensure(
-            SERVICE, build_worker_service(spec.deployment_name, name, namespace, spec.role, ctx.config), body
+            SERVICE, build_worker_service(spec.deployment_name, name, namespace, spec.role), body
         )
         clusters = [rc for rc_name, rc in live.items() if rc_name != current["metadata"]["name"]] + [current]
         obs = observe_pool(spec.replicas, str(current["metadata"]["name"]), clusters)

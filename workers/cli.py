@@ -1,5 +1,5 @@
-"""Subcommands of the `moeplane` CLI owned by moeplane.workers: `up`, `demo`, `frontend` and
-`eplb-plan`."""
+"""Subcommands of the `moeplane` CLI owned by moeplane.workers: `up`, `demo`, `frontend`, `pool`
+and `eplb-plan`."""
 
 from __future__ import annotations
 
@@ -40,13 +40,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fe.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
     fe.set_defaults(func=_frontend)
 
+    pool = subparsers.add_parser(
+        "pool", help="run a pool's EP groups from its Ray head (as in the operator's RayCluster)",
+        description="Join the pool's Ray cluster, start one group controller per EP group that fits it "
+        "(the ranks run on the worker nodes) and keep each registered in Redis. Reads "
+        "MOEPLANE_ENGINE_CONFIG, MOEPLANE_PLACEMENT, MOEPLANE_ROLE, MOEPLANE_POOL, MOEPLANE_REVISION, "
+        "MOEPLANE_REDIS_URL, MOEPLANE_GRPC_TOKEN and MOEPLANE_POD_IP.",
+    )
+    from moeplane.workers.pool.args import add_arguments as add_pool_arguments
+
+    add_pool_arguments(pool)
+    pool.set_defaults(func=_pool)
+
     from moeplane.workers.eplb import cli as eplb_cli
 
     eplb_cli.register(subparsers)
 
 
 def add_stack_arguments(p: argparse.ArgumentParser, default_port: int) -> None:
-    from moeplane.workers.embedded.plan import DEFAULT_MANIFEST  # light: no torch, no Ray
+    from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST  # light: no torch, no Ray
 
     p.add_argument("-f", "--file", default=str(DEFAULT_MANIFEST),
                    help="MoEDeployment manifest (default: examples/tiny-cpu.yaml)")
@@ -69,6 +81,12 @@ def _demo(args: argparse.Namespace) -> int:
     from moeplane.workers.embedded.commands import run_demo
 
     return run_demo(args)
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from moeplane.workers.pool.main import run
+
+    return run(args)
 
 
 def _frontend(args: argparse.Namespace) -> int:

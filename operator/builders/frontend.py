@@ -9,6 +9,7 @@ from moeplane.api.spec import MoEDeployment
 from moeplane.operator import names
 from moeplane.operator.builders.configmaps import ENGINE_KEY
 from moeplane.operator.builders.raycluster import ENGINE_DIR
+from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.config import OperatorConfig
 
 FRONTEND_CONTAINER = "frontend"
@@ -24,13 +25,13 @@ def build_frontend_deployment(
         names.DEPLOYMENT_LABEL: labels[names.DEPLOYMENT_LABEL],
         names.APP_COMPONENT: FRONTEND_COMPONENT,
     }
-    env = [
-        {"name": "MOEPLANE_NAMESPACE", "value": namespace},
-        {"name": "MOEPLANE_DEPLOYMENT", "value": name},
+    # What `moeplane frontend` reads (workers/frontend/main.py); secrets by reference only.
+    env: list[dict[str, Any]] = [
         {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
+        secret_env("MOEPLANE_GRPC_TOKEN", name, GRPC_TOKEN_KEY),
     ]
     if config.redis_url:
-        env.append({"name": "MOEPLANE_REDIS_URL", "value": config.redis_url})
+        env.append(secret_env("MOEPLANE_REDIS_URL", name, REDIS_URL_KEY))
     container: dict[str, Any] = {
         "name": FRONTEND_CONTAINER,
         "image": spec.frontend.image or spec.image or config.image,
@@ -79,10 +80,10 @@ def build_frontend_service(name: str, namespace: str, config: OperatorConfig) ->
     }
 
 
-def build_worker_service(
-    deployment: str, pool_name: str, namespace: str, role: Role, config: OperatorConfig
-) -> dict[str, Any]:
-    """Headless: one DNS record per worker pod, for the KV-transfer gRPC between groups."""
+def build_worker_service(deployment: str, pool_name: str, namespace: str, role: Role) -> dict[str, Any]:
+    """Headless: one DNS record per worker pod. No ports: the ranks' KV services and the groups'
+    control services listen on ephemeral ports, advertised with the pod IP in the Redis registry
+    (a fixed port here would name nothing that listens)."""
     labels = names.pool_labels(deployment, pool_name, role)
     return {
         "apiVersion": "v1",
@@ -93,13 +94,5 @@ def build_worker_service(
             # Workers register in Redis while still warming up; their addresses must resolve then.
             "publishNotReadyAddresses": True,
             "selector": {names.POOL_LABEL: labels[names.POOL_LABEL], names.RAY_NODE_TYPE: "worker"},
-            "ports": [
-                {
-                    "name": "kv-grpc",
-                    "port": config.worker_grpc_port,
-                    "targetPort": config.worker_grpc_port,
-                    "protocol": "TCP",
-                }
-            ],
         },
     }

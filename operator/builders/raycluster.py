@@ -16,6 +16,7 @@ from moeplane.api.hardware import HardwarePreset
 from moeplane.api.spec import MoEPoolSpec
 from moeplane.operator import names
 from moeplane.operator.builders.configmaps import ENGINE_KEY, PLACEMENT_KEY
+from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.config import OperatorConfig
 
 ENGINE_DIR = "/etc/moeplane/engine"
@@ -23,6 +24,10 @@ PLACEMENT_DIR = "/etc/moeplane/placement"
 WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
+POOL_CONTAINER = "moeplane-pool"
+POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane`
+RAY_TMP_VOLUME = "ray-tmp"
+RAY_TMP_DIR = "/tmp/ray"
 
 
 def gpus_per_pod(pool: MoEPoolSpec) -> int:
@@ -50,39 +55,57 @@ def _worker_resources(pool: MoEPoolSpec, accelerator: HardwarePreset) -> dict[st
     return out
 
 
-def _env(
-    pool: MoEPoolSpec, pool_name: str, namespace: str, revision: str, config: OperatorConfig
+def pool_env(
+    pool: MoEPoolSpec, pool_name: str, revision: str, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    env = [
-        {"name": "MOEPLANE_NAMESPACE", "value": namespace},
-        {"name": "MOEPLANE_DEPLOYMENT", "value": pool.deployment_name},
+    """What `moeplane pool` reads (workers/pool/settings.py); secrets come from the deployment's
+    Secret, never as plain values."""
+    env: list[dict[str, Any]] = [
         {"name": "MOEPLANE_ROLE", "value": pool.role.value},
         {"name": "MOEPLANE_POOL", "value": pool_name},
         {"name": "MOEPLANE_REVISION", "value": revision},
         {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
         {"name": "MOEPLANE_PLACEMENT", "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
-        {"name": "MOEPLANE_WORKER_SERVICE", "value": names.worker_service(pool_name)},
-        {"name": "MOEPLANE_GRPC_PORT", "value": str(config.worker_grpc_port)},
+        secret_env("MOEPLANE_GRPC_TOKEN", pool.deployment_name, GRPC_TOKEN_KEY),
+        # The groups advertise the pod's own address in the registry.
+        {"name": "MOEPLANE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     if config.redis_url:
-        env.append({"name": "MOEPLANE_REDIS_URL", "value": config.redis_url})
+        env.append(secret_env("MOEPLANE_REDIS_URL", pool.deployment_name, REDIS_URL_KEY))
     return env
 
 
-def _volumes(pool_name: str, deployment: str, config: OperatorConfig) -> list[dict[str, Any]]:
+def _head_volumes(pool_name: str, deployment: str) -> list[dict[str, Any]]:
     return [
-        # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
+        {"name": RAY_TMP_VOLUME, "emptyDir": {}},
         {"name": "engine", "configMap": {"name": names.engine_configmap(deployment)}},
         {"name": "placement", "configMap": {"name": names.placement_configmap(pool_name)}},
     ]
 
 
-_MOUNTS = [
-    {"name": "dshm", "mountPath": "/dev/shm"},
+# `moeplane pool --ray-address auto` finds the head through the session files Ray writes under
+# /tmp/ray, so the head and the sidecar share that directory.
+_RAY_TMP_MOUNT = {"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_DIR}
+_POOL_MOUNTS = [
+    _RAY_TMP_MOUNT,
     {"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
     {"name": "placement", "mountPath": PLACEMENT_DIR, "readOnly": True},
 ]
+
+
+def pool_sidecar(
+    pool: MoEPoolSpec, pool_name: str, image: str, revision: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """The head pod's `moeplane pool`: it starts the EP groups on the Ray cluster and registers
+    them in Redis. Its control services listen on ephemeral ports advertised in the registry."""
+    return {
+        "name": POOL_CONTAINER,
+        "image": image,
+        "args": list(POOL_ARGS),
+        "env": pool_env(pool, pool_name, revision, config),
+        "resources": config.pool_resources,
+        "volumeMounts": _POOL_MOUNTS,
+    }
 
 
 def _scheduling(pool: MoEPoolSpec) -> dict[str, Any]:
@@ -99,7 +122,6 @@ def _scheduling(pool: MoEPoolSpec) -> dict[str, Any]:
 def _template_spec(
     pool: MoEPoolSpec,
     pool_name: str,
-    namespace: str,
     accelerator: HardwarePreset,
     config: OperatorConfig,
     revision: str,
@@ -117,21 +139,22 @@ def _template_spec(
         "template": {
             "metadata": {"labels": labels},
             "spec": {
+                # KubeRay turns the first container into the Ray head; the others run as given.
                 "containers": [
                     {
                         "name": HEAD_CONTAINER,
                         "image": image,
                         "resources": config.head_resources,
-                        "env": _env(pool, pool_name, namespace, revision, config),
                         "ports": [
                             {"containerPort": 6379, "name": "gcs"},
                             {"containerPort": 8265, "name": "dashboard"},
                             {"containerPort": 10001, "name": "client"},
                         ],
-                        "volumeMounts": _MOUNTS[1:],
-                    }
+                        "volumeMounts": [_RAY_TMP_MOUNT],
+                    },
+                    pool_sidecar(pool, pool_name, image, revision, config),
                 ],
-                "volumes": _volumes(pool_name, pool.deployment_name, config)[1:],
+                "volumes": _head_volumes(pool_name, pool.deployment_name),
             },
         },
     }
@@ -151,12 +174,13 @@ def _template_spec(
                         "name": WORKER_CONTAINER,
                         "image": image,
                         "resources": _worker_resources(pool, accelerator),
-                        "env": _env(pool, pool_name, namespace, revision, config),
-                        "ports": [{"containerPort": config.worker_grpc_port, "name": "kv-grpc"}],
-                        "volumeMounts": _MOUNTS,
+                        # The ranks get their settings from the pool's driver through Ray, and their
+                        # KV services listen on ephemeral ports advertised in the registry.
+                        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                     }
                 ],
-                "volumes": _volumes(pool_name, pool.deployment_name, config),
+                # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
+                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}}],
                 **_scheduling(pool),
             },
         },
@@ -174,7 +198,7 @@ def pool_revision(
 ) -> str:
     """8 hex digits over what restarts a worker; replicas are left out (scaling is not a rollout)."""
     spec = _template_spec(
-        pool.model_copy(update={"replicas": 0}), pool_name, namespace, accelerator, config, revision=""
+        pool.model_copy(update={"replicas": 0}), pool_name, accelerator, config, revision=""
     )
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -188,5 +212,5 @@ def build_raycluster(
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
         "metadata": {"name": names.raycluster(pool_name, revision), "namespace": namespace, "labels": labels},
-        "spec": _template_spec(pool, pool_name, namespace, accelerator, config, revision),
+        "spec": _template_spec(pool, pool_name, accelerator, config, revision),
     }

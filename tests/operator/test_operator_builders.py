@@ -140,8 +140,10 @@ def test_initial_placement_matches_the_engine_identity_placement() -> None:
 def test_services_select_the_pods_they_serve() -> None:
     dep = load("deepseek-r1.yaml")
     pool, rc = pool_and_cluster(dep, Role.DECODE)
-    svc = build_worker_service("deepseek-r1", pool["metadata"]["name"], "default", Role.DECODE, CONFIG)
+    svc = build_worker_service("deepseek-r1", pool["metadata"]["name"], "default", Role.DECODE)
     assert svc["spec"]["clusterIP"] == "None"
+    # Every worker service listens on an ephemeral port advertised in Redis: no fixed port is real.
+    assert "ports" not in svc["spec"]
     worker_labels = {
         **rc["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"],
         names.RAY_NODE_TYPE: "worker",

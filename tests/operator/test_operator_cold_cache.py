@@ -31,6 +31,7 @@ CHILDREN = {
     "configmaps": ("v1", "ConfigMap", "deepseek-r1-engine"),
     "services": ("v1", "Service", "deepseek-r1-frontend"),
     "deployments": ("apps/v1", "Deployment", "deepseek-r1-frontend"),
+    "secrets": ("v1", "Secret", "deepseek-r1-secret"),
     "rayclusters": ("ray.io/v1", "RayCluster", ""),
 }
 GROUPS = {"moepools": "moeplane.io", "rayclusters": "ray.io", "deployments": "apps"}
@@ -51,6 +52,7 @@ async def test_a_cold_cache_reads_conflicting_children_and_repairs_drift(
         await reconcile_deployment(state.context({}), body)  # creates every child
         (rc,) = [r for r in kuberay.rayclusters("default") if "prefill" in r["metadata"]["name"]]
         assert cluster.verb_counts("operator").get("get", 0) == 0
+        token = cluster.get("v1", "Secret", "deepseek-r1-secret", "default")["data"]["grpc-token"]
 
         # Drift: one child of each kind loses the operator's hash, as a hand edit would leave it.
         for api_version, kind, name in CHILDREN.values():
@@ -67,6 +69,8 @@ async def test_a_cold_cache_reads_conflicting_children_and_repairs_drift(
     for resource, (api_version, kind, name) in CHILDREN.items():
         live = cluster.get(api_version, kind, name or rc["metadata"]["name"], "default")
         assert names.DESIRED_HASH in live["metadata"]["annotations"], f"{resource}: drift not repaired"
+    # The Secret was read back on its create conflict and kept its token.
+    assert cluster.get("v1", "Secret", "deepseek-r1-secret", "default")["data"]["grpc-token"] == token
     seen = cluster.rbac_seen("operator")
     for resource in CHILDREN:
         group = GROUPS.get(resource, "")

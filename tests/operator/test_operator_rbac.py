@@ -21,4 +21,6 @@ def test_least_privilege() -> None:
     # Other children go by garbage collection: the operator never deletes them itself.
     assert not rbac.allowed("delete", "", "configmaps")
     assert not rbac.allowed("delete", "moeplane.io", "moedeployments")
-    assert not rbac.allowed("create", "", "secrets")
+    # Each deployment's Secret is made and patched, never deleted (GC) nor replaced wholesale.
+    assert rbac.allowed("create", "", "secrets") and rbac.allowed("patch", "", "secrets")
+    assert not rbac.allowed("delete", "", "secrets") and not rbac.allowed("update", "", "secrets")

@@ -55,6 +55,7 @@ def owned_names(cluster: EmulatedCluster) -> dict[str, list[str]]:
         "configmaps": ("v1", "ConfigMap"),
         "services": ("v1", "Service"),
         "deployments": ("apps/v1", "Deployment"),
+        "secrets": ("v1", "Secret"),
     }
     return {
         key: sorted(o["metadata"]["name"] for o in cluster.list(*kind, "default"))
@@ -82,6 +83,16 @@ def test_children_status_and_a_resync_that_writes_nothing(
             "deepseek-r1-prefill-workers",
         ]
         assert children["deployments"] == ["deepseek-r1-frontend"]
+        assert children["secrets"] == ["deepseek-r1-secret"]
+        secret = cluster.get("v1", "Secret", "deepseek-r1-secret")
+        assert secret["metadata"]["ownerReferences"][0]["kind"] == "MoEDeployment"
+        token = secret["data"]["grpc-token"]
+        # Pods reference the token; no pod spec holds it.
+        readable = [
+            *kuberay.rayclusters("default"),
+            cluster.get("apps/v1", "Deployment", "deepseek-r1-frontend"),
+        ]
+        assert all(token not in json.dumps(obj) for obj in readable)
         hosts = {
             rc["metadata"]["name"].rsplit("-", 1)[0]: rc["spec"]["workerGroupSpecs"][0]["numOfHosts"]
             for rc in kuberay.rayclusters("default")
@@ -117,6 +128,8 @@ def test_children_status_and_a_resync_that_writes_nothing(
         delta = {verb: n - before.get(verb, 0) for verb, n in after.items() if n != before.get(verb, 0)}
         ran = operator.state.counters.reconciles["moepools"] - pool_reconciles
         assert ran >= 3 * 2 and delta == {"list": ran}
+        # Resyncs never rotate the token.
+        assert cluster.get("v1", "Secret", "deepseek-r1-secret")["data"]["grpc-token"] == token
 
 
 def test_scale_and_sla_changes(

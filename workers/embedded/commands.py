@@ -32,7 +32,9 @@ from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
 
 
 def _plan(args: argparse.Namespace) -> EmbeddedPlan:
-    return plan_from_deployment(load_manifest(Path(args.file)), max_model_len=args.max_model_len)
+    path = Path(args.file)
+    dep = load_manifest(path)
+    return plan_from_deployment(dep, max_model_len=args.max_model_len, manifest_dir=path.parent)
 
 
 def _say(message: str) -> None:

@@ -3,22 +3,28 @@
 `plan_from_deployment` turns the user's manifest (examples/tiny-cpu.yaml by default) into the
 groups to start on this machine: per pool, its EP size, how many groups, and each rank's engine
 configuration (KV blocks sized from `minKvTokensPerGpu`, since a CPU has no HBM figure to divide).
+Each pool starts on the placement `spec.eplb` asks for: expert e on slot e, with the pool's
+`redundantExperts` extra slots (modes off and online), or the placement of `loadFile` (static).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import Role, WeightsFormat
+from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
 from moeplane.api.keys import DeploymentKeys
-from moeplane.api.spec import MoEDeployment, PoolSpec, SlaSpec, parse_deployment
+from moeplane.api.spec import EplbSpec, MoEDeployment, PoolSpec, SlaSpec, parse_deployment
+from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
+from moeplane.workers.eplb.controller import policy_for
+from moeplane.workers.eplb.static import static_placement
+from moeplane.workers.eplb.types import EplbError
+from moeplane.workers.placement import Placement
 from moeplane.workers.serving.config import SchedulerConfig
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "tiny-cpu.yaml"
 BLOCK_SIZE_TOKENS = 16
 
 
@@ -33,6 +39,8 @@ class PoolPlan:
     num_groups: int
     num_blocks_per_rank: int
     block_size_tokens: int
+    redundant_experts: int = 0
+    placement: Placement | None = field(default=None, compare=False)  # None: no groups to place
 
     @property
     def num_ranks(self) -> int:
@@ -51,6 +59,7 @@ class EmbeddedPlan:
     sla: SlaSpec
     kv_chunk_bytes: int
     lease_s: float
+    eplb: EplbSpec = field(default_factory=EplbSpec)
 
     @property
     def max_model_len(self) -> int:
@@ -69,7 +78,9 @@ def load_manifest(path: Path) -> MoEDeployment:
     return parse_deployment(obj)
 
 
-def _pool(role: Role, spec: PoolSpec, groups: int | None) -> PoolPlan:
+def _pool(
+    role: Role, spec: PoolSpec, groups: int | None, arch: ModelArch, eplb: EplbSpec, base_dir: Path | None
+) -> PoolPlan:
     num_groups = spec.replicas if groups is None else groups
     if spec.attention_dp_size != spec.expert_parallel:
         raise EmbeddedPlanError(
@@ -77,7 +88,50 @@ def _pool(role: Role, spec: PoolSpec, groups: int | None) -> PoolPlan:
             f"({spec.expert_parallel}) in the embedded stack: its ranks run data-parallel attention only"
         )
     blocks = max(1, math.ceil(spec.min_kv_tokens_per_gpu / BLOCK_SIZE_TOKENS))
-    return PoolPlan(role, spec.expert_parallel, num_groups, blocks, BLOCK_SIZE_TOKENS)
+    placement = (
+        initial_placement(arch, spec.expert_parallel, spec.redundant_experts, eplb, base_dir, role)
+        if num_groups
+        else None
+    )
+    return PoolPlan(
+        role, spec.expert_parallel, num_groups, blocks, BLOCK_SIZE_TOKENS, spec.redundant_experts, placement
+    )
+
+
+def initial_placement(
+    arch: ModelArch,
+    ep_size: int,
+    redundant_experts: int,
+    eplb: EplbSpec,
+    base_dir: Path | None = None,
+    role: Role = Role.DECODE,
+) -> Placement:
+    """Version 0 of a pool's placement over `experts + redundant_experts` slots per MoE layer.
+
+    Static mode reads `eplb.loadFile` (relative paths from `base_dir`, the manifest's folder) and
+    places it with `eplb.algorithm` on one node of `ep_size` ranks; off and online start from
+    expert e on slot e (the extra slots replicate the lowest ids until the first rebalance).
+    """
+    num_physical = arch.num_routed_experts + redundant_experts
+    if num_physical % ep_size:
+        raise EmbeddedPlanError(
+            f"spec.{role}: {arch.num_routed_experts} routed + {redundant_experts} redundant experts = "
+            f"{num_physical} slots do not divide among expertParallel {ep_size} ranks"
+        )
+    if EplbMode(eplb.mode) is not EplbMode.STATIC:
+        return Placement.identity(arch.num_moe_layers, arch.num_routed_experts, num_physical)
+    if eplb.load_file is None:
+        raise EmbeddedPlanError("spec.eplb.loadFile is required when spec.eplb.mode is static")
+    path = Path(eplb.load_file)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        return static_placement(
+            path, num_physical, arch.n_group, 1, ep_size, policy_for(EplbAlgorithm(eplb.algorithm)),
+            num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
+        )
+    except EplbError as exc:
+        raise EmbeddedPlanError(f"spec.eplb.loadFile: {exc}") from None
 
 
 def plan_from_deployment(
@@ -85,8 +139,11 @@ def plan_from_deployment(
     prefill_groups: int | None = None,
     decode_groups: int | None = None,
     max_model_len: int | None = None,
+    manifest_dir: Path | None = None,
 ) -> EmbeddedPlan:
-    """The embedded plan; group counts default to each pool's `replicas` (0 prefill = aggregated)."""
+    """The embedded plan; group counts default to each pool's `replicas` (0 prefill = aggregated).
+
+    `manifest_dir` resolves a relative `spec.eplb.loadFile` (default: the working directory)."""
     spec = dep.spec
     if spec.model.weights.format is not WeightsFormat.RANDOM:
         raise EmbeddedPlanError(
@@ -95,7 +152,7 @@ def plan_from_deployment(
         )
     arch = spec.model.resolve_arch()
     name = dep.metadata.name or arch.name
-    decode = _pool(Role.DECODE, spec.decode, decode_groups)
+    decode = _pool(Role.DECODE, spec.decode, decode_groups, arch, spec.eplb, manifest_dir)
     if decode.num_groups < 1:
         raise EmbeddedPlanError("the embedded stack needs at least one decode group (spec.decode.replicas)")
     length = max_model_len or arch.max_position_embeddings
@@ -104,10 +161,11 @@ def plan_from_deployment(
         served_model=spec.model.served_model_name or name,
         arch=arch,
         weights_seed=spec.model.weights.seed,
-        prefill=_pool(Role.PREFILL, spec.prefill, prefill_groups),
+        prefill=_pool(Role.PREFILL, spec.prefill, prefill_groups, arch, spec.eplb, manifest_dir),
         decode=decode,
         scheduler=SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=64, max_model_len=length),
         sla=spec.sla,
         kv_chunk_bytes=spec.kv_transfer.chunk_bytes,
         lease_s=spec.kv_transfer.lease_seconds,
+        eplb=spec.eplb,
     )

@@ -5,6 +5,10 @@ with its gRPC control service in this process and one Ray actor per EP rank), a 
 group into the Redis registry, then the frontend, which is ready once the router sees a live
 group of each role. `stop()` undoes it in reverse: nothing it started survives it, Ray's
 processes and redis-server included.
+
+Each group runs on its pool's planned placement (`redundantExperts` extra slots, or the static
+load file's placement) and, unless `spec.eplb.mode` is off, counts its expert load into Redis;
+in online mode its controller also rebalances (see `moeplane.workers.eplb.driver`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import ray
 from moeplane.api.enums import Role
 from moeplane.workers.embedded.plan import EmbeddedPlan, PoolPlan
+from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.kv.security import GrpcSecurity
@@ -50,6 +55,7 @@ class StackOptions:
     registry_ttl_s: float = 5.0
     start_timeout_s: float = 300.0
     redis_url: str | None = None  # None: start a private redis-server
+    eplb_publish_s: float | None = None  # load-window uploads; None: a quarter of spec.eplb's window
 
 
 @dataclass(frozen=True)
@@ -152,10 +158,16 @@ class EmbeddedStack:
             scheduler=plan.scheduler, lease_s=plan.lease_s,
         )
         rank = RankSpec(
-            arch=plan.arch, weights=plan.weights_seed, engine=engine, kv_chunk_bytes=plan.kv_chunk_bytes,
-            bind_host=self.options.host, security=self.security,
+            arch=plan.arch, weights=plan.weights_seed, engine=engine, placement=pool.placement,
+            kv_chunk_bytes=plan.kv_chunk_bytes, bind_host=self.options.host, security=self.security,
         )
-        return GroupSpec(f"{pool.role}-{index}", role, pool.ep_size, rank, self.options.cpus_per_rank)
+        eplb = GroupEplb.from_spec(
+            plan.eplb, self.redis_url, plan.keys, plan.arch.n_group, pool.ep_size,
+            publish_s=self.options.eplb_publish_s,
+        )
+        return GroupSpec(
+            f"{pool.role}-{index}", role, pool.ep_size, rank, self.options.cpus_per_rank, eplb=eplb
+        )
 
     async def stop(self) -> None:
         """Tear down in reverse order; safe to call after a failed or partial start."""

@@ -8,12 +8,16 @@ A one-rank communicator runs no collectives at all.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 class CommBackend(StrEnum):
@@ -30,25 +34,32 @@ class CommError(RuntimeError):
 
 
 class Workspace:
-    """Grow-only scratch buffers, reused across calls for data that never leaves dispatch/combine.
+    """Grow-only scratch buffers reused across calls, and small tables built once per group.
 
     Fresh multi-megabyte CPU allocations cost page faults on every call; reusing them keeps the
-    exchange close to the raw collective's cost.
+    exchange close to the raw collective's cost. A buffer is valid until the next `get` of its name.
     """
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        self._tables: dict[Hashable, Any] = {}
 
     def get(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
         """An uninitialised contiguous tensor of `shape`, valid until the next `get(name, ...)`."""
-        nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < nbytes or buf.device != device:
             buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
             self._bufs[name] = buf
         return buf[:nbytes].view(dtype).view(shape)
+
+    def table(self, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()`, memoised under `key`: for values that depend only on the key (group constants)."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return cast(T, self._tables[key])
 
 
 @dataclass(frozen=True)
@@ -111,23 +122,22 @@ class EPComm:
         )
 
     def exchange_counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        """send_counts [W] int64 (rows for each rank) -> recv_counts [W] int64 (rows from each)."""
-        if self.world_size == 1:
-            return send_counts
-        if send_counts.shape != (self.world_size,):
-            raise CommError(f"send_counts must be [{self.world_size}], got {tuple(send_counts.shape)}")
-        recv = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv, send_counts.contiguous(), group=self.group)
-        return recv
+        """send_counts [W, ...] int64 (counts for each rank) -> recv_counts [W, ...] (from each)."""
+        return self.start_count_exchange(send_counts)()
 
     def start_count_exchange(self, send_counts: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """Begin `exchange_counts` without waiting; call the result to get recv_counts [W].
+        """Begin `exchange_counts` without waiting; call the result to get recv_counts.
 
-        Lets the caller pack its rows while the counts are in flight.
+        Row w of send_counts goes to rank w; row w of the result came from rank w. Lets the caller
+        pack its rows while the counts are in flight.
         """
+        if send_counts.ndim == 0 or send_counts.shape[0] != self.world_size:
+            raise CommError(
+                f"send_counts must have one row per rank ({self.world_size}), got {tuple(send_counts.shape)}"
+            )
         if self.world_size == 1:
             return lambda: send_counts
-        recv = torch.empty_like(send_counts)
+        recv = torch.empty_like(send_counts, memory_format=torch.contiguous_format)
         work = dist.all_to_all_single(recv, send_counts.contiguous(), group=self.group, async_op=True)
 
         def wait() -> torch.Tensor:

@@ -7,10 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from moeplane.workers.eplb.codec import placement_to_json
-from moeplane.workers.eplb.metrics import placement_balancedness
-from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.static import read_load_file
 from moeplane.workers.eplb.types import EplbError, EplbPolicy
 
 
@@ -30,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    # torch-backed imports stay here so registering the command costs nothing.
+    from moeplane.workers.eplb.codec import placement_to_json
+    from moeplane.workers.eplb.metrics import placement_balancedness
+    from moeplane.workers.eplb.rebalance import rebalance
+    from moeplane.workers.eplb.static import read_load_file
+
     try:
         load = read_load_file(args.load_file)
         num_physical = load.shape[1] + args.redundant

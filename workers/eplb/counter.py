@@ -9,10 +9,14 @@ size its output from the largest id, which costs a device-to-host sync on CUDA).
 ring of buckets, each `bucket_steps` forward steps, so memory stays at
 buckets x L x (E + R) int64 however long the window. Logical counts are kept too, converted with
 the placement in force at each step, so a rebalance does not spoil the history.
+
+Buckets close after `bucket_steps` forward steps, or, with `bucket_s`, after that many seconds
+(`spec.eplb.windowSeconds` / buckets): a time window also forgets the load of an idle spell.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,10 +63,15 @@ class ExpertLoadCounter:
         num_buckets: int = 8,
         bucket_steps: int = 16,
         device: torch.device | str = "cpu",
+        bucket_s: float | None = None,
     ) -> None:
         if num_buckets < 1 or bucket_steps < 1:
             raise EplbError(f"num_buckets ({num_buckets}) and bucket_steps ({bucket_steps}) must be >= 1")
+        if bucket_s is not None and not bucket_s > 0:
+            raise EplbError(f"bucket_s must be > 0 seconds, got {bucket_s}")
         self.rank = rank
+        self.bucket_s = bucket_s
+        self._opened_s = time.monotonic()
         self.device = torch.device(device)
         self.num_buckets = num_buckets
         self.bucket_steps = bucket_steps
@@ -93,15 +102,30 @@ class ExpertLoadCounter:
             self._ones = torch.ones(max(flat.numel(), 1024), dtype=torch.int64, device=self.device)
         self._current[layer].index_add_(0, flat, self._ones[: flat.numel()])
 
-    def end_step(self) -> None:
-        """Close one forward pass: fold its counts into the current bucket."""
+    def end_step(self, now_s: float | None = None) -> None:
+        """Close one forward pass: fold its counts into the current bucket.
+
+        `now_s` (time.monotonic() by default) drives time buckets; step buckets ignore it."""
+        self._expire(now_s)
         pos = self._pos
         self._slots[pos] += self._current
         self._logical[pos].scatter_add_(1, self._phy2log, self._current)
         self._current.zero_()
         self._bucket_steps[pos] += 1
-        if self._bucket_steps[pos] >= self.bucket_steps:
+        if self.bucket_s is None and self._bucket_steps[pos] >= self.bucket_steps:
             self._rotate()
+
+    def _expire(self, now_s: float | None) -> None:
+        """Time buckets: close the open bucket once `bucket_s` old, and drop as many old buckets as
+        whole periods passed (an idle rank's window empties instead of keeping stale load)."""
+        if self.bucket_s is None:
+            return
+        now = time.monotonic() if now_s is None else now_s
+        periods = int((now - self._opened_s) // self.bucket_s)
+        for _ in range(min(periods, self.num_buckets)):
+            self._rotate()
+        if periods:
+            self._opened_s += periods * self.bucket_s
 
     def _rotate(self) -> None:
         self._pos = (self._pos + 1) % self.num_buckets
@@ -136,12 +160,17 @@ class ExpertLoadCounter:
             self._phy2log = self._phy2log.index_copy(0, index, new_rows.index_select(0, index))
         complete = bool(torch.equal(self._phy2log, new_rows))
         self._version = placement.version if complete else _MIXED
-        if self._bucket_steps[self._pos]:
+        # Batches of one move plan share one mixed bucket, so a long plan costs the window at
+        # most two buckets of slot history (logical counts are kept either way).
+        still_mixed = self._version == _MIXED == self._bucket_version[self._pos]
+        if self._bucket_steps[self._pos] and not still_mixed:
             self._rotate()
+            self._opened_s = time.monotonic()
         self._bucket_version[self._pos] = self._version
 
-    def window(self) -> LoadWindow:
-        """The sums over the window, copied to the host (one sync)."""
+    def window(self, now_s: float | None = None) -> LoadWindow:
+        """The sums over the window, copied to the host (one sync). Call between forward passes."""
+        self._expire(now_s)
         same = [
             v == self._version != _MIXED and n > 0
             for v, n in zip(self._bucket_version, self._bucket_steps, strict=True)
@@ -163,3 +192,4 @@ class ExpertLoadCounter:
         self._bucket_steps = [0] * self.num_buckets
         self._bucket_version = [self._version] * self.num_buckets
         self._pos = 0
+        self._opened_s = time.monotonic()

@@ -5,7 +5,9 @@ Keys (from `DeploymentKeys`):
   (header line + raw int64 counts); the key expires when no rank refreshes it.
 - `placement(role)`: a hash with the pool's current placement (`version`, `data`, `at_s`).
   Publishing is compare-and-set on the version inside Redis, so two balancers racing can never
-  roll a pool back to an older placement.
+  roll a pool back to an older placement. The balancer also writes what the ranks measured
+  (`balancedness`, `balancedness_version`, `balancedness_at_s`) to the same hash: one key holds
+  everything the operator and the planner read about a pool's EPLB (`read_status`).
 
 Redis is a bus here: ranks and the balancer read what is there and treat a missing key as "no
 data yet"; the engine's own placement stays the source of truth for what it runs.
@@ -90,6 +92,24 @@ def decode_window(data: bytes) -> tuple[LoadWindow, float]:
         return window, float(head["at_s"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"not a load window: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PoolEplbStatus:
+    """A pool's EPLB state as the operator and the planner read it.
+
+    Attributes:
+        placement_version: the published placement (the one the pool serves with or is moving to).
+        balancedness: mean over MoE layers of mean / max per-GPU tokens, measured by the ranks over
+            their last windows; None before the first measurement.
+        balancedness_version: the placement those windows counted under (None: no measurement).
+        balancedness_at_s: Unix time of the measurement.
+    """
+
+    placement_version: int | None
+    balancedness: float | None
+    balancedness_version: int | None
+    balancedness_at_s: float | None
 
 
 class EplbStore:
@@ -178,6 +198,35 @@ class EplbStore:
             args=[placement.version, encode_placement(placement), json.dumps(at_s)],
         )
         return bool(stored)
+
+    def publish_status(
+        self, balancedness: float, placement_version: int, now_s: float | None = None
+    ) -> None:
+        """Record the pool's measured balancedness under `placement_version`."""
+        at_s = time.time() if now_s is None else now_s
+        self.client.hset(
+            self.keys.placement(self.role.value),
+            mapping={
+                "balancedness": repr(float(balancedness)),
+                "balancedness_version": str(int(placement_version)),
+                "balancedness_at_s": repr(at_s),
+            },
+        )
+
+    def read_status(self) -> PoolEplbStatus:
+        fields = self.client.hmget(
+            self.keys.placement(self.role.value),
+            ["version", "balancedness", "balancedness_version", "balancedness_at_s"],
+        )
+        version, value, measured_version, at_s = (
+            None if f is None else _as_bytes(f).decode() for f in fields
+        )
+        return PoolEplbStatus(
+            placement_version=None if version is None else int(version),
+            balancedness=None if value is None else float(value),
+            balancedness_version=None if measured_version is None else int(measured_version),
+            balancedness_at_s=None if at_s is None else float(at_s),
+        )
 
     def read_placement(self) -> Placement | None:
         data = self.client.hget(self.keys.placement(self.role.value), "data")

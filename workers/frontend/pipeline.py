@@ -76,6 +76,7 @@ class Timings:
     arrived_at_s: float = field(default_factory=time.time)
     arrived_mono_s: float = field(default_factory=time.monotonic)
     dispatched_mono_s: float | None = None
+    worker_queue_s: float = 0.0  # reported by the prefill group: waiting on its step loop
     first_token_mono_s: float | None = None
     last_token_mono_s: float | None = None
     max_gap_s: float = 0.0
@@ -183,6 +184,7 @@ class Exchange:
                     raise _translate(exc) from None
                 finally:
                     self.p.inflight.remove(prefill_res)
+                self.t.worker_queue_s += first.queue_ms / 1e3
                 chunk = Chunk(first.text, (first.first_token_id,), first.finish_reason)
                 yield self._emit(chunk)
                 if first.finish_reason is not None:
@@ -237,7 +239,9 @@ class Exchange:
         itl_s = None
         if t.num_output_tokens > 1 and t.first_token_mono_s is not None and t.last_token_mono_s is not None:
             itl_s = (t.last_token_mono_s - t.first_token_mono_s) / (t.num_output_tokens - 1)
-        queue_s = None if t.dispatched_mono_s is None else t.dispatched_mono_s - t.arrived_mono_s
+        queue_s = None
+        if t.dispatched_mono_s is not None:  # in this frontend, then on the prefill group
+            queue_s = t.dispatched_mono_s - t.arrived_mono_s + t.worker_queue_s
         m = self.p.metrics
         m.in_flight.labels(model=model).dec()
         m.requests.labels(model=model, endpoint=str(self.req.endpoint), status=str(status)).inc()

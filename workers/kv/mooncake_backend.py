@@ -27,7 +27,7 @@ from moeplane.workers.kv.checksum import DEFAULT_CHECKSUM, ChecksumKind, checksu
 from moeplane.workers.kv.errors import ChecksumMismatch, KVErrorKind, KVTransferError, TransferSizeMismatch
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
 from moeplane.workers.kv.layout import KVBackend, KVLayout, TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.kv.security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.transport import KVTransport, OnRelease, PullStats, ReleaseReason
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class MooncakeKVTransport(KVTransport):
         security: GrpcSecurity | None = None,
         control_port: int = 0,
     ) -> None:
-        self._host = advertise_host or host
+        self._host = advertised_host(host, advertise_host)
         self._protocol = protocol
         self._device_name = device_name
         self._control = GrpcKVTransport(host, control_port, security, advertise_host=advertise_host)

@@ -8,6 +8,7 @@ is given. Clients send the token and verify the server against the CA bundle.
 from __future__ import annotations
 
 import hmac
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,25 @@ class GrpcSecurity:
         if self.tls.server_name:
             options = (*options, ("grpc.ssl_target_name_override", self.tls.server_name))
         return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca), options)
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+def advertised_host(bind_host: str, advertise_host: str | None = None) -> str:
+    """The host peers should dial: `advertise_host` if given; for a wildcard bind (a pod listening
+    on every interface), this machine's own address (its hostname's, which is the pod IP in
+    Kubernetes); otherwise the bind host itself."""
+    if advertise_host:
+        return advertise_host
+    if bind_host not in WILDCARD_HOSTS:
+        return bind_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError as exc:
+        raise OSError(
+            f"bound to {bind_host!r} and cannot resolve this host's own address ({exc}): pass advertise_host"
+        ) from None
 
 
 def new_server(security: GrpcSecurity) -> grpc.aio.Server:

@@ -20,8 +20,15 @@ Serving interface (what prefill/decode engines build on):
   `kv_cache=None` (and `prefill_metadata(seq_lens)`) it is a cache-less full-sequence forward.
 - Every rank of an EP group calls `forward` for every step: an idle rank passes an empty batch
   (`torch.empty(0, dtype=torch.int64)`, `empty_metadata()`), because MoE layers run collectives.
-- `runner.take_expert_load()` -> [num_moe_layers, slots_per_rank] rows per local slot (for EPLB);
-  `runner.set_placement(placement)` reloads this rank's experts between steps.
+- `runner.take_expert_load()` -> [num_moe_layers, slots_per_rank] rows per local slot;
+  `runner.set_placement(placement)` reloads this rank's experts from the weight source.
+- Online EPLB: `runner.enable_load_counting(num_buckets, bucket_s)` counts this rank's routed
+  tokens per (MoE layer, physical slot) on the device every forward pass; `runner.load_window()`
+  copies the window to the host. `runner.begin_placement(target, layers_per_step)` then one
+  `runner.advance_placement()` per step, between forward passes and on the same step on every
+  rank, moves expert weights between ranks and switches those layers' maps.
+- `SkewedWeights(source, arch, RoutingSkew(hot_experts, bias))` raises chosen experts' router
+  correction bias: a controlled hot-expert load over any checkpoint.
 - `tokenizer_for(arch)` -> a `Tokenizer` (byte-level for `tiny`).
 - `reference_logits(arch, state_dict, input_ids)` is the single-process definition of correct.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from moeplane.api.arch import ModelArch
 from moeplane.workers.ep.comm import EPComm
@@ -12,6 +14,12 @@ from moeplane.workers.model.layers import DenseMLP
 from moeplane.workers.model.profiling import PhaseTimer, maybe_phase
 from moeplane.workers.model.router import Router
 from torch import nn
+
+
+class SlotRecorder(Protocol):
+    """Takes each MoE layer's physical slot choices (EPLB's `ExpertLoadCounter` is one)."""
+
+    def record(self, layer: int, slots: torch.Tensor) -> None: ...
 
 
 class MoEBlock(nn.Module):
@@ -38,10 +46,14 @@ class MoEBlock(nn.Module):
         comm: EPComm,
         timer: PhaseTimer | None = None,
         slot_load: torch.Tensor | None = None,
+        recorder: SlotRecorder | None = None,
+        moe_layer: int = 0,
     ) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]. Every rank calls this, with T = 0 when idle.
 
         `slot_load` ([S] int64), when given, accumulates the rows each local slot computed.
+        `recorder`, when given, gets this rank's tokens' physical slots ([T, K] int64, on the
+        device) as MoE layer `moe_layer`.
         """
         with maybe_phase(timer, "router"):
             topk_ids, topk_weights = self.gate(x)
@@ -54,6 +66,8 @@ class MoEBlock(nn.Module):
             out = combine(expert_out, handle)
         if slot_load is not None:
             slot_load += handle.tokens_per_slot
+        if recorder is not None:
+            recorder.record(moe_layer, handle.phys_ids)
         if self.shared_experts is not None:
             with maybe_phase(timer, "shared_experts"):
                 out = out + self.shared_experts(x)

@@ -9,12 +9,18 @@ MoE layer runs collectives across the whole group.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from moeplane.api.arch import ModelArch
 from moeplane.workers.ep.comm import EPComm
 from moeplane.workers.ep.replicas import LayerPlacement
+from moeplane.workers.eplb.counter import ExpertLoadCounter, LoadWindow
+from moeplane.workers.eplb.mover import commit_step, stage_step
+from moeplane.workers.eplb.moves import MovePlan, plan_moves
 from moeplane.workers.model.metadata import AttentionMetadata, allocate_kv_cache, build_metadata
+from moeplane.workers.model.moe import MoEBlock
 from moeplane.workers.model.profiling import PhaseTimer
 from moeplane.workers.model.router import Router
 from moeplane.workers.model.transformer import MoETransformer, load_local_experts, load_replicated
@@ -25,6 +31,19 @@ from moeplane.workers.placement import Placement, PlacementError
 def empty_metadata(device: torch.device | str = "cpu") -> AttentionMetadata:
     """Metadata of an idle rank's step: no sequences, no tokens."""
     return build_metadata([], block_size=0, device=device)
+
+
+class PlacementSwitchError(PlacementError):
+    """The ranks of a group disagree on a placement switch (different targets or batches)."""
+
+
+@dataclass
+class _Switch:
+    """A move to `target` in progress: `plan.steps[next_step:]` are still to do."""
+
+    target: Placement
+    plan: MovePlan
+    next_step: int = 0
 
 
 class EPModelRunner:
@@ -74,6 +93,8 @@ class EPModelRunner:
         self.expert_load = torch.zeros(
             arch.num_moe_layers, self.slots_per_rank, dtype=torch.int64, device=self.device
         )
+        self.load_counter: ExpertLoadCounter | None = None
+        self._switch: _Switch | None = None
 
     @property
     def rank(self) -> int:
@@ -112,10 +133,13 @@ class EPModelRunner:
         timer: PhaseTimer | None = None,
     ) -> torch.Tensor:
         """input_ids [T] int64 -> final-normed hidden states [T, hidden]; writes new KV into the cache."""
-        return self.model.forward_hidden(
+        hidden = self.model.forward_hidden(
             input_ids.to(self.device), meta, kv_cache, self.layer_placements, self.comm,
-            timer, self.expert_load,
+            timer, self.expert_load, self.load_counter,
         )
+        if self.load_counter is not None:
+            self.load_counter.end_step()
+        return hidden
 
     @torch.inference_mode()
     def forward(
@@ -136,16 +160,110 @@ class EPModelRunner:
         return load
 
     def set_placement(self, placement: Placement) -> None:
-        """Switch to a new placement between steps, reloading this rank's expert slots.
-
-        Every rank of the group must switch before the next step (EPLB publishes versions).
+        """Switch to a new placement between steps, reloading this rank's expert slots from the
+        weight source (a move in progress is dropped). Every rank of the group must switch before
+        the next step; `begin_placement` moves weights between ranks instead.
         """
+        self._check_slots(placement)
+        layer_placements = self._layer_placements(placement)
+        load_local_experts(self.model, self.source, layer_placements)
+        self.placement, self.layer_placements = placement, layer_placements
+        self._switch = None
+        if self.load_counter is not None:
+            self.load_counter.switch_placement(placement)
+
+    def _check_slots(self, placement: Placement) -> None:
         self._check_placement(placement)
         if placement.slots_per_rank(self.comm.world_size) != self.slots_per_rank:
             raise PlacementError(
                 f"new placement has {placement.slots_per_rank(self.comm.world_size)} slots per rank, "
                 f"this runner was built with {self.slots_per_rank}"
             )
-        layer_placements = self._layer_placements(placement)
-        load_local_experts(self.model, self.source, layer_placements)
-        self.placement, self.layer_placements = placement, layer_placements
+
+    # ---- online EPLB: counting and moving experts between forward passes -----------------------
+    def enable_load_counting(self, num_buckets: int = 8, bucket_s: float | None = None) -> None:
+        """Count this rank's routed tokens per (MoE layer, physical slot) on every forward pass,
+        over a sliding window of `num_buckets` buckets of `bucket_s` seconds (default: 16 steps)."""
+        self.load_counter = ExpertLoadCounter(
+            self.rank, self.placement, num_buckets=num_buckets, device=self.device, bucket_s=bucket_s
+        )
+
+    def load_window(self) -> LoadWindow | None:
+        """This rank's counts over its window (host copies), or None when counting is off."""
+        return None if self.load_counter is None else self.load_counter.window()
+
+    @property
+    def placement_version(self) -> int:
+        """The version every layer runs on; during a move, the version being left."""
+        return self.placement.version
+
+    @property
+    def is_moving(self) -> bool:
+        return self._switch is not None
+
+    def begin_placement(self, target: Placement, layers_per_step: int = 1) -> None:
+        """Start moving to `target`: `advance_placement` then moves `layers_per_step` layers per
+        call, from the maps in force now (a move in progress is re-planned from where it is)."""
+        self._check_slots(target)
+        plan = plan_moves(self.placement, target, self.world_size, layers_per_step)
+        self._switch = _Switch(target, plan)
+        if not plan.steps:  # nothing moves: only the version changes
+            self._finish_switch(self._switch)
+
+    def advance_placement(self) -> bool:
+        """Move and switch the next batch of layers; True once the target is fully in force.
+
+        Every rank of the group calls it between the same two forward passes (they agree first:
+        one all-reduce fails loudly if any rank is on another target or batch). Weights are
+        staged from the live ones, exchanged, then committed together with the layers' maps, so
+        the next forward pass sees either all old or all new state for each layer.
+        """
+        switch = self._switch
+        if switch is None:
+            return True
+        self._agree(switch)
+        step = switch.plan.steps[switch.next_step]
+        weights = self._expert_weights()
+        with torch.no_grad():
+            staged = stage_step(step, self.rank, weights, self.slots_per_rank, self.comm.group)
+            self.comm.barrier()  # every rank has staged the batch: all switch on this step
+            commit_step(staged, weights)
+        phy2log = self.placement.phy2log.clone()
+        for layer in step.layers:
+            phy2log[layer] = switch.target.phy2log[layer]
+            self.layer_placements[layer] = LayerPlacement.of(
+                switch.target, layer, self.rank, self.world_size, self.device
+            )
+        switch.next_step += 1
+        if switch.next_step == len(switch.plan.steps):
+            self._finish_switch(switch)
+            return True
+        self.placement = Placement.from_phy2log(phy2log, self.placement.num_logical, self.placement.version)
+        if self.load_counter is not None:
+            self.load_counter.switch_placement(switch.target, step.layers)
+        return False
+
+    def _finish_switch(self, switch: _Switch) -> None:
+        self.placement = switch.target
+        self.layer_placements = self._layer_placements(switch.target)
+        self._switch = None
+        if self.load_counter is not None:
+            self.load_counter.switch_placement(switch.target)
+
+    def _agree(self, switch: _Switch) -> None:
+        if self.world_size == 1:
+            return
+        mine = [switch.target.version, switch.plan.from_version, switch.next_step]
+        both = torch.tensor(mine + [-x for x in mine], dtype=torch.int64, device=self.comm.device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.comm.group)
+        high, low = both[:3].tolist(), [-x for x in both[3:].tolist()]
+        if high != low:
+            raise PlacementSwitchError(
+                f"rank {self.rank} is at (target version, from version, batch) {tuple(mine)}, but the "
+                f"group spans {tuple(low)} .. {tuple(high)}: ranks must get the same target on the same step"
+            )
+
+    def _expert_weights(self) -> dict[int, list[torch.Tensor]]:
+        """MoE layer index -> [w13 [S, 2I, H], w2 [S, H, I]], the live local-slot weights."""
+        blocks = [layer.mlp for layer in self.model.decoder_layers() if isinstance(layer.mlp, MoEBlock)]
+        return {m: [block.experts.w13, block.experts.w2] for m, block in enumerate(blocks)}

@@ -18,7 +18,7 @@ from moeplane.workers.ep.replicas import LayerPlacement
 from moeplane.workers.model.attention import GQAAttention, MLAAttention, make_attention
 from moeplane.workers.model.layers import DenseMLP, RMSNorm
 from moeplane.workers.model.metadata import AttentionMetadata, MetadataError
-from moeplane.workers.model.moe import MoEBlock
+from moeplane.workers.model.moe import MoEBlock, SlotRecorder
 from moeplane.workers.model.profiling import PhaseTimer, maybe_phase
 from moeplane.workers.model.weights import WeightSource, check_shape, expert_weight_name
 from torch import nn
@@ -66,6 +66,7 @@ class MoETransformer(nn.Module):
         comm: EPComm,
         timer: PhaseTimer | None = None,
         expert_load: torch.Tensor | None = None,
+        recorder: SlotRecorder | None = None,
     ) -> torch.Tensor:
         """input_ids [T] int64 -> final-normed hidden states [T, hidden].
 
@@ -74,6 +75,7 @@ class MoETransformer(nn.Module):
                 cache-less prefill.
             placements: one per MoE layer.
             expert_load: optional [num_moe_layers, S] int64, incremented by rows per local slot.
+            recorder: optional; gets each MoE layer's physical slot choices (EPLB counting).
         """
         if input_ids.shape[0] != meta.num_tokens:
             raise MetadataError(f"{input_ids.shape[0]} input ids but metadata for {meta.num_tokens} tokens")
@@ -88,7 +90,8 @@ class MoETransformer(nn.Module):
                 x = layer.post_attention_layernorm(h)
             if isinstance(layer.mlp, MoEBlock):
                 load = None if expert_load is None else expert_load[i - first_moe]
-                h = h + layer.mlp(x, placements[i - first_moe], comm, timer, load)
+                m = i - first_moe
+                h = h + layer.mlp(x, placements[m], comm, timer, load, recorder, m)
             else:
                 with maybe_phase(timer, "dense_mlp"):
                     h = h + layer.mlp(x)

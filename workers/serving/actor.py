@@ -15,7 +15,7 @@ from moeplane.workers.ep.comm import EPComm
 from moeplane.workers.kv.frames import DEFAULT_CHUNK_BYTES
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport, run_expiry
 from moeplane.workers.kv.layout import KVBackend
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.kv.security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.transport import KVTransport
 from moeplane.workers.model import EPModelRunner, WeightSource, tokenizer_for
 from moeplane.workers.placement import Placement
@@ -68,8 +68,11 @@ class RankWorker:
         self.loop: LoopThread | None = None
 
     def rendezvous_address(self, host: str = "127.0.0.1") -> str:
-        """A free TCP endpoint for the group's torch.distributed store (asked of rank 0)."""
-        return f"tcp://{host}:{free_port(host)}"
+        """A free TCP endpoint for the group's torch.distributed store (asked of rank 0).
+
+        A wildcard bind advertises this host's own address so ranks on other nodes can dial it.
+        """
+        return f"tcp://{advertised_host(host)}:{free_port(host)}"
 
     def start(self, init_method: str, spec: RankSpec) -> str:
         """Join the EP group, load this rank's weights, allocate the cache; returns the KV address."""

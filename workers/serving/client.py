@@ -36,7 +36,8 @@ class PrefillResult:
     text: str
     finish_reason: FinishReason | None  # set when the request ended at its first token
     kv: kv_pb.KVHandle | None  # pass unchanged to the decode group
-    prefill_ms: float
+    prefill_ms: float  # the whole Prefill call on the worker, its queue time included
+    queue_ms: float = 0.0  # worker side: waiting for the group's step loop to take the request
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class WorkerControlClient:
             FINISH_FROM_PB[reply.finish_reason],
             reply.kv if reply.HasField("kv") else None,
             reply.prefill_ms,
+            reply.queue_ms,
         )
 
     async def decode(

@@ -1,12 +1,12 @@
-"""The one validated engine configuration, passed down whole (nano-vllm style)."""
+"""The validated engine configuration, passed down whole (nano-vllm style)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moeplane.api.enums import Role
 
-__all__ = ["EngineConfigError", "Role", "SchedulerConfig"]
+__all__ = ["EngineConfig", "EngineConfigError", "Role", "SchedulerConfig"]
 
 
 class EngineConfigError(ValueError):
@@ -41,4 +41,37 @@ class SchedulerConfig:
             raise EngineConfigError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
                 f"({self.max_num_seqs}) so every running sequence can decode in one step"
+            )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One rank's engine settings, the same for every rank of a group."""
+
+    role: Role
+    num_blocks: int
+    block_size: int = 16
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lease_s: float = 30.0
+    kv_pull_timeout_s: float = 60.0
+    sampler_seed: int = 0
+    # EPLB: count routed tokens per expert slot over this many seconds (None: no counting), in
+    # `expert_load_buckets` buckets; a placement switch moves this many MoE layers per step.
+    expert_load_window_s: float | None = None
+    expert_load_buckets: int = 8
+    move_layers_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1 or self.block_size < 1:
+            raise EngineConfigError(
+                f"num_blocks ({self.num_blocks}) and block_size ({self.block_size}) must be >= 1"
+            )
+        if self.lease_s <= 0 or self.kv_pull_timeout_s <= 0:
+            raise EngineConfigError("lease_s and kv_pull_timeout_s must be positive")
+        if self.expert_load_window_s is not None and not self.expert_load_window_s > 0:
+            raise EngineConfigError(f"expert_load_window_s must be > 0, got {self.expert_load_window_s}")
+        if self.expert_load_buckets < 1 or self.move_layers_per_step < 1:
+            raise EngineConfigError(
+                f"expert_load_buckets ({self.expert_load_buckets}) and move_layers_per_step "
+                f"({self.move_layers_per_step}) must be >= 1"
             )

@@ -10,6 +10,7 @@ thin adapter over this object; it lives in an asyncio loop (a process or an asyn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from moeplane.workers.eplb.driver import EplbDriver, GroupEplbStatus
+from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.actor import RankSpec, RankWorker
@@ -25,6 +28,9 @@ from moeplane.workers.serving.engine import NewRequest, RankStats, StepInput, To
 from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
 
 log = logging.getLogger(__name__)
+
+# How long close() waits for a step in flight to end before abandoning it.
+_CLOSE_STEP_WAIT_S = 10.0
 
 
 class GroupUnavailable(RuntimeError):
@@ -40,12 +46,17 @@ class GroupSpec:
     num_cpus_per_rank: float = 0.25
     step_timeout_s: float = 120.0
     start_timeout_s: float = 300.0
+    eplb: GroupEplb | None = None  # None: EPLB off (the placement of `rank` never changes)
 
     def __post_init__(self) -> None:
         if self.ep_size < 1:
             raise EngineConfigError(f"ep_size must be >= 1, got {self.ep_size}")
         if self.rank.engine.role is not self.role:
             raise EngineConfigError(f"group role {self.role} but engine role {self.rank.engine.role}")
+        if self.eplb is not None and self.eplb.balance.num_gpus != self.ep_size:
+            raise EngineConfigError(
+                f"eplb.balance.num_gpus ({self.eplb.balance.num_gpus}) must equal ep_size ({self.ep_size})"
+            )
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,13 @@ class _Waiter:
     rank: int
     queue: asyncio.Queue[TokenOutput] = field(default_factory=asyncio.Queue)
     arrival_s: float = field(default_factory=time.monotonic)
+    dispatched_s: float | None = None  # when the step loop handed the request to its rank
+
+
+@dataclass(frozen=True)
+class PrefillOutput:
+    output: TokenOutput
+    queue_s: float  # submission to dispatch onto a rank: the wait on this group's step loop
 
 
 class GroupController:
@@ -86,6 +104,11 @@ class GroupController:
         self._error: str | None = None
         self._closing = False
         self._between_steps: list[tuple[Placement, asyncio.Future[None]]] = []
+        self._eplb = (
+            None if spec.eplb is None else EplbDriver(spec.eplb, spec.role, spec.group_id, self._wake.set)
+        )
+        # Handed-off prefills -> (rank, lease expiry, Unix s): a Cancel then frees the leased KV.
+        self._handed_off: dict[str, tuple[int, float]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,23 +119,45 @@ class GroupController:
         )
         self._actors = [actor_cls.remote(r, spec.ep_size) for r in range(spec.ep_size)]
         try:
+            rank_spec = await self._rank_spec()
             host = spec.rank.bind_host
             init = await asyncio.wait_for(
                 self._actors[0].rendezvous_address.remote(host), spec.start_timeout_s
             )
             self.kv_addresses = await asyncio.wait_for(
-                asyncio.gather(*(a.start.remote(init, spec.rank) for a in self._actors)), spec.start_timeout_s
+                asyncio.gather(*(a.start.remote(init, rank_spec) for a in self._actors)), spec.start_timeout_s
             )
             self._stats = list(await asyncio.gather(*(a.stats.remote() for a in self._actors)))
         except BaseException:
             await self.close()
             raise
         self._task = asyncio.create_task(self._run(), name=f"group-{spec.group_id}")
+        if self._eplb is not None:
+            self._eplb.start()
+
+    async def _rank_spec(self) -> RankSpec:
+        """The ranks' spec; with EPLB, the pool's placement and load counting switched on."""
+        rank, eplb = self.spec.rank, self.spec.eplb
+        if self._eplb is None or eplb is None:
+            return rank
+        arch = rank.arch
+        start = rank.placement or Placement.identity(arch.num_moe_layers, arch.num_routed_experts)
+        engine = dataclasses.replace(
+            rank.engine, expert_load_window_s=eplb.window_s, expert_load_buckets=eplb.num_buckets,
+            move_layers_per_step=eplb.layers_per_step,
+        )
+        placement = await asyncio.wait_for(self._eplb.initial_placement(start), self.spec.start_timeout_s)
+        return dataclasses.replace(rank, placement=placement, engine=engine)
 
     async def close(self) -> None:
         self._closing = True
+        if self._eplb is not None:
+            await self._eplb.close()
         self._wake.set()
         if self._task is not None:
+            # Let a step in flight finish first: closing ranks in the middle of a collective leaves
+            # their peers blocked in it (and their processes alive) until the collective timeout.
+            await asyncio.wait({self._task}, timeout=_CLOSE_STEP_WAIT_S)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -138,7 +183,7 @@ class GroupController:
     # ---- requests ---------------------------------------------------------------------------------
     async def prefill(
         self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams
-    ) -> TokenOutput:
+    ) -> PrefillOutput:
         """Compute the prompt and sample the first token; the output carries the KV handle unless the
         request already finished."""
         if self.spec.role is not Role.PREFILL:
@@ -153,7 +198,8 @@ class GroupController:
             self._wake.set()
             raise
         self._waiters.pop(request_id, None)
-        return out
+        queued_s = (waiter.dispatched_s or waiter.arrival_s) - waiter.arrival_s
+        return PrefillOutput(out, queued_s)
 
     async def decode(
         self,
@@ -181,9 +227,14 @@ class GroupController:
 
     async def cancel(self, request_id: str) -> bool:
         waiter = self._waiters.get(request_id)
-        if waiter is None:
-            return False
-        self._cancels[waiter.rank].append(request_id)
+        if waiter is not None:
+            rank = waiter.rank
+        else:  # a prefill after its hand-off: its rank still holds the KV under a lease
+            handed = self._handed_off.pop(request_id, None)
+            if handed is None or handed[1] < time.time():
+                return False
+            rank = handed[0]
+        self._cancels[rank].append(request_id)
         self._wake.set()
         return True
 
@@ -213,14 +264,21 @@ class GroupController:
             while not self._closing:
                 if self._between_steps:
                     await self._apply_placements()
-                has_input = any(self._new) or any(self._cancels)
+                eplb = self._eplb
+                has_input = any(self._new) or any(self._cancels) or (eplb is not None and eplb.wants_step)
                 if not has_input and not busy:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                target, collect = (None, False) if eplb is None else eplb.next_step()
                 inputs = [
-                    StepInput(tuple(n), tuple(c)) for n, c in zip(self._new, self._cancels, strict=True)
+                    StepInput(tuple(n), tuple(c), target, collect)
+                    for n, c in zip(self._new, self._cancels, strict=True)
                 ]
+                now = time.monotonic()
+                for req in (r for n in self._new for r in n):
+                    if (w := self._waiters.get(req.request_id)) is not None:
+                        w.dispatched_s = now
                 self._new = [[] for _ in range(self.spec.ep_size)]
                 self._cancels = [[] for _ in range(self.spec.ep_size)]
                 results = await asyncio.wait_for(
@@ -231,6 +289,11 @@ class GroupController:
                     self._stats[rank] = result.stats
                     for out in result.outputs:
                         self._deliver(out)
+                if eplb is not None:
+                    eplb.on_step(
+                        [r.placement_version for r in results], [r.moving for r in results],
+                        [r.load_window for r in results],
+                    )
                 busy = any(s.num_running + s.num_waiting + s.num_importing for s in self._stats if s)
                 if busy and not results[0].group_ran_forward:
                     await asyncio.sleep(0.002)  # only KV pulls in flight: poll gently
@@ -260,6 +323,10 @@ class GroupController:
                 done.set_exception(exc)
                 raise
 
+    def eplb_status(self) -> GroupEplbStatus | None:
+        """The group's EPLB loop: placement in force, switch in progress, measured balancedness."""
+        return None if self._eplb is None else self._eplb.status()
+
     async def take_expert_load(self) -> list[Any]:
         """Per rank, [num_moe_layers, slots_per_rank] int64 rows per expert slot since the last call."""
         return list(await asyncio.gather(*(a.take_expert_load.remote() for a in self._actors)))
@@ -269,6 +336,11 @@ class GroupController:
         if waiter is None:
             return  # its caller is gone (cancelled); the rank has freed or will free its blocks
         waiter.queue.put_nowait(out)
+        if out.kv is not None:
+            now = time.time()  # leases are granted in order: expired entries sit at the front
+            while self._handed_off and next(iter(self._handed_off.values()))[1] < now:
+                del self._handed_off[next(iter(self._handed_off))]
+            self._handed_off[out.request_id] = (waiter.rank, out.kv.lease_expires_at_s)
         if out.finish_reason is not None or out.kv is not None:
             self._waiters.pop(out.request_id, None)
 

@@ -20,16 +20,18 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.kv.transport import KVTransport, ReleaseReason
 from moeplane.workers.model.metadata import SeqStep, build_metadata
 from moeplane.workers.model.runner import EPModelRunner, empty_metadata
+from moeplane.workers.placement import Placement
 from moeplane.workers.serving.block_manager import BlockManager
-from moeplane.workers.serving.config import EngineConfigError, Role, SchedulerConfig
+from moeplane.workers.serving.config import EngineConfig, EngineConfigError, Role
 from moeplane.workers.serving.kv_io import PagedKVSink, PagedKVSource
 from moeplane.workers.serving.loop import LoopThread
 from moeplane.workers.serving.sampling import Sampler
@@ -37,25 +39,6 @@ from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
 from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
 from moeplane.workers.serving.sequence import Sequence as Seq
 from moeplane.workers.serving.text import TextStream, TokenDecoder
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    role: Role
-    num_blocks: int
-    block_size: int = 16
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    lease_s: float = 30.0
-    kv_pull_timeout_s: float = 60.0
-    sampler_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_blocks < 1 or self.block_size < 1:
-            raise EngineConfigError(
-                f"num_blocks ({self.num_blocks}) and block_size ({self.block_size}) must be >= 1"
-            )
-        if self.lease_s <= 0 or self.kv_pull_timeout_s <= 0:
-            raise EngineConfigError("lease_s and kv_pull_timeout_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -71,8 +54,14 @@ class NewRequest:
 
 @dataclass(frozen=True)
 class StepInput:
+    """What one step brings: new requests, cancellations, and for EPLB a placement to start
+    moving to (every rank gets the same one on the same step) and whether to report the rank's
+    load window."""
+
     new: tuple[NewRequest, ...] = ()
     cancels: tuple[str, ...] = ()
+    placement: Placement | None = None
+    collect_load: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +100,9 @@ class StepResult:
     stats: RankStats
     num_computed_tokens: int  # this rank's tokens in this step (0 when idle)
     group_ran_forward: bool
+    placement_version: int = 0  # the placement every MoE layer ran on (during a move: the old one)
+    moving: bool = False  # a placement switch is still in progress (more batches to go)
+    load_window: LoadWindow | None = None  # when asked for (`collect_load`) and counting is on
 
 
 @dataclass
@@ -149,6 +141,10 @@ class RankEngine:
         self._leased: dict[str, int] = {}  # transfer id -> blocks
         self._releases: deque[str] = deque()
         self._lock = threading.Lock()
+        if config.expert_load_window_s is not None:
+            runner.enable_load_counting(
+                config.expert_load_buckets, config.expert_load_window_s / config.expert_load_buckets
+            )
 
     @property
     def rank(self) -> int:
@@ -165,6 +161,7 @@ class RankEngine:
                 self._cancel(rid, outputs)
             self._start_imports(outputs)
             self._finish_imports(outputs)
+            self._move_experts(inp.placement)
             sched = self.scheduler.schedule()
             run = self._group_has_work(not sched.is_empty)
             if run:
@@ -173,7 +170,20 @@ class RankEngine:
                 self._postprocess(sched, logits, outputs)
                 self.num_steps += 1
             self._drain_releases()
-            return StepResult(tuple(outputs), self._stats(), sched.num_tokens, run)
+            runner = self.runner
+            window = runner.load_window() if inp.collect_load else None
+            return StepResult(
+                tuple(outputs), self._stats(), sched.num_tokens, run,
+                runner.placement_version, runner.is_moving, window,
+            )
+
+    def _move_experts(self, target: Placement | None) -> None:
+        """EPLB between forward passes: start a switch to `target`, then move one batch of layers
+        per step. Every rank runs this on the same step (collectives inside), before the forward."""
+        if target is not None:
+            self.runner.begin_placement(target, self.config.move_layers_per_step)
+        if self.runner.is_moving:
+            self.runner.advance_placement()
 
     def _group_has_work(self, mine: bool) -> bool:
         """All ranks of the group agree whether to run a forward (MoE layers are collectives)."""

@@ -44,11 +44,14 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
         start = time_ms()
         try:
             sampling = sampling_from_pb(request.sampling)
-            out = await self.controller.prefill(request.request_id, list(request.prompt_token_ids), sampling)
+            done = await self.controller.prefill(
+                request.request_id, list(request.prompt_token_ids), sampling
+            )
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GroupUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        out = done.output
         if out.error_kind is not None:
             await context.abort(_STATUS[out.error_kind], out.error)
         return pb.PrefillResponse(
@@ -57,6 +60,7 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
             text=out.text,
             finish_reason=FINISH_TO_PB[out.finish_reason],  # type: ignore[arg-type]
             kv=out.kv.to_proto() if out.kv is not None else None,
+            queue_ms=done.queue_s * 1e3,
             prefill_ms=time_ms() - start,
         )
 

@@ -26,6 +26,10 @@ The rules are moeplane.operator.rbac.RULES. */ -}}
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Each MoEDeployment's Secret (workers' gRPC token, Redis URL); watched only with the operator's managed-by label selector.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Events: the Invalid-spec warning and Kopf's handler failures.
 - apiGroups: [""]
   resources: ["events"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moeplane.workers.eplb.balanced import _WARM_SLACK as WARM_SLACK
 from moeplane.workers.eplb.metrics import balancedness_bound, moved_slots, placement_balancedness
 from moeplane.workers.eplb.rebalance import rebalance
 from moeplane.workers.eplb.types import EplbError, EplbPolicy
@@ -204,7 +205,10 @@ def test_any_fitting_layout_gives_a_valid_placement_and_a_stable_rerun(
     second = rebalance(moved, num_physical, num_groups, nodes, num_gpus, previous=first)
     assert_valid(second, moved, num_physical)
     fresh = rebalance(moved, num_physical, num_groups, nodes, num_gpus)
-    # The warm start never settles for less balance than our fresh plan.
-    assert float(placement_balancedness(moved, second, num_gpus).min()) >= float(
-        placement_balancedness(moved, fresh, num_gpus).min()
-    ) * (1 - 1e-4)
+    # The warm start never settles for less balance than our fresh plan, unless it is already
+    # within the warm slack of a perfectly even split (moving weights for the last few tenths of
+    # a percent is not worth it).
+    fresh_floor = float(placement_balancedness(moved, fresh, num_gpus).min()) * (1 - 1e-4)
+    assert float(placement_balancedness(moved, second, num_gpus).min()) >= min(
+        fresh_floor, 1 / (1 + WARM_SLACK) - 1e-9
+    )

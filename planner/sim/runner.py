@@ -1,0 +1,153 @@
+"""Replay one trace under one policy and report SLA attainment, GPU-hours and goodput."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from moeplane.planner.perf.profile import ProfiledModel
+from moeplane.planner.sim.cluster import Cluster, SimConfig
+from moeplane.planner.sim.policies import Policy
+from moeplane.planner.sim.requests import DONE, FAILED
+from moeplane.planner.sim.traces import Trace
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    at_s: float
+    arrival_rate_per_s: float
+    prefill_groups: int
+    decode_groups: int
+    nodes: int
+    ttft_ms: float | None  # at the SLA percentile over the interval
+    itl_ms: float | None
+
+
+@dataclass(frozen=True)
+class SimReport:
+    trace: str
+    policy: str
+    requests: int  # scored: arriving after the warm-up
+    completed: int
+    failed: int
+    attainment: float  # share of all requests meeting both TTFT and ITL (failed ones miss)
+    ttft_attainment: float
+    itl_attainment: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float
+    itl_p99_ms: float
+    gpu_hours: float  # over the trace after the warm-up
+    prefill_gpu_hours: float
+    decode_gpu_hours: float
+    goodput_req_per_s: float  # requests meeting the SLA per second
+    goodput_output_tokens_per_s: float
+    mean_nodes: float
+    peak_nodes: int
+    duration_s: float
+    wall_s: float
+    timeline: tuple[TimelinePoint, ...]
+
+    def row(self) -> dict[str, object]:
+        """Flat summary (no timeline) for tables and JSON."""
+        out = asdict(self)
+        out.pop("timeline")
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def simulate(
+    trace: Trace,
+    prefill: ProfiledModel,
+    decode: ProfiledModel,
+    policy: Policy,
+    cfg: SimConfig,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> SimReport:
+    """Run `trace` under `policy`. Deterministic: the trace carries all the randomness."""
+    started = time.perf_counter()
+    cluster = Cluster(trace, prefill, decode, cfg)
+    interval = cfg.interval_s
+    first = trace.load_between(0.0, interval, cfg.peak_window_s)
+    cluster.scale_to(*policy.initial(first), ready_now=True)
+    timeline: list[TimelinePoint] = []
+    t = 0.0
+    while t < trace.duration_s - 1e-9:
+        t_next = min(trace.duration_s, t + interval)
+        cluster.advance(t_next)
+        tick = cluster.observe(t, t_next)
+        p, d = policy.decide(tick)
+        cluster.scale_to(p, d)
+        p_nodes, d_nodes = cluster.nodes_now()
+        timeline.append(
+            TimelinePoint(
+                t_next,
+                tick.load.arrival_rate_per_s,
+                p,
+                d,
+                p_nodes + d_nodes,
+                tick.prefill.latency_ms,
+                tick.decode.latency_ms,
+            )
+        )
+        t = t_next
+        if progress:
+            progress(t / trace.duration_s)
+    # Drain: keep the groups as they are until every request resolves or the limit passes.
+    limit = trace.duration_s + cfg.drain_limit_s
+    while cluster.unresolved() and t < limit:
+        t = min(limit, t + interval)
+        cluster.advance(t)
+    cluster.fail_unresolved()
+    return _report(trace, policy.name, cluster, cfg, tuple(timeline), time.perf_counter() - started)
+
+
+def _report(
+    trace: Trace, policy: str, c: Cluster, cfg: SimConfig, timeline: tuple[TimelinePoint, ...], wall_s: float
+) -> SimReport:
+    scored = trace.arrival_s >= cfg.warmup_s
+    n = int(scored.sum())
+    book = c.book
+    done = (book.status == DONE) & scored
+    ttft = book.first_token_s - trace.arrival_s
+    osl = trace.osl_tokens
+    itl = np.where(osl > 1, (book.finish_s - book.first_token_s) / np.maximum(osl - 1, 1), 0.0)
+    ttft_ok = done & (ttft * 1e3 <= cfg.sla.ttft_ms)
+    itl_ok = done & (itl * 1e3 <= cfg.sla.itl_ms)
+    good = ttft_ok & itl_ok
+    start, end = cfg.warmup_s, trace.duration_s
+    duration = max(end - start, 1e-9)
+    p_gpu = c.prefill.groups.gpu_seconds(c.prefill.model.gpus_per_group, start, end) / 3600
+    d_gpu = c.decode.groups.gpu_seconds(c.decode.model.gpus_per_group, start, end) / 3600
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return float(np.percentile(values, q) * 1e3) if len(values) else math.nan
+
+    nodes = [p.nodes for p in timeline if p.at_s > start]
+    return SimReport(
+        trace=trace.name,
+        policy=policy,
+        requests=n,
+        completed=int(done.sum()),
+        failed=int(np.sum((book.status == FAILED) & scored)),
+        attainment=float(good.sum()) / n if n else 1.0,
+        ttft_attainment=float(ttft_ok.sum()) / n if n else 1.0,
+        itl_attainment=float(itl_ok.sum()) / n if n else 1.0,
+        ttft_p50_ms=pct(ttft[done], 50),
+        ttft_p99_ms=pct(ttft[done], 99),
+        itl_p50_ms=pct(itl[done], 50),
+        itl_p99_ms=pct(itl[done], 99),
+        gpu_hours=p_gpu + d_gpu,
+        prefill_gpu_hours=p_gpu,
+        decode_gpu_hours=d_gpu,
+        goodput_req_per_s=float(good.sum()) / duration,
+        goodput_output_tokens_per_s=float(osl[good].sum()) / duration,
+        mean_nodes=float(np.mean(nodes)) if nodes else 0.0,
+        peak_nodes=max(nodes, default=0),
+        duration_s=duration,
+        wall_s=wall_s,
+        timeline=timeline,
+    )

@@ -1,0 +1,208 @@
+"""What the operator's pods run: the `moeplane pool` sidecar on each Ray head, the frontend, the
+env vars they read, and the per-deployment Secret that keeps the gRPC token and Redis URL out of
+every pod spec. Pure builders and the real `moeplane` CLI parser; no cluster."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from moeplane.api.enums import Role
+from moeplane.api.hardware import HardwarePreset
+from moeplane.api.layout import resolve_layout
+from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
+from moeplane.operator import names
+from moeplane.operator.builders.frontend import build_frontend_deployment
+from moeplane.operator.builders.pools import build_pool
+from moeplane.operator.builders.raycluster import (
+    HEAD_CONTAINER,
+    POOL_CONTAINER,
+    RAY_TMP_DIR,
+    WORKER_CONTAINER,
+    build_raycluster,
+)
+from moeplane.operator.builders.secret import (
+    GRPC_TOKEN_KEY,
+    REDIS_URL_KEY,
+    build_deployment_secret,
+    live_grpc_token,
+    new_grpc_token,
+)
+from moeplane.operator.config import OperatorConfig
+from moeplane.operator.diffing import Create, Patch, plan_child, with_hash
+from moeplane.operator.kinds import SECRET
+from moeplane.operator.names import DESIRED_HASH
+from moeplane.operator.reconcile import SECRET_POLICY
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PASSWORD = "s3cr3t-redis-pw"
+CONFIG = OperatorConfig(redis_url=f"redis://:{PASSWORD}@moeplane-redis.moeplane:6379/0")
+
+
+def deployment(example: str = "deepseek-r1.yaml") -> MoEDeployment:
+    return parse_deployment(yaml.safe_load((EXAMPLES / example).read_text()))
+
+
+def raycluster(dep: MoEDeployment, role: Role, config: OperatorConfig = CONFIG) -> dict[str, Any]:
+    name = str(dep.metadata.name)
+    pool = build_pool(dep, name, "default", role, resolve_layout(dep.spec), dep.spec.pool(role).replicas)
+    accelerator = HardwarePreset(pool["metadata"]["annotations"][names.ACCELERATOR])
+    return build_raycluster(parse_pool(pool).spec, pool["metadata"]["name"], "default", accelerator, config)
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in pod["containers"] if c["name"] == name)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def parse_with_moeplane_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    from moeplane.cli import build_parser
+
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit:
+        pytest.fail(f"`moeplane {' '.join(args)}` is refused: {capsys.readouterr().err}")
+
+
+@pytest.mark.parametrize("example,role", [("deepseek-r1.yaml", Role.DECODE), ("tiny-cpu.yaml", Role.PREFILL)])
+def test_head_runs_moeplane_pool_beside_ray_sharing_tmp_ray(
+    example: str, role: Role, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = raycluster(deployment(example), role)
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    # KubeRay makes the first container the Ray head; the sidecar must not be it.
+    assert [c["name"] for c in head["containers"]] == [HEAD_CONTAINER, POOL_CONTAINER]
+    sidecar = container(head, POOL_CONTAINER)
+    parsed = parse_with_moeplane_cli(sidecar["args"], capsys)
+    assert parsed.command == "pool" and parsed.host == "0.0.0.0" and parsed.ray_address == "auto"
+
+    ray_tmp = next(v for v in head["volumes"] if v["name"] == "ray-tmp")
+    assert ray_tmp == {"name": "ray-tmp", "emptyDir": {}}
+    for name in (HEAD_CONTAINER, POOL_CONTAINER):
+        mounts = container(head, name)["volumeMounts"]
+        assert {"name": "ray-tmp", "mountPath": RAY_TMP_DIR} in mounts, name
+
+    env = env_of(sidecar)
+    assert env["MOEPLANE_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["MOEPLANE_ROLE"]["value"] == role.value
+    assert env["MOEPLANE_REVISION"]["value"] == rc["metadata"]["labels"][names.REVISION_LABEL]
+    # The files the env names are mounted in the sidecar, from the ConfigMaps the operator makes.
+    mounted = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    volumes = {v["name"]: v for v in head["volumes"]}
+    for var, configmap in (
+        ("MOEPLANE_ENGINE_CONFIG", names.engine_configmap(str(deployment(example).metadata.name))),
+        ("MOEPLANE_PLACEMENT", names.placement_configmap(env["MOEPLANE_POOL"]["value"])),
+    ):
+        directory = str(Path(env[var]["value"]).parent)
+        assert volumes[mounted[directory]]["configMap"]["name"] == configmap, var
+
+
+def test_frontend_args_parse_with_the_moeplane_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    front = build_frontend_deployment(deployment(), "deepseek-r1", "default", CONFIG)
+    args = front["spec"]["template"]["spec"]["containers"][0]["args"]
+    parsed = parse_with_moeplane_cli(args, capsys)
+    assert parsed.command == "frontend" and parsed.port == CONFIG.frontend_port
+
+
+def _source(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
+    return Path(spec.origin).read_text()
+
+
+def test_every_env_var_set_is_one_the_workers_read() -> None:
+    dep = deployment()
+    readers = {
+        POOL_CONTAINER: _source("moeplane.workers.pool.settings") + _source("moeplane.workers.pool.main"),
+        "frontend": _source("moeplane.workers.frontend.main"),
+    }
+    rc = raycluster(dep, Role.DECODE)
+    pods = {
+        POOL_CONTAINER: container(rc["spec"]["headGroupSpec"]["template"]["spec"], POOL_CONTAINER),
+        "frontend": build_frontend_deployment(dep, "deepseek-r1", "default", CONFIG)["spec"]["template"][
+            "spec"
+        ]["containers"][0],
+    }
+    for name, c in pods.items():
+        for var in env_of(c):
+            assert f'"{var}"' in readers[name], f"{name} sets {var}, which nothing in moeplane reads"
+        assert {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"} <= set(env_of(c))
+    # The Ray head and the workers run Ray only: the ranks get their settings from the driver.
+    assert "env" not in container(rc["spec"]["headGroupSpec"]["template"]["spec"], HEAD_CONTAINER)
+    worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "env" not in container(worker, WORKER_CONTAINER)
+    assert "ports" not in container(worker, WORKER_CONTAINER)  # ephemeral, advertised in Redis
+
+
+def test_secrets_are_referenced_never_inlined() -> None:
+    dep = deployment()
+    secret_name = names.deployment_secret("deepseek-r1")
+    specs = [raycluster(dep, role) for role in Role]
+    specs.append(build_frontend_deployment(dep, "deepseek-r1", "default", CONFIG))
+    for obj in specs:
+        text = json.dumps(obj)
+        assert PASSWORD not in text and "redis://" not in text, obj["metadata"]["name"]
+    front = env_of(specs[-1]["spec"]["template"]["spec"]["containers"][0])
+    sidecar = env_of(container(specs[0]["spec"]["headGroupSpec"]["template"]["spec"], POOL_CONTAINER))
+    for env in (front, sidecar):
+        assert env["MOEPLANE_GRPC_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": GRPC_TOKEN_KEY,
+        }
+        assert env["MOEPLANE_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": REDIS_URL_KEY,
+        }
+    # No Redis configured: no reference to a key the Secret would not hold.
+    bare = build_frontend_deployment(dep, "deepseek-r1", "default", OperatorConfig())
+    assert "MOEPLANE_REDIS_URL" not in env_of(bare["spec"]["template"]["spec"]["containers"][0])
+    secret = build_deployment_secret("deepseek-r1", "default", new_grpc_token(), None)
+    assert set(secret["data"]) == {GRPC_TOKEN_KEY}
+
+
+def test_secret_keeps_its_token_and_only_redis_changes_patch_it() -> None:
+    token = new_grpc_token()
+    assert len(token) >= 43 and token != new_grpc_token()
+    desired = build_deployment_secret("deepseek-r1", "default", token, CONFIG.redis_url)
+    assert base64.b64decode(desired["data"][REDIS_URL_KEY]).decode() == CONFIG.redis_url
+    created = plan_child(SECRET, desired, None, SECRET_POLICY)
+    assert isinstance(created, Create)
+    live = created.body
+    assert live_grpc_token(live) == token
+    assert live_grpc_token({"data": {GRPC_TOKEN_KEY: "not base64!"}}) is None
+    assert live_grpc_token(None) is None
+
+    # A resync rebuilds the Secret from the live token: nothing to write.
+    again = build_deployment_secret("deepseek-r1", "default", live_grpc_token(live) or "", CONFIG.redis_url)
+    assert plan_child(SECRET, again, live, SECRET_POLICY) is None
+    # The hash annotation every reader of the metadata sees does not depend on the values.
+    other = build_deployment_secret("deepseek-r1", "default", new_grpc_token(), "redis://other:6379/0")
+    hashed = [with_hash(s, SECRET_POLICY.unhashed)["metadata"]["annotations"] for s in (desired, other)]
+    assert hashed[0][DESIRED_HASH] == hashed[1][DESIRED_HASH]
+
+    moved = build_deployment_secret("deepseek-r1", "default", token, "redis://:new@redis-2:6379/0")
+    patch = plan_child(SECRET, moved, live, SECRET_POLICY)
+    assert isinstance(patch, Patch) and patch.patch == {"data": moved["data"]}
+    dropped = build_deployment_secret("deepseek-r1", "default", token, None)
+    patch = plan_child(SECRET, dropped, live, SECRET_POLICY)
+    assert isinstance(patch, Patch)
+    assert patch.patch == {"data": {GRPC_TOKEN_KEY: desired["data"][GRPC_TOKEN_KEY], REDIS_URL_KEY: None}}
+    with pytest.raises(ValueError, match="grpc_token"):
+        build_deployment_secret("deepseek-r1", "default", "", None)
+
+
+def test_the_operator_watches_only_its_own_secrets() -> None:
+    from moeplane.operator.handlers import make_settings
+
+    selectors = make_settings(OperatorConfig()).watching.label_selectors
+    assert selectors[SECRET.kopf_resource] == names.MANAGED_SELECTOR

@@ -1,0 +1,80 @@
+"""`moeplane pool`: what a pool's Ray head runs to serve its EP groups (see `runner.PoolRunner`).
+
+It joins the pod's Ray cluster (`--ray-address`, default the local head), reads its settings from
+the operator's environment (`settings` lists the variables; flags override them), and runs until
+SIGTERM or SIGINT, then deregisters and stops every group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from moeplane.workers.pool.plan import PoolOptions, PoolPlanError
+from moeplane.workers.pool.runner import PoolRunner
+from moeplane.workers.pool.settings import PoolSettings, PoolSetupError, load_pool_settings
+
+# Flags that override an environment variable of the same meaning.
+_ENV_FLAGS = {
+    "engine_config": "MOEPLANE_ENGINE_CONFIG",
+    "placement": "MOEPLANE_PLACEMENT",
+    "redis_url": "MOEPLANE_REDIS_URL",
+    "role": "MOEPLANE_ROLE",
+    "pool": "MOEPLANE_POOL",
+    "advertise_host": "MOEPLANE_POD_IP",
+}
+
+
+def settings_from(args: argparse.Namespace, env: dict[str, str]) -> PoolSettings:
+    merged = dict(env)
+    for attr, var in _ENV_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value:
+            merged[var] = value
+    return load_pool_settings(merged)
+
+
+def options_from(args: argparse.Namespace) -> PoolOptions:
+    return PoolOptions(
+        host=args.host,
+        rank_host=args.rank_host or args.host,
+        groups=args.groups,
+        cpus_per_rank=args.cpus_per_rank,
+        max_kv_blocks_per_rank=args.max_kv_blocks,
+        reconcile_s=args.reconcile_interval,
+    )
+
+
+async def serve(settings: PoolSettings, options: PoolOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await PoolRunner(settings, options, lambda m: print(f"moeplane pool: {m}", flush=True)).start()
+    print(f"moeplane pool: {settings.role} pool {settings.pool_name!r} of {settings.keys.prefix}, "
+          f"EP{settings.ep_size} groups on {settings.device}", flush=True)
+    await runner.run(stop)
+    print("moeplane pool: stopped", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args, dict(os.environ))
+        options = options_from(args)
+    except (PoolSetupError, PoolPlanError) as exc:
+        print(f"moeplane pool: {exc}", file=sys.stderr)
+        return 1
+    import ray
+
+    # The pod's own Ray head; the driver's logs stay in this process's output.
+    ray.init(address=args.ray_address, log_to_driver=True, configure_logging=False)
+    try:
+        asyncio.run(serve(settings, options))
+    finally:
+        ray.shutdown()
+    return 0
