@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +13,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.unit
 
-PROBE = "import operator, moeplane.operator as m; print(operator.__file__); print(m.__file__)"
+PROBE = (
+    "import sys; sys.path.insert(0, {root!r}); import operator, moeplane.operator as m; "
+    "print(operator.__file__); print(next(iter(m.__path__)))"
+)
 
 
-def test_operator_is_stdlib_even_from_repo_root() -> None:
+def test_operator_is_stdlib_even_with_the_checkout_on_sys_path() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", PROBE.format(root=str(ROOT))],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()
     stdlib_operator, ours = out
     assert not stdlib_operator.startswith(str(ROOT)), stdlib_operator
-    assert ours == str(ROOT / "operator" / "__init__.py")
+    assert ours == str(ROOT / "operator")
+
+
+def test_python_dash_m_works_from_the_checkout_root() -> None:
+    # `python -m` puts the working directory first on sys.path; a top-level operator/__init__.py
+    # would shadow the standard library's `operator` and break the interpreter's start-up.
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    proc = subprocess.run([sys.executable, "-m", "moeplane", "--help"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "validate" in proc.stdout
 
 
 @pytest.mark.parametrize("pkg", ["api", "operator", "planner", "workers", "protos"])
 def test_subpackages_map_to_top_level_folders(pkg: str) -> None:
-    import importlib
-
     mod = importlib.import_module(f"moeplane.{pkg}")
-    assert Path(mod.__file__ or "").parent == ROOT / pkg
+    assert Path(next(iter(mod.__path__))) == ROOT / pkg

@@ -1,1 +1,0 @@
-"""Kopf operator: reconciles MoEDeployment into MoEPools, KubeRay RayClusters, services and config."""
