@@ -1,4 +1,4 @@
-"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf`.
+"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf` and `planner`.
 
 Registering stays light (no numpy, no models): the handlers import their work when they run.
 """
@@ -21,6 +21,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_perf_arguments(perf)
     perf.set_defaults(func=_perf)
+
+    planner = subparsers.add_parser(
+        "planner",
+        help="the SLA planner service: scales every MoEDeployment with spec.planner.enabled; dashboard",
+        description="Watch MoEDeployments, size and scale their pools every interval, and serve "
+        "/healthz, /metrics, /api/deployments and the dashboard at /dashboard. Redis from "
+        "MOEPLANE_REDIS_URL; the dashboard's Apply needs MOEPLANE_DASHBOARD_TOKEN as a bearer token.",
+    )
+    planner.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    planner.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    planner.add_argument(
+        "--namespace", action="append", help="only this namespace (repeatable; default: all namespaces)"
+    )
+    planner.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    planner.add_argument("--redis-url", help="Redis URL (default: $MOEPLANE_REDIS_URL)")
+    planner.set_defaults(func=_planner)
+
+    profile = subparsers.add_parser(
+        "profile",
+        help="measure the real engine's step times on a grid and write a moeplane.profile/v1 JSON",
+        description="Run EPModelRunner (one process per EP rank, torch.distributed) for the manifest's "
+        "prefill and decode pools at several ISLs, tokens per rank, batch sizes and contexts; write the "
+        "curves the planner reads with spec.planner.perfModel: profile (and optionally a ConfigMap).",
+    )
+    profile.add_argument("-f", "--file", required=True, help="MoEDeployment manifest (YAML)")
+    profile.add_argument("-o", "--out", required=True, help="profile JSON to write")
+    profile.add_argument("--isl", default="32,64,128", help="prompt lengths (default 32,64,128)")
+    profile.add_argument(
+        "--tokens", default="32,64,128,256", help="prefill tokens per rank (default 32,64,128,256)"
+    )
+    profile.add_argument("--batch", default="1,2,4,8", help="decode sequences per rank (default 1,2,4,8)")
+    profile.add_argument("--context", default="16,64,256", help="decode context tokens (default 16,64,256)")
+    profile.add_argument(
+        "--repeats", type=int, default=3, help="timed steps per point; the median counts (default 3)"
+    )
+    profile.add_argument("--configmap", metavar="NAME", help="also write the profile to this ConfigMap")
+    profile.add_argument(
+        "--namespace", default="default", help="namespace of the ConfigMap (default default)"
+    )
+    profile.add_argument("--kubeconfig", help="kubeconfig for --configmap (default KUBECONFIG)")
+    profile.set_defaults(func=_profile)
 
 
 def add_perf_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,5 +102,17 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
 
 def _perf(args: argparse.Namespace) -> int:
     from moeplane.planner.perf_cmd import run
+
+    return run(args)
+
+
+def _planner(args: argparse.Namespace) -> int:
+    from moeplane.planner.service.main import run
+
+    return run(args)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from moeplane.planner.profile_cmd import run
 
     return run(args)

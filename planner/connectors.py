@@ -7,10 +7,14 @@ the simulated cluster on the acting side. The loop is `observe -> on_tick -> sca
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from moeplane.api.enums import Role
 from moeplane.planner.core import Planner
 from moeplane.planner.tick import Decision, TickInput
+
+if TYPE_CHECKING:
+    from moeplane.planner.observe import PoolGroups
 
 
 @runtime_checkable
@@ -33,3 +37,19 @@ def plan_once(planner: Planner, observer: Observer, actuator: Actuator, t0: floa
     if decision.prefill.changed or decision.decode.changed:
         actuator.scale_to(decision.prefill.desired_groups, decision.decode.desired_groups)
     return decision
+
+
+@runtime_checkable
+class PoolBackend(Protocol):
+    """Where the live service reads pool sizes and acts (synchronous; called from a thread).
+
+    `moeplane.planner.kube.KubeClient` is the Kubernetes back end (MoEPool /scale and the
+    MoEDeployment status). An embedded back end (the local launcher) implements the same three
+    calls over its groups.
+    """
+
+    def pool_groups(self, namespace: str, deployment: str, role: Role) -> PoolGroups | None: ...
+
+    def scale_pool(self, namespace: str, deployment: str, role: Role, groups: int) -> int: ...
+
+    def patch_last_decision(self, namespace: str, name: str, last_decision: dict[str, Any]) -> None: ...

@@ -8,7 +8,11 @@ placement reaches; such layers are placed globally. Every stage improves on Deep
    parallel hot/cool pair swaps on wide domains, then a swap local search on the hottest bin,
    all batched over layers. Searches stop at a proven floor or within `_GOOD_ENOUGH` of an even
    split.
-2. Replica counts minimise the hottest replica (greedy on load / count, as DeepSeek).
+2. Replica counts minimise the hottest replica (greedy on load / count, as DeepSeek); with two
+   slots per GPU a local search over the counts then minimises the hottest GPU after optimal
+   pairing (`pair_counts`), which greedy counts do not: splitting a cold expert, for one, gives
+   the hot replicas lighter partners. A rebalance keeps the previous counts where they pair
+   no hotter.
 3. With a previous placement: a warm start keeps every replica that still fits in its old slot,
    fills the freed slots, and swaps (fewest new moves first) until the layer is as balanced as
    the fresh plan. Where it cannot get there, the fresh plan is used, its nodes and GPUs
@@ -18,6 +22,7 @@ placement reaches; such layers are placed globally. Every stage improves on Deep
 from __future__ import annotations
 
 import torch
+from moeplane.workers.eplb.counts import _COUNT_DONORS, _COUNT_STEPS, _pair_search, _pair_start
 from moeplane.workers.eplb.deepseek import node_experts
 from moeplane.workers.eplb.packing import (
     Bins,
@@ -159,12 +164,20 @@ def _place(
     local_load = load.gather(1, mlog2log.flatten(1)).view(num_domains, -1)
     if counts is None or nodes > 1:
         counts = replica_counts(local_load, slots_per_node)
+    prev_local = None
+    if previous is not None:
+        prev_local = _previous_local(previous, mlog2log, nodes).view(num_domains, gpus_per_node, per_gpu)
+    if per_gpu == 2:
+        counts, peak = _pair_search(local_load, counts, _COUNT_STEPS, _COUNT_DONORS)
+        if prev_local is not None:
+            # The fresh plan's counts set the bar; the previous ones are kept where they pair
+            # no hotter (fewer weights move), so a rebalance is never less balanced than a fresh plan.
+            counts = _pair_start(local_load, counts, peak, prev_local)
 
     # Stage 3: replicas onto GPUs.
-    if previous is None:
+    if prev_local is None:
         local = _fresh_bins(local_load, counts, gpus_per_node, nodes).ids
     else:
-        prev_local = _previous_local(previous, mlog2log, nodes).view(num_domains, gpus_per_node, per_gpu)
         local = _prefer_previous(prev_local, local_load, counts, num_layers)
         local = stable_slots(local, prev_local)
     return mlog2log.gather(2, local.reshape(num_layers, nodes, -1)).view(num_layers, layout.num_physical)
@@ -180,6 +193,8 @@ def _fresh_bins(
     """A fresh packing of every domain's replicas: round-wise LPT, then the swap search."""
     ids, w = expand_replicas(local_load, counts)
     fresh = Bins.from_items(ids, w, round_pack(w, num_bins))
+    if w.shape[1] == 2 * num_bins:
+        return fresh  # pairs: round_pack's heaviest-with-lightest is optimal, no swap helps
     if num_bins >= 16 and w.shape[1] >= 3 * num_bins:
         # Wide domains with several items per bin: parallel pair rounds toward an even split do
         # most of the work at a fraction of the search's cost per fixed bin. (With two items per

@@ -1,0 +1,1 @@
+"""The planner service: the live loop per MoEDeployment, the HTTP API and the dashboard."""
