@@ -53,7 +53,11 @@ class LocalRedis:
             # Passed on stdin-free argv is visible in `ps`; acceptable for a private local server,
             # but never logged by moeplane.
             args += ["--requirepass", self.password]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in a terminal must not reach redis-server before moeplane has
+        # deregistered its groups; moeplane stops it last.
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:

@@ -9,9 +9,11 @@ vocabulary here and only here: an invalid spec is a `PermanentError`, waiting on
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import kopf
 import redis
 from moeplane.api.errors import SpecInvalid
@@ -104,6 +106,32 @@ def _raise_for(outcome: Outcome, delay_s: float) -> None:
         raise kopf.TemporaryError(f"waiting for children: {outcome.waiting}", delay=delay_s)
 
 
+# Kopf's own retry after an unexpected error is 60 s; API trouble that heals (conflicts, throttling,
+# 5xx, timeouts) is retried sooner, backing off exponentially so a sick API server is not hammered.
+_TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+_MAX_BACKOFF_S = 60.0
+
+
+def backoff_s(wait_s: float, retry: int) -> float:
+    """Delay before retry number `retry` (0-based) of a reconcile that hit transient API trouble."""
+    return min(wait_s * 2.0 ** min(retry, 16), _MAX_BACKOFF_S)
+
+
+@asynccontextmanager
+async def transient_api_errors(wait_s: float, retry: int) -> AsyncIterator[None]:
+    """Turn API errors that heal into a TemporaryError with exponential backoff."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status not in _TRANSIENT_STATUSES:
+            raise
+        raise kopf.TemporaryError(f"API server: {exc}", delay=backoff_s(wait_s, retry)) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise kopf.TemporaryError(
+            f"API server unreachable or slow: {exc!r}", delay=backoff_s(wait_s, retry)
+        ) from exc
+
+
 def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     deployments = _selector(MOEDEPLOYMENT)
@@ -138,9 +166,10 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
     @kopf.on.resume(*deployments, id="reconcile", registry=registry)
     @kopf.on.create(*deployments, id="reconcile", registry=registry)
     @kopf.on.update(*deployments, id="reconcile", registry=registry)
-    async def deployment_changed(body: kopf.Body, **kwargs: Any) -> None:
+    async def deployment_changed(body: kopf.Body, retry: int, **kwargs: Any) -> None:
         try:
-            outcome = await reconcile_deployment(state.context(kwargs), body)
+            async with transient_api_errors(config.wait_s, retry):
+                outcome = await reconcile_deployment(state.context(kwargs), body)
         except KindNotServed as exc:
             state.warn_once(body, "KindNotServed", str(exc))
             raise kopf.TemporaryError(str(exc), delay=4 * config.wait_s) from exc
@@ -179,9 +208,10 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
     @kopf.on.resume(*pools, id="reconcile", registry=registry)
     @kopf.on.create(*pools, id="reconcile", registry=registry)
     @kopf.on.update(*pools, id="reconcile", registry=registry)
-    async def pool_changed(body: kopf.Body, **kwargs: Any) -> None:
+    async def pool_changed(body: kopf.Body, retry: int, **kwargs: Any) -> None:
         try:
-            summary = await reconcile_pool(state.context(kwargs), body)
+            async with transient_api_errors(config.wait_s, retry):
+                summary = await reconcile_pool(state.context(kwargs), body)
         except SpecInvalid as exc:
             raise kopf.PermanentError("; ".join(exc.messages)) from None
         except KindNotServed as exc:

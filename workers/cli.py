@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "everything.",
     )
     add_stack_arguments(up, default_port=8000)
+    up.add_argument("--no-planner", action="store_true", help="do not run the planner and dashboard")
     up.set_defaults(func=_up)
 
     demo = subparsers.add_parser(
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--rate", type=float, default=1.5, help="mean arrivals per second (default 1.5)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the load (default 0)")
     demo.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    demo.add_argument("--planner", action="store_true", help="also run the planner (it may rescale mid-run)")
     demo.set_defaults(func=_demo)
 
     fe = subparsers.add_parser(
@@ -68,6 +70,8 @@ def add_stack_arguments(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--max-model-len", type=int, default=None,
                    help="longest prompt + output in tokens (default: the model's)")
     p.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
+    p.add_argument("--planner-port", type=int, default=None,
+                   help="planner/dashboard port (default: frontend port + 1; 0: any free port)")
 
 
 # The handlers import the stack lazily: `moeplane --help` must not pay for torch and Ray.

@@ -11,14 +11,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.keys import DeploymentKeys
-from moeplane.planner.kube import AUDIT_ANNOTATION, DEPLOYMENTS, POOLS, KubeClient, KubeError
+from moeplane.planner.connectors import PoolBackend
+from moeplane.planner.kube import AUDIT_ANNOTATION, DEPLOYMENTS, POOLS, KubeClient, KubeError, WatchEvent
 from moeplane.planner.metrics import PlannerMetrics
 from moeplane.planner.service import views
 from moeplane.planner.service.deployment import DECISIONS_MAXLEN, DeploymentPlanner, read_events
@@ -41,12 +43,32 @@ class ServiceConfig:
     watch_timeout_s: int = WATCH_TIMEOUT_S
 
 
+class ServiceBackend(PoolBackend, Protocol):
+    """What the service needs besides the pools: `KubeClient`, or the embedded stack's
+    `moeplane.planner.embedded.EmbeddedBackend` (the CR kept in memory)."""
+
+    def list_objects(self, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
+
+    def watch_objects(
+        self,
+        plural: str,
+        namespace: str | None,
+        resource_version: str,
+        timeout_s: int,
+        stop: Callable[[], bool],
+    ) -> Iterator[WatchEvent]: ...
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class PlannerService:
-    def __init__(self, config: ServiceConfig, kube: KubeClient | None = None) -> None:
+    def __init__(self, config: ServiceConfig, kube: ServiceBackend | None = None) -> None:
         import redis.asyncio as aioredis
 
         self.config = config
-        self.kube = kube or KubeClient.from_environment(config.kubeconfig)
+        self.kube: ServiceBackend = kube or KubeClient.from_environment(config.kubeconfig)
         self.redis = aioredis.from_url(config.redis_url)
         self.metrics = PlannerMetrics()
         self.deployments: dict[tuple[str, str], DeploymentPlanner] = {}
@@ -301,8 +323,10 @@ class PlannerService:
             maxlen=DECISIONS_MAXLEN,
             approximate=True,
         )
+        # The embedded back end patches an in-memory spec, not a CR, and the answer says so.
+        target = getattr(self.kube, "apply_target", "the MoEDeployment")
         return web.json_response(
-            {"applied": patch, "generation": updated.get("metadata", {}).get("generation")}
+            {"applied": patch, "generation": updated.get("metadata", {}).get("generation"), "target": target}
         )
 
 

@@ -4,6 +4,10 @@ Both start the stack from a MoEDeployment manifest (examples/tiny-cpu.yaml by de
 prints where everything listens and serves until SIGINT (Ctrl-C) or SIGTERM; `demo` drives a
 bounded Poisson load, prints the SLA report and exits. Either way the stack is stopped before
 the command returns, so no Ray process or redis-server outlives it.
+
+`up` also runs the planner and its dashboard for the manifest's deployment when
+`spec.planner.enabled` (unless `--no-planner`); `demo` runs them only with `--planner`, since
+scaling mid-run would change what its SLA report measures.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,12 @@ from moeplane.workers.embedded.plan import (
     EmbeddedPlanError,
     load_manifest,
     plan_from_deployment,
+)
+from moeplane.workers.embedded.planner_host import (
+    EmbeddedPlanner,
+    dashboard_token,
+    read_manifest,
+    start_planner,
 )
 from moeplane.workers.embedded.progress import ProgressBar
 from moeplane.workers.embedded.report import format_report, summarize
@@ -47,14 +58,57 @@ def _on_signals(handler: Callable[[], object]) -> None:
         loop.add_signal_handler(sig, handler)
 
 
-async def _up(plan: EmbeddedPlan, options: StackOptions) -> int:
+@dataclass(frozen=True)
+class PlannerOptions:
+    manifest: dict[str, Any]
+    port: int  # 0: any free port
+
+
+def _planner_options(args: argparse.Namespace, default_on: bool) -> PlannerOptions | None:
+    """Whether to run the planner, from the flags and the manifest's spec.planner.enabled."""
+    manifest = read_manifest(Path(args.file))
+    enabled = bool(((manifest.get("spec") or {}).get("planner") or {}).get("enabled", True))
+    wanted = bool(getattr(args, "planner", False)) or (default_on and not getattr(args, "no_planner", False))
+    if not (enabled and wanted):
+        return None
+    port = getattr(args, "planner_port", None)
+    if port is None:
+        port = args.port + 1 if args.port else 0
+    return PlannerOptions(manifest, int(port))
+
+
+async def _start_planner(stack: EmbeddedStack, options: PlannerOptions, host: str) -> EmbeddedPlanner:
+    token, generated = dashboard_token()
+    _say("starting the planner and its dashboard")
+    planner = await start_planner(stack, options.manifest, host, options.port, token)
+    if generated:
+        # Printed this once only; set MOEPLANE_DASHBOARD_TOKEN to choose it.
+        _say(f"dashboard token (for Apply; printed once): {token}")
+    return planner
+
+
+def _planner_lines(planner: EmbeddedPlanner | None) -> list[str]:
+    if planner is None:
+        return ["  planner      off"]
+    return [
+        f"  dashboard    {planner.url}/dashboard   (Apply edits the in-memory spec: no CR in embedded mode)",
+        f"  planner      {planner.url}/metrics",
+    ]
+
+
+async def _up(
+    plan: EmbeddedPlan, options: StackOptions, planner_options: PlannerOptions | None = None
+) -> int:
     stack = EmbeddedStack(plan, options)
+    planner: EmbeddedPlanner | None = None
     stop = asyncio.Event()
     main = asyncio.current_task()
     assert main is not None
     _on_signals(main.cancel)  # while starting, Ctrl-C abandons the start (which cleans up)
     try:
         await stack.start(_say)
+        if planner_options is not None:
+            planner = await _start_planner(stack, planner_options, options.host)
         _on_signals(stop.set)  # again: starting Ray may have installed its own handlers
         lines = [
             f"moeplane is up: {plan.served_model} ({plan.arch.name}), deployment {plan.keys.prefix}",
@@ -62,6 +116,7 @@ async def _up(plan: EmbeddedPlan, options: StackOptions) -> int:
             f"  health       {stack.url}/health",
             f"  metrics      {stack.url}/metrics",
             f"  redis        {stack.redis_url}",
+            *_planner_lines(planner),
         ]
         lines += [f"  {g.role:<7} group {g.group_id:<10} gRPC {g.address}" for g in stack.groups]
         lines.append("Press Ctrl-C to stop.")
@@ -71,18 +126,30 @@ async def _up(plan: EmbeddedPlan, options: StackOptions) -> int:
     except asyncio.CancelledError:
         _say("interrupted while starting; cleaning up")
     finally:
+        if planner is not None:
+            await planner.stop()
         await stack.stop()
     _say("stopped")
     return 0
 
 
-async def _demo(plan: EmbeddedPlan, options: StackOptions, load: LoadSpec, json_out: str | None) -> int:
+async def _demo(
+    plan: EmbeddedPlan,
+    options: StackOptions,
+    load: LoadSpec,
+    json_out: str | None,
+    planner_options: PlannerOptions | None = None,
+) -> int:
     stack = EmbeddedStack(plan, options)
+    planner: EmbeddedPlanner | None = None
     main = asyncio.current_task()
     assert main is not None
     _on_signals(main.cancel)
     try:
         await stack.start(_say)
+        if planner_options is not None:
+            planner = await _start_planner(stack, planner_options, options.host)
+            _say(f"planner dashboard at {planner.url}/dashboard")
         _on_signals(main.cancel)
         arrivals = poisson_schedule(load)
         _say(f"stack up at {stack.url}; sending {load.num_requests} requests, Poisson {load.rate_per_s:g}/s")
@@ -92,6 +159,8 @@ async def _demo(plan: EmbeddedPlan, options: StackOptions, load: LoadSpec, json_
         _say("interrupted; cleaning up")
         return 130
     finally:
+        if planner is not None:
+            await planner.stop()
         await stack.stop()
     report = summarize(results, duration_s, plan.sla)
     prompts = "/".join(map(str, load.prompt_tokens))
@@ -120,12 +189,14 @@ def _options(args: argparse.Namespace) -> StackOptions:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    return _run(lambda: _up(_plan(args), _options(args)))
+    return _run(lambda: _up(_plan(args), _options(args), _planner_options(args, default_on=True)))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     load = LoadSpec(num_requests=args.requests, rate_per_s=args.rate, seed=args.seed)
     started = time.monotonic()
-    code = _run(lambda: _demo(_plan(args), _options(args), load, args.json))
+    code = _run(
+        lambda: _demo(_plan(args), _options(args), load, args.json, _planner_options(args, default_on=False))
+    )
     _say(f"demo finished in {time.monotonic() - started:.0f} s")
     return code

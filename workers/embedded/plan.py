@@ -41,6 +41,8 @@ class PoolPlan:
     block_size_tokens: int
     redundant_experts: int = 0
     placement: Placement | None = field(default=None, compare=False)  # None: no groups to place
+    min_groups: int = 0  # spec.{role}.minReplicas: the planner's bounds for scale_pool
+    max_groups: int = 0  # spec.{role}.maxReplicas, or num_groups when unset
 
     @property
     def num_ranks(self) -> int:
@@ -93,8 +95,10 @@ def _pool(
         if num_groups
         else None
     )
+    max_groups = spec.max_replicas if spec.max_replicas is not None else num_groups
     return PoolPlan(
-        role, spec.expert_parallel, num_groups, blocks, BLOCK_SIZE_TOKENS, spec.redundant_experts, placement
+        role, spec.expert_parallel, num_groups, blocks, BLOCK_SIZE_TOKENS, spec.redundant_experts, placement,
+        min_groups=spec.min_replicas, max_groups=max(max_groups, num_groups),
     )
 
 

@@ -9,18 +9,32 @@ processes and redis-server included.
 Each group runs on its pool's planned placement (`redundantExperts` extra slots, or the static
 load file's placement) and, unless `spec.eplb.mode` is off, counts its expert load into Redis;
 in online mode its controller also rebalances (see `moeplane.workers.eplb.driver`).
+
+`scale_pool` resizes a pool while it serves (the planner's embedded back end calls it): new
+groups start from the same group spec and register; surplus groups first leave the registry and
+the frontend's routing, then are stopped only once every request they hold has ended (bounded by
+`drain_timeout_s`), so a shrink never strands a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
 from moeplane.api.enums import Role
 from moeplane.workers.embedded.plan import EmbeddedPlan, PoolPlan
+from moeplane.workers.embedded.scaling import (
+    GroupLoad,
+    ScaleError,
+    check_groups,
+    group_idle,
+    next_indices,
+    surplus,
+)
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
@@ -56,6 +70,8 @@ class StackOptions:
     start_timeout_s: float = 300.0
     redis_url: str | None = None  # None: start a private redis-server
     eplb_publish_s: float | None = None  # load-window uploads; None: a quarter of spec.eplb's window
+    drain_timeout_s: float = 120.0  # a shrink waits this long at most for a group's requests
+    drain_poll_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,14 @@ class RunningGroup:
     group_id: str
     role: Role
     address: str
+
+
+@dataclass
+class _Member:
+    group: RunningGroup
+    server: ControlServer
+    client: WorkerControlClient
+    beat: Heartbeat
 
 
 class EmbeddedStack:
@@ -73,12 +97,17 @@ class EmbeddedStack:
         self.redis: LocalRedis | None = None
         self.redis_url = ""
         self.frontend: FrontendServer | None = None
-        self.groups: list[RunningGroup] = []
-        self._servers: list[ControlServer] = []
-        self._beats: list[Heartbeat] = []
-        self._clients: list[WorkerControlClient] = []
+        self._members: list[_Member] = []
         self._registry: WorkerRegistry | None = None
         self._owns_ray = False
+        self._desired: dict[Role, int] = {r: plan.pool(r).num_groups for r in Role}
+        self._scale_lock = asyncio.Lock()
+        self._scaling: set[asyncio.Task[None]] = set()
+        self.num_drain_timeouts = 0
+
+    @property
+    def groups(self) -> list[RunningGroup]:
+        return [m.group for m in self._members]
 
     @property
     def url(self) -> str:
@@ -87,7 +116,7 @@ class EmbeddedStack:
     @property
     def servers(self) -> dict[str, ControlServer]:
         """Each running group's control server by group id (tests stop one to fake a crash)."""
-        return {g.group_id: s for g, s in zip(self.groups, self._servers, strict=True)}
+        return {m.group.group_id: m.server for m in self._members}
 
     async def start(self, progress: Progress = lambda _: None) -> EmbeddedStack:
         try:
@@ -115,27 +144,13 @@ class EmbeddedStack:
             )
             self._owns_ray = True
 
+        redis_client = async_redis(self.redis_url)
+        self._registry = WorkerRegistry(redis_client, plan.keys, ttl_s=opts.registry_ttl_s)
         specs = [
             self._group_spec(pool, i) for pool in (plan.prefill, plan.decode) for i in range(pool.num_groups)
         ]
         progress(f"starting {len(specs)} groups ({sum(s.ep_size for s in specs)} rank actors)")
-        self._servers = [ControlServer(GroupController(s), self.security) for s in specs]
-        addresses = await asyncio.wait_for(
-            asyncio.gather(*(srv.start(opts.host) for srv in self._servers)), opts.start_timeout_s
-        )
-        self.groups = [
-            RunningGroup(s.group_id, Role(s.role.value), a) for s, a in zip(specs, addresses, strict=True)
-        ]
-
-        redis_client = async_redis(self.redis_url)
-        self._registry = WorkerRegistry(redis_client, plan.keys, ttl_s=opts.registry_ttl_s)
-        for g in self.groups:
-            client = WorkerControlClient(g.address, self.security)
-            self._clients.append(client)
-            snapshot = stats_snapshot(client, g.address, plan.served_model)
-            beat = Heartbeat(self._registry, snapshot, opts.heartbeat_s)
-            self._beats.append(beat)
-            beat.start()
+        await self._start_groups(specs)
 
         progress("starting the frontend")
         config = FrontendConfig(
@@ -149,6 +164,129 @@ class EmbeddedStack:
         await self.frontend.start(opts.host, opts.port)
         roles = [Role.DECODE] + ([Role.PREFILL] if plan.prefill.num_groups else [])
         await self.frontend.cache.wait_for(roles, timeout_s=30.0)
+
+    async def _start_groups(self, specs: list[GroupSpec]) -> None:
+        """Start the groups' servers together, then register each with a heartbeat."""
+        assert self._registry is not None
+        servers = [ControlServer(GroupController(s), self.security) for s in specs]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(srv.start(self.options.host) for srv in servers), return_exceptions=True),
+                self.options.start_timeout_s,
+            )
+        except BaseException:  # cancelled or timed out: none of them is a member yet
+            await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
+            raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for spec, server, address in zip(specs, servers, results, strict=True):
+            if not isinstance(address, str):
+                continue
+            client = WorkerControlClient(address, self.security)
+            snapshot = stats_snapshot(client, address, self.plan.served_model)
+            beat = Heartbeat(self._registry, snapshot, self.options.heartbeat_s)
+            group = RunningGroup(spec.group_id, Role(spec.role.value), address)
+            self._members.append(_Member(group, server, client, beat))
+            beat.start()
+        if failed:
+            # The servers that did not start may hold actors: stop() reaches only members.
+            await asyncio.gather(
+                *(srv.stop() for srv, r in zip(servers, results, strict=True) if not isinstance(r, str)),
+                return_exceptions=True,
+            )
+            raise failed[0]
+
+    def pool_groups(self, role: Role) -> tuple[int, int]:
+        """(desired, ready) groups of the pool: ready ones are running and registered."""
+        ready = sum(
+            1 for m in self._members if m.group.role is role and m.beat.num_published > 0
+        )
+        return self._desired[role], ready
+
+    def check_scale(self, role: Role, groups: int) -> int:
+        """`groups` if the pool may run that many here, else ScaleError naming the bounds."""
+        pool = self.plan.pool(role)
+        if pool.placement is None and groups > 0:
+            raise ScaleError(
+                f"spec.{role}: the stack started with no {role} groups (aggregated serving); "
+                "it cannot add a pool it has no placement for"
+            )
+        return check_groups(role, groups, pool.min_groups, pool.max_groups)
+
+    def request_scale(self, role: Role, groups: int) -> asyncio.Task[None]:
+        """Check and record the new size now (`pool_groups` reports it at once) and resize in the
+        background; call on the stack's event loop. ScaleError if the size is out of bounds."""
+        self.check_scale(role, groups)
+        self._desired[role] = groups
+        task = asyncio.create_task(self._resize(role), name=f"moeplane-scale-{role}")
+        self._scaling.add(task)
+        task.add_done_callback(self._scaling.discard)
+        return task
+
+    async def scale_pool(self, role: Role, groups: int) -> None:
+        """Run `groups` EP groups in the pool. Growing starts and registers new groups; shrinking
+        stops routing to the surplus ones, waits for their requests to end, then stops them."""
+        await self.request_scale(role, groups)
+
+    async def _resize(self, role: Role) -> None:
+        async with self._scale_lock:  # one resize at a time; the latest request wins
+            groups = self._desired[role]
+            mine = [m.group.group_id for m in self._members if m.group.role is role]
+            if groups > len(mine):
+                pool = self.plan.pool(role)
+                specs = [self._group_spec(pool, i) for i in next_indices(mine, groups - len(mine))]
+                new = [s.group_id for s in specs]
+                log.info("scaling %s %d -> %d: starting %s", role, len(mine), groups, new)
+                await self._start_groups(specs)
+            elif groups < len(mine):
+                gone = set(surplus(mine, groups))
+                log.info("scaling %s %d -> %d: draining %s", role, len(mine), groups, sorted(gone))
+                members = [m for m in self._members if m.group.group_id in gone]
+                await asyncio.gather(*(self._drain_and_stop(m) for m in members))
+
+    async def _drain_and_stop(self, member: _Member) -> None:
+        gid = member.group.group_id
+        # Out of routing first: the registry for every reader, and this frontend's cache at
+        # once (it would otherwise keep a deregistered group for one TTL).
+        await member.beat.stop(deregister=True)
+        if self.frontend is not None:
+            self.frontend.cache.suspect(gid, float("inf"))
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        try:
+            while True:
+                load = await self._group_load(member)
+                if load is not None and group_idle(load):
+                    break
+                if time.monotonic() > deadline:
+                    self.num_drain_timeouts += 1
+                    log.warning("group %s still busy after %.0f s (%s); stopping it", gid,
+                                self.options.drain_timeout_s, load)
+                    break
+                await asyncio.sleep(self.options.drain_poll_s)
+        finally:
+            # Also when the stack stops mid-drain: the group leaves the members only here, and
+            # is stopped right after, so stop() never misses it.
+            self._members.remove(member)
+            await member.client.close()
+            try:
+                await member.server.stop()
+            except Exception:
+                log.warning("group %s did not stop cleanly", gid, exc_info=True)
+
+    async def _group_load(self, member: _Member) -> GroupLoad | None:
+        try:
+            stats = await member.client.stats(timeout_s=5.0)
+        except Exception as exc:
+            log.warning("draining %s: no stats: %s", member.group.group_id, exc)
+            return None
+        inflight = 0
+        if self.frontend is not None:
+            inflight = len(self.frontend.pipeline.inflight.reservations.get(member.group.group_id, ()))
+        return GroupLoad(
+            queue_depth=stats.queue_depth,
+            num_used_blocks=stats.num_used_blocks,
+            num_leased_blocks=sum(r.num_leased_blocks for r in stats.ranks),
+            frontend_inflight=inflight,
+        )
 
     def _group_spec(self, pool: PoolPlan, index: int) -> GroupSpec:
         plan = self.plan
@@ -171,24 +309,24 @@ class EmbeddedStack:
 
     async def stop(self) -> None:
         """Tear down in reverse order; safe to call after a failed or partial start."""
+        for task in list(self._scaling):
+            task.cancel()
+        await asyncio.gather(*self._scaling, return_exceptions=True)
         if self.frontend is not None:
             await self.frontend.stop()
             self.frontend = None
-        for beat in self._beats:
-            await beat.stop(deregister=True)
-        self._beats = []
+        members, self._members = self._members, []
+        for m in members:
+            await m.beat.stop(deregister=True)
         if self._registry is not None:
             await self._registry.client.aclose()
             self._registry = None
-        for client in self._clients:
-            await client.close()
-        self._clients = []
-        results = await asyncio.gather(*(srv.stop() for srv in self._servers), return_exceptions=True)
+        for m in members:
+            await m.client.close()
+        results = await asyncio.gather(*(m.server.stop() for m in members), return_exceptions=True)
         for err in results:
             if isinstance(err, BaseException):
                 log.warning("a serving group did not stop cleanly: %s", err)
-        self._servers = []
-        self.groups = []
         if self._owns_ray:
             await asyncio.to_thread(ray.shutdown)
             self._owns_ray = False

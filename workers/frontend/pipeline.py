@@ -31,6 +31,7 @@ from moeplane.workers.frontend.router import Inflight, RegistryCache, Reservatio
 from moeplane.workers.registry.request_metrics import RequestMetricsWriter, RequestRecord, RequestStatus
 from moeplane.workers.serving.client import WorkerControlError
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+from moeplane.workers.serving.text import TextStream, TokenDecoder
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Pipeline:
         metrics: FrontendMetrics,
         writer: RequestMetricsWriter | None = None,
         max_attempts: int = 3,
+        decoder: TokenDecoder | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -114,6 +116,9 @@ class Pipeline:
         self.metrics = metrics
         self.writer = writer
         self.max_attempts = max_attempts
+        # Re-derives the text of a resumed request (see `Exchange._resumed_text`); None: trust the
+        # groups' text, which can drop a character split across a failure.
+        self.decoder = decoder
         self.inflight = Inflight()
 
     def open(self, req: GenerateRequest, timings: Timings | None = None) -> Exchange:
@@ -126,6 +131,7 @@ class Exchange:
         self.req = req
         self.t = timings
         self.output_ids: list[int] = []
+        self.text_sent = ""
         self.finish_reason: FinishReason | None = None
         self.route: Route | None = None
         self._finished = False
@@ -168,6 +174,7 @@ class Exchange:
         first_token_id: int | None = None
         kv = None
         prefill_client: GroupClient | None = None
+        resumed = self._resumed_text() if self.output_ids else None
         try:
             if self.t.dispatched_mono_s is None:
                 self.t.dispatched_mono_s = time.monotonic()
@@ -186,8 +193,10 @@ class Exchange:
                     self.p.inflight.remove(prefill_res)
                 self.t.worker_queue_s += first.queue_ms / 1e3
                 chunk = Chunk(first.text, (first.first_token_id,), first.finish_reason)
+                if resumed is not None:
+                    chunk = _rederive(resumed, [*self.output_ids, first.first_token_id], chunk)
                 yield self._emit(chunk)
-                if first.finish_reason is not None:
+                if chunk.finish_reason is not None:
                     return
                 first_token_id, kv = first.first_token_id, first.kv
 
@@ -200,8 +209,11 @@ class Exchange:
                         raise _GroupFailed(route.decode.group_id, "decode", ev.error or "error event")
                     if ev.finish_reason is FinishReason.CANCELLED:
                         raise UpstreamError(f"decode group {route.decode.group_id} cancelled the request")
-                    yield self._emit(Chunk(ev.text, ev.token_ids, ev.finish_reason))
-                    if ev.finish_reason is not None:
+                    chunk = Chunk(ev.text, ev.token_ids, ev.finish_reason)
+                    if resumed is not None:
+                        chunk = _rederive(resumed, [*self.output_ids, *ev.token_ids], chunk)
+                    yield self._emit(chunk)
+                    if chunk.finish_reason is not None:
                         return
             except WorkerControlError as exc:
                 if is_retryable(exc):
@@ -218,8 +230,18 @@ class Exchange:
                 # now rather than at its expiry.
                 await _quiet_cancel(prefill_client, rid)
 
+    def _resumed_text(self) -> TextStream | None:
+        """The text of an attempt that resumes after tokens were already sent. The new group
+        decodes only the tokens it makes, so a character whose bytes straddle the failure (held
+        back as a partial UTF-8 sequence) or a stop string spanning it would be lost or missed;
+        the frontend decodes all output ids instead, from the text already sent."""
+        if self.p.decoder is None:
+            return None
+        return TextStream(self.p.decoder, self.req.sampling.stop, emitted=self.text_sent)
+
     def _emit(self, chunk: Chunk) -> Chunk:
         self.output_ids.extend(chunk.token_ids)
+        self.text_sent += chunk.text
         gap = self.t.on_tokens(len(chunk.token_ids))
         if gap is not None:
             self.p.metrics.itl.labels(model=self.req.model).observe(gap)
@@ -276,6 +298,16 @@ class Exchange:
         if self.p.writer is not None:
             self.p.writer.record(record)
         return record
+
+
+def _rederive(text: TextStream, output_ids: list[int], chunk: Chunk) -> Chunk:
+    """`chunk` with its text decoded by the frontend from all `output_ids` (stop strings cut)."""
+    delta = text.update(output_ids)
+    if delta.stopped:
+        return Chunk(delta.text, chunk.token_ids, FinishReason.STOP)
+    if chunk.finish_reason is not None:
+        return Chunk(delta.text + text.flush(output_ids), chunk.token_ids, chunk.finish_reason)
+    return Chunk(delta.text, chunk.token_ids, None)
 
 
 def _translate(exc: WorkerControlError) -> FrontendError:

@@ -41,7 +41,7 @@ class FrontendServer:
         self.clients = ClientPool(security)
         self.metrics = FrontendMetrics()
         self.metrics.bind(self.cache.counts, lambda: self.cache.staleness_s, lambda: self.writer.num_dropped)
-        self.pipeline = Pipeline(self.cache, self.clients, self.metrics, self.writer)
+        self.pipeline = Pipeline(self.cache, self.clients, self.metrics, self.writer, decoder=tokenizer)
         self.frontend = Frontend(config, self.pipeline, tokenizer)
         self._runner: web.AppRunner | None = None
         self.url = ""

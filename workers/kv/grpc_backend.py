@@ -2,7 +2,9 @@
 
 `Pull` is registered by hand (request and response serializers are None), so each 256 KiB–1 MiB
 chunk crosses gRPC as the bytes object the sender built, header included, with no protobuf
-encoding on either side. Describe, Checksum and Ack are ordinary protobuf methods.
+encoding on either side. Describe, Checksum and Ack are ordinary protobuf methods,
+parsed in the servicer so that bytes which do not parse are INVALID_ARGUMENT (grpc's own
+deserializer would answer UNKNOWN and log a traceback).
 
 Domain errors map to status codes: unknown transfer -> NOT_FOUND, size or layout mismatch ->
 INVALID_ARGUMENT, checksum/missing chunk -> DATA_LOSS. A failed pull leaves the server's lease and
@@ -14,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from moeplane.protos import kv_transfer_pb2 as pb
 from moeplane.workers.kv.buffers import KVSink, KVSource
 from moeplane.workers.kv.checksum import DEFAULT_CHECKSUM, ChecksumKind, TransferDigest, checksum, crc32
@@ -97,8 +100,8 @@ class GrpcKVTransport(KVTransport):
             SERVICE,
             {
                 "Describe": grpc.unary_unary_rpc_method_handler(
-                    self._describe,
-                    request_deserializer=pb.DescribeRequest.FromString,
+                    _parsed(pb.DescribeRequest, self._describe),
+                    request_deserializer=None,
                     response_serializer=pb.DescribeResponse.SerializeToString,
                 ),
                 # Identity serializers: raw bytes in, raw frames out.
@@ -106,13 +109,13 @@ class GrpcKVTransport(KVTransport):
                     self._pull, request_deserializer=None, response_serializer=None
                 ),
                 "Checksum": grpc.unary_unary_rpc_method_handler(
-                    self._checksum,
-                    request_deserializer=pb.ChecksumRequest.FromString,
+                    _parsed(pb.ChecksumRequest, self._checksum),
+                    request_deserializer=None,
                     response_serializer=pb.ChecksumResponse.SerializeToString,
                 ),
                 "Ack": grpc.unary_unary_rpc_method_handler(
-                    self._ack,
-                    request_deserializer=pb.AckRequest.FromString,
+                    _parsed(pb.AckRequest, self._ack),
+                    request_deserializer=None,
                     response_serializer=pb.AckResponse.SerializeToString,
                 ),
             },
@@ -249,6 +252,28 @@ class GrpcKVTransport(KVTransport):
         for tid, offer in [(tid, self._leases.release(tid)) for tid, _ in self._leases.items()]:
             if offer is not None:
                 self._release(tid, offer, ReleaseReason.CLOSED)
+
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp")
+
+
+def _parsed(
+    message: type[_Req], handler: Callable[[_Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[_Resp]]:
+    """`handler` behind a parse of the raw request: garbage is INVALID_ARGUMENT naming the type."""
+
+    async def parse_then_handle(request: bytes, context: grpc.aio.ServicerContext) -> _Resp:
+        try:
+            parsed = message.FromString(request)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{message.__name__} does not parse: {exc}"
+            )
+            raise  # unreachable: abort raises
+        return await handler(parsed, context)
+
+    return parse_then_handle
 
 
 async def run_expiry(transport: KVTransport, interval_s: float = 1.0) -> None:

@@ -28,10 +28,11 @@ class TextDelta:
 
 
 class TextStream:
-    def __init__(self, decoder: TokenDecoder, stop: Sequence[str] = ()) -> None:
+    def __init__(self, decoder: TokenDecoder, stop: Sequence[str] = (), emitted: str = "") -> None:
+        """`emitted`: text already sent for these output ids (a request resumed elsewhere)."""
         self._decoder = decoder
         self._stop = tuple(stop)
-        self._emitted = ""
+        self._emitted = emitted
 
     @property
     def emitted(self) -> str:

@@ -75,6 +75,7 @@ class Watch:
 
 def moeplane(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MOEPLANE_DASHBOARD_TOKEN", None)  # so `up` makes one and prints it
     return subprocess.Popen(
         [sys.executable, "-m", "moeplane", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env,
@@ -88,11 +89,13 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT_S
-        url = None
+        url = dashboard = None
         for line in proc.stdout:
             output.append(line)
             if m := re.match(r"\s+OpenAI API\s+(http://127\.0\.0\.1:\d+)/v1", line):
                 url = m.group(1)
+            if m := re.match(r"\s+dashboard\s+(http://127\.0\.0\.1:\d+)/dashboard", line):
+                dashboard = m.group(1)
             if "Press Ctrl-C to stop." in line or time.monotonic() > deadline:
                 break
         assert url is not None, "".join(output)
@@ -100,6 +103,14 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
         assert "redis        redis://127.0.0.1:" in "".join(output)
         with urllib.request.urlopen(url + "/health", timeout=10) as resp:
             assert json.load(resp)["groups"] == {"prefill": 1, "decode": 1}
+        # The planner runs beside the stack, with its dashboard and a token printed once.
+        assert dashboard is not None, "".join(output)
+        assert len(re.findall(r"dashboard token \(for Apply; printed once\): \S+", "".join(output))) == 1
+        with urllib.request.urlopen(dashboard + "/api/deployments", timeout=10) as resp:
+            planned = json.load(resp)["deployments"]
+        assert [(d["namespace"], d["name"]) for d in planned] == [("default", "tiny")]
+        with urllib.request.urlopen(dashboard + "/dashboard", timeout=10) as resp:
+            assert resp.status == 200
         body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 4}).encode()
         req = urllib.request.Request(
             url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}

@@ -1,0 +1,103 @@
+"""`EmbeddedStack.scale_pool` on the real stack (Ray rank actors, redis-server, frontend): a pool
+grows by a registered, routed group, and shrinks back while requests stream through the surplus
+group, which is stopped only after they finish, so none is stranded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+import pytest_asyncio
+from moeplane.api.enums import Role
+from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
+from moeplane.workers.embedded.scaling import ScaleError
+from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
+from moeplane.workers.registry.request_metrics import read_request_records
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+PLAN = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), max_model_len=512)
+NUM_TOKENS = 96
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(ray_local):
+    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=60, drain_timeout_s=60))
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def until(check, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def stream(client: openai.AsyncOpenAI, i: int, started: asyncio.Event | None) -> tuple[str, int, float]:
+    """(finish reason, chunks, finished at) of one streaming completion."""
+    out = await client.completions.create(
+        model=PLAN.served_model, prompt=f"request {i} drains cleanly", max_tokens=NUM_TOKENS, stream=True,
+        temperature=0.0, extra_body={"ignore_eos": True},
+    )
+    chunks, reason = 0, ""
+    async for chunk in out:
+        chunks += 1
+        if chunks >= 3 and started is not None:
+            started.set()
+        reason = chunk.choices[0].finish_reason or reason
+    return reason, chunks, time.monotonic()
+
+
+async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) -> None:
+    assert stack.pool_groups(Role.DECODE) == (1, 1)
+    with pytest.raises(ScaleError, match=r"spec\.decode: 3 groups"):
+        await stack.scale_pool(Role.DECODE, 3)  # the manifest's maxReplicas is 2
+
+    await stack.scale_pool(Role.DECODE, 2)
+    assert stack.pool_groups(Role.DECODE)[0] == 2
+    await until(lambda: stack.pool_groups(Role.DECODE) == (2, 2), 30, "decode-1 to register")
+    assert stack.frontend is not None
+    await until(lambda: stack.frontend.cache.counts()[Role.DECODE] == 2, 10, "the router to see decode-1")
+
+    # Enough concurrent streams that the router (most free KV blocks wins) puts some on decode-1.
+    client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
+    events = [asyncio.Event() for _ in range(4)]
+    tasks = [asyncio.create_task(stream(client, i, ev)) for i, ev in enumerate(events)]
+    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), 60)
+    assert not any(t.done() for t in tasks), "requests finished before the shrink: make them longer"
+
+    await stack.scale_pool(Role.DECODE, 1)  # drains decode-1, then stops it
+    shrunk_at = time.monotonic()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert [r[0] for r in results] == ["length"] * 4, results
+
+    records: list = []
+
+    async def read() -> None:
+        nonlocal records
+        records, _ = await read_request_records(stack.frontend.redis, PLAN.keys, count=100)
+
+    deadline = time.monotonic() + 10
+    while len(records) < 4 and time.monotonic() < deadline:
+        await read()
+        await asyncio.sleep(0.2)
+    on_surplus = [r for r in records if r.decode_group == "decode-1"]
+    assert on_surplus, f"no request was routed to decode-1: {[r.decode_group for r in records]}"
+    assert [(r.status.value, r.osl_tokens) for r in records] == [("ok", NUM_TOKENS)] * 4
+    # The shrink returned only after the surplus group's requests had finished streaming.
+    finished_before = sum(1 for r in results if r[2] <= shrunk_at + 0.5)
+    assert finished_before >= len(on_surplus), (finished_before, len(on_surplus))
+    assert stack.num_drain_timeouts == 0
+
+    assert stack.pool_groups(Role.DECODE) == (1, 1)
+    assert [g.group_id for g in stack.groups if g.role is Role.DECODE] == ["decode-0"]
+    live = await stack._registry.live_groups() if stack._registry else []
+    assert sorted(g.group_id for g in live) == ["decode-0", "prefill-0"]
+
+    # The stack still serves on what is left.
+    reason, _, _ = await stream(client, 99, None)
+    assert reason == "length"

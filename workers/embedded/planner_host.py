@@ -1,0 +1,81 @@
+"""The planner and its dashboard next to the embedded stack (`moeplane up`, `moeplane demo --planner`).
+
+The planner service runs in the stack's event loop over `EmbeddedBackend`: it observes the
+stack's Redis, scales the stack's pools and serves /dashboard, /api/… and /metrics on its own
+port. The dashboard token comes from MOEPLANE_DASHBOARD_TOKEN or is made up here (the caller
+prints it once); Apply changes the in-memory spec, since there is no CR in embedded mode.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from moeplane.planner.embedded import EmbeddedBackend
+    from moeplane.planner.service.app import PlannerService
+    from moeplane.workers.embedded.stack import EmbeddedStack
+
+TOKEN_ENV = "MOEPLANE_DASHBOARD_TOKEN"
+
+
+def dashboard_token() -> tuple[str, bool]:
+    """(token, generated): MOEPLANE_DASHBOARD_TOKEN if set, else a fresh random one."""
+    given = os.environ.get(TOKEN_ENV)
+    if given:
+        return given, False
+    return secrets.token_urlsafe(18), True
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    obj = yaml.safe_load(path.read_text())
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a MoEDeployment mapping")
+    return obj
+
+
+@dataclass
+class EmbeddedPlanner:
+    service: PlannerService
+    backend: EmbeddedBackend
+    runner: web.AppRunner
+    url: str
+    token: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()  # the app's cleanup stops the service and its loops
+
+
+async def start_planner(
+    stack: EmbeddedStack, manifest: dict[str, Any], host: str, port: int, token: str, *, tick: bool = True
+) -> EmbeddedPlanner:
+    """Serve the planner for the stack's deployment on host:port (0: any free port)."""
+    import asyncio
+
+    from aiohttp import web
+    from moeplane.planner.embedded import EmbeddedBackend
+    from moeplane.planner.service.app import PlannerService, ServiceConfig
+
+    backend = EmbeddedBackend(stack, manifest, asyncio.get_running_loop())
+    config = ServiceConfig(
+        redis_url=stack.redis_url, namespaces=[backend.namespace], dashboard_token=token, tick=tick,
+        watch_timeout_s=5,
+    )
+    service = PlannerService(config, backend)
+    runner = web.AppRunner(service.app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        await asyncio.wait_for(service.synced.wait(), 30.0)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return EmbeddedPlanner(service, backend, runner, f"http://{host}:{bound}", token)
