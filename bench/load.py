@@ -31,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from moeplane.workers.embedded.loadgen import sse_events
 
 RSS_GROWTH_LIMIT = 0.10
 
@@ -164,11 +165,7 @@ async def one_request(
                     text[:300],
                     (time.monotonic() - start) * 1e3,
                 )
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
+            async for event in sse_events(resp.content):
                 if "error" in event:
                     return Outcome(
                         200, False, None, str(event["error"])[:300], (time.monotonic() - start) * 1e3

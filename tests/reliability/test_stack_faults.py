@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
-import json
 import logging
 import os
 import sys
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis
+from moeplane.workers.embedded.loadgen import sse_events
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
 from moeplane.workers.kv.security import GrpcSecurity
@@ -199,11 +199,7 @@ async def test_decode_group_dies_mid_stream_and_the_request_resumes(stack) -> No
         http.post(stack.url + "/v1/completions", json=streaming) as resp,
     ):
         assert resp.status == 200
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(resp.content):
             if "error" in event:
                 errors.append(event["error"])
                 continue

@@ -14,10 +14,21 @@ import json
 import random
 import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+
+
+async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of an OpenAI-style SSE stream (`data: {...}` lines), up to `data: [DONE]`."""
+    async for raw in content:
+        line = raw.strip()
+        if line == b"data: [DONE]":
+            return
+        if line.startswith(b"data: "):
+            yield json.loads(line[6:])
 
 
 @dataclass(frozen=True)
@@ -100,11 +111,7 @@ async def one_request(http: aiohttp.ClientSession, url: str, model: str, a: Arri
                 err = (await resp.json()).get("error", {})
                 return Result(a, False, f"HTTP {resp.status}: {err.get('message', '')}",
                               e2e_ms=(time.monotonic() - start) * 1e3)
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
+            async for event in sse_events(resp.content):
                 if "error" in event:
                     return Result(a, False, event["error"].get("message", "error event"),
                                   e2e_ms=(time.monotonic() - start) * 1e3)
