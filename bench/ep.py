@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from moeplane.api.arch import AttentionKind, ModelArch, RouterScoring
 from moeplane.workers.ep.dispatch import combine, dispatch, packed_row_bytes
-from moeplane.workers.ep.grouped_gemm import GemmImpl, grouped_mm, grouped_mm_supported
+from moeplane.workers.ep.grouped_gemm import GemmImpl, GroupedExperts, grouped_mm_supported
 from moeplane.workers.ep.launch import RankContext, spawn_ranks
 from moeplane.workers.model.metadata import prefill_metadata
 from moeplane.workers.model.moe import MoEBlock
@@ -172,34 +172,76 @@ def _median_s(fn, iters: int, warmup: int, sync: bool) -> float:  # type: ignore
     return statistics.median(times)
 
 
+@dataclass(frozen=True)
+class GemmCase:
+    """One rank's routed-expert work: `slots` local experts, `rows` routed rows, SwiGLU dims."""
+
+    name: str
+    slots: int
+    rows: int
+    hidden: int
+    inter: int
+
+
+# DeepSeek-V3 expert shapes (hidden 7168, moe_intermediate 2048). Prefill EP32: 9 slots per GPU and
+# 4,096 tokens per DP rank x top-8 spread over 288 slots ~ 32k rows; decode EP144: 2 slots and
+# 128 sequences per rank ~ 1k rows. The CPU case is narrow enough for the fp32 CPU build.
+GPU_CASES = (
+    GemmCase("deepseek-prefill-ep32", slots=9, rows=32768, hidden=7168, inter=2048),
+    GemmCase("deepseek-prefill-ep32-16k", slots=9, rows=16384, hidden=7168, inter=2048),
+    GemmCase("deepseek-prefill-ep32-8k", slots=9, rows=8192, hidden=7168, inter=2048),
+    GemmCase("deepseek-prefill-ep32-4k", slots=9, rows=4096, hidden=7168, inter=2048),
+    GemmCase("deepseek-decode-ep144", slots=2, rows=1024, hidden=7168, inter=2048),
+    GemmCase("deepseek-decode-ep32", slots=9, rows=1024, hidden=7168, inter=2048),
+)
+CPU_CASES = (GemmCase("cpu-small", slots=16, rows=2048, hidden=512, inter=256),)
+
+
+def _gemm_case(case: GemmCase, quick: bool, device: str, dtype: torch.dtype) -> dict:
+    """A full SwiGLU expert pass (w13, then w2) through `GroupedExperts`, grouped kernel vs loop."""
+    cuda = device == "cuda"
+    rows = case.rows // (2 if quick and not cuda else 1)
+    gen = torch.Generator(device=device).manual_seed(0)
+    # Uneven, skewed expert loads, as routing produces.
+    share = torch.rand(case.slots, generator=gen, device=device) ** 3 + 0.05
+    counts = torch.bincount(torch.multinomial(share, rows, True, generator=gen), minlength=case.slots)
+    experts = GroupedExperts(case.slots, case.hidden, case.inter).to(device=device, dtype=dtype)
+    experts.w13.copy_(torch.randn(experts.w13.shape, generator=gen, device=device) / case.hidden**0.5)
+    experts.w2.copy_(torch.randn(experts.w2.shape, generator=gen, device=device) / case.inter**0.5)
+    x = torch.randn(rows, case.hidden, device=device, dtype=dtype, generator=gen)
+    flops = 2 * rows * case.hidden * 3 * case.inter
+    result: dict = {**asdict(case), "rows": rows}
+
+    def run(impl: GemmImpl) -> torch.Tensor:
+        experts.impl = impl
+        return experts(x, counts)
+
+    iters, warmup = (10, 3) if cuda else (5, 2)
+    loop_s = _median_s(lambda: run(GemmImpl.LOOP), iters, warmup, cuda)
+    result.update(loop_ms=loop_s * 1e3, loop_tflops=flops / loop_s / 1e12)
+    if not hasattr(torch, "_grouped_mm") or (cuda and not grouped_mm_supported(x, experts.w13)):
+        result["grouped_ms"] = None
+        return result
+    try:
+        grouped_s = _median_s(lambda: run(GemmImpl.TORCH_GROUPED), iters, warmup, cuda)
+    except RuntimeError as e:
+        result["grouped_ms"], result["error"] = None, str(e).splitlines()[0]
+        return result
+    ref = run(GemmImpl.LOOP).float()
+    err = ((run(GemmImpl.TORCH_GROUPED).float() - ref).norm() / ref.norm()).item()
+    result.update(grouped_ms=grouped_s * 1e3, grouped_tflops=flops / grouped_s / 1e12,
+                  loop_over_grouped=loop_s / grouped_s, rel_err=err)
+    return result
+
+
 def bench_grouped_gemm(quick: bool) -> dict:
     """torch._grouped_mm against the per-expert loop, on the GPU (bf16) or the CPU build (fp32)."""
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    experts, hidden, inter = (32, 4096, 2048) if cuda else (16, 512, 256)
-    tokens = (16384 if cuda else 2048) // (2 if quick else 1)
-    gen = torch.Generator(device=device).manual_seed(0)
-    # Uneven, skewed expert loads, as routing produces.
-    weights = torch.rand(experts, generator=gen, device=device) ** 3 + 0.01
-    counts = torch.bincount(torch.multinomial(weights, tokens, True, generator=gen), minlength=experts)
-    x = torch.randn(tokens, hidden, device=device, dtype=dtype, generator=gen)
-    w = torch.randn(experts, 2 * inter, hidden, device=device, dtype=dtype, generator=gen) / hidden**0.5
-    result: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype),
-                    "experts": experts, "tokens": tokens, "hidden": hidden, "out_features": 2 * inter}
-    loop_s = _median_s(lambda: grouped_mm(x, w, counts, GemmImpl.LOOP), 5, 2, cuda)
-    result["loop_ms"] = loop_s * 1e3
-    if not hasattr(torch, "_grouped_mm") or (cuda and not grouped_mm_supported(x, w)):
-        result["grouped_ms"] = None
-        return result
-    try:
-        grouped_s = _median_s(lambda: grouped_mm(x, w, counts, GemmImpl.TORCH_GROUPED), 5, 2, cuda)
-    except RuntimeError as e:
-        result["grouped_ms"], result["error"] = None, str(e)
-        return result
-    err = (grouped_mm(x, w, counts, GemmImpl.TORCH_GROUPED).float()
-           - grouped_mm(x, w, counts, GemmImpl.LOOP).float()).abs().max().item()
-    result.update(grouped_ms=grouped_s * 1e3, loop_over_grouped=loop_s / grouped_s, max_abs_err=err)
-    return result
+    with torch.inference_mode():
+        cases = [_gemm_case(c, quick, device, dtype) for c in (GPU_CASES if cuda else CPU_CASES)]
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype),
+            "torch": torch.__version__, "cases": cases}
 
 
 def summarize(world: int, ranks: list[dict], cfg: BenchConfig) -> dict:
@@ -230,14 +272,19 @@ def summarize(world: int, ranks: list[dict], cfg: BenchConfig) -> dict:
     return summary
 
 
-def _gemm_line(gemm: dict) -> str:
-    where = (f"grouped GEMM on {gemm['device']} ({gemm['dtype']}, {gemm['experts']} experts, "
-             f"{gemm['tokens']} tokens)")
-    if gemm.get("grouped_ms") is None:
-        return f"{where}: torch._grouped_mm unavailable; per-expert loop {gemm['loop_ms']:.2f} ms"
-    return (f"{where}: torch._grouped_mm {gemm['grouped_ms']:.2f} ms, per-expert loop "
-            f"{gemm['loop_ms']:.2f} ms ({gemm['loop_over_grouped']:.2f}x), "
-            f"max abs diff {gemm['max_abs_err']:.2e}")
+def _gemm_lines(gemm: dict) -> list[str]:
+    lines = [f"grouped GEMM (SwiGLU expert, w13 + w2) on {gemm['device']}, {gemm['dtype']}, "
+             f"torch {gemm['torch']}:"]
+    for c in gemm["cases"]:
+        where = f"  {c['name']}: {c['slots']} experts, {c['rows']} rows, {c['hidden']}x{c['inter']}"
+        loop = f"per-expert loop {c['loop_ms']:.2f} ms ({c['loop_tflops']:.1f} TFLOP/s)"
+        if c.get("grouped_ms") is None:
+            lines.append(f"{where}: torch._grouped_mm unavailable ({c.get('error', 'unsupported')}); {loop}")
+        else:
+            lines.append(f"{where}: torch._grouped_mm {c['grouped_ms']:.2f} ms ({c['grouped_tflops']:.1f} "
+                         f"TFLOP/s), {loop}, loop/grouped {c['loop_over_grouped']:.2f}x, "
+                         f"rel err {c['rel_err']:.1e}")
+    return lines
 
 
 def print_table(results: list[dict], gemm: dict) -> None:
@@ -267,7 +314,7 @@ def print_table(results: list[dict], gemm: dict) -> None:
           "local sum); d+c/raw: dispatch+combine over a raw all_to_all_single pair moving the same bytes "
           "with the same splits (min over interleaved runs; median and median process CPU time in "
           "brackets), target <= 1.25x")
-    print(_gemm_line(gemm))
+    print("\n".join(_gemm_lines(gemm)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,19 +90,24 @@ class EPComm:
         init_method: str,
         device: torch.device | str = "cpu",
         timeout_s: float = 60.0,
+        backend: CommBackend | None = None,
     ) -> EPComm:
         """Join the default process group at `init_method` (e.g. tcp://127.0.0.1:PORT).
 
         `timeout_s` bounds every collective: a rank that never arrives fails the step with an
-        error instead of hanging the group.
+        error instead of hanging the group. `backend` defaults to the device's (NCCL for cuda);
+        gloo also moves cuda tensors (staged through host memory), which is what several ranks
+        sharing one GPU need, since NCCL refuses two ranks on one device.
         """
         if not 0 <= rank < world_size:
             raise CommError(f"rank {rank} is outside a group of {world_size}")
         device = torch.device(device)
         if world_size == 1:
             return cls.single(device)
-        backend = CommBackend.for_device(device)
-        if backend is CommBackend.NCCL:
+        backend = backend or CommBackend.for_device(device)
+        if backend is CommBackend.NCCL and device.type != "cuda":
+            raise CommError(f"NCCL moves cuda tensors only; this rank's device is {device}")
+        if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
             backend=backend.value,

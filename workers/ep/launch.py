@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from moeplane.workers.ep.comm import EPComm
+from moeplane.workers.ep.comm import CommBackend, EPComm
 
 from moeplane.local_redis import free_port
 
@@ -34,9 +34,20 @@ class RankContext:
     world_size: int
     init_method: str
     timeout_s: float
+    backend: CommBackend | None = None
+
+    def local_device(self, device: torch.device | str) -> torch.device:
+        """`device` with a bare "cuda" resolved to this rank's GPU (round-robin over visible GPUs)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.rank % max(torch.cuda.device_count(), 1))
+        return device
 
     def comm(self, device: torch.device | str = "cpu") -> EPComm:
-        return EPComm.init(self.rank, self.world_size, self.init_method, device, self.timeout_s)
+        return EPComm.init(
+            self.rank, self.world_size, self.init_method, self.local_device(device), self.timeout_s,
+            self.backend,
+        )
 
 
 def _rank_main(target: Callable[..., Any], ctx: RankContext, args: tuple[Any, ...], out: Any) -> None:
@@ -56,15 +67,17 @@ def spawn_ranks(
     args: Sequence[Any] = (),
     timeout_s: float = 120.0,
     collective_timeout_s: float = 60.0,
+    backend: CommBackend | None = None,
 ) -> list[Any]:
     """`target(ctx, *args)` on ranks 0..world_size-1 in spawned processes; results in rank order.
 
-    `target` must be importable by the children (a module-level function).
+    `target` must be importable by the children (a module-level function). `backend` overrides
+    the device's default (see `EPComm.init`).
     """
     spawn = mp.get_context("spawn")
     results: Any = spawn.Queue()
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    ctxs = [RankContext(r, world_size, init_method, collective_timeout_s) for r in range(world_size)]
+    ctxs = [RankContext(r, world_size, init_method, collective_timeout_s, backend) for r in range(world_size)]
     procs = [
         spawn.Process(target=_rank_main, args=(target, c, tuple(args), results), daemon=True) for c in ctxs
     ]

@@ -64,6 +64,7 @@ class EPJob:
     kv_blocks: int = 0
     block_size: int = 16
     device: str = "cpu"
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         counts = {len(s) for s in self.steps}
@@ -83,7 +84,7 @@ def run_jobs_rank(ctx: RankContext, jobs: Sequence[EPJob]) -> list[list[StepOutp
         for job in jobs:
             if len(job.steps) != ctx.world_size:
                 raise ValueError(f"job has steps for {len(job.steps)} ranks, the group has {ctx.world_size}")
-            runner = EPModelRunner(job.arch, job.weights, job.placement, comm, job.device)
+            runner = EPModelRunner(job.arch, job.weights, job.placement, comm, comm.device, job.dtype)
             cache = runner.allocate_kv_cache(job.kv_blocks, job.block_size) if job.kv_blocks else None
             outputs.append([run_step(runner, step, cache) for step in job.steps[ctx.rank]])
         return outputs
