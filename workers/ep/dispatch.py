@@ -15,8 +15,8 @@ The split follows DeepEP's normal mode:
   token's ranks with one `index_add_`.
 
 Host syncs: here, only the two count tensors (sent and received) are read on the host; every other
-size follows from them, so the CUDA path runs no `nonzero`/`bincount` sync. (`choose_replicas`
-reads one flag, whether any remote replicated expert is in the batch.)
+size follows from them, so the CUDA path runs no `nonzero`/`bincount` sync (nor does
+`choose_replicas` on CUDA).
 Ranks with no tokens still call every function: every collective runs with empty tensors.
 """
 

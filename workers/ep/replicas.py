@@ -78,8 +78,10 @@ class LayerPlacement:
 
 def choose_replicas(topk_ids: torch.Tensor, placement: LayerPlacement) -> torch.Tensor:
     """topk_ids [T, K] int64 logical experts -> [T, K] int64 physical slots (local replica first)."""
-    primary = placement.primary[topk_ids]
-    if not bool((primary < 0).any()):  # no remote replicated expert in this batch: nothing to spread
+    primary = placement.primary.index_select(0, topk_ids.reshape(-1)).view_as(topk_ids)
+    # On the CPU, skip the spread when no pair needs it; on CUDA that test would cost a host sync
+    # per layer, more than the few small kernels of the spread itself.
+    if not primary.is_cuda and not bool((primary < 0).any()):
         return primary
     token = torch.arange(topk_ids.shape[0], device=topk_ids.device).unsqueeze(1)
     spread = (token + placement.rank) % placement.logcnt[topk_ids]

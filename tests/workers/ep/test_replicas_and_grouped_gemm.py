@@ -114,3 +114,15 @@ def test_one_rank_dispatch_combine_is_the_weighted_sum_of_experts() -> None:
         combine(torch.zeros(3, 8), handle)
     with pytest.raises(DispatchError, match="placement is for rank 0/1, communicator is rank 1/2"):
         dispatch(hidden, ids, weights, lp, EPComm(1, 2, None, torch.device("cpu")))
+
+
+@pytest.mark.gpu
+def test_cuda_replica_choice_needs_no_host_sync_and_matches_the_cpu() -> None:
+    ids = torch.tensor([[0, 1], [0, 1], [0, 1], [2, 5]])
+    layer = LayerPlacement.of(PLACEMENT, 0, rank=0, num_ranks=2, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu = choose_replicas(ids.cuda(), layer)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert on_gpu.cpu().tolist() == choose_replicas(ids, LayerPlacement.of(PLACEMENT, 0, 0, 2)).tolist()
