@@ -120,9 +120,10 @@ def test_one_rank_dispatch_combine_is_the_weighted_sum_of_experts() -> None:
 def test_cuda_replica_choice_needs_no_host_sync_and_matches_the_cpu() -> None:
     ids = torch.tensor([[0, 1], [0, 1], [0, 1], [2, 5]])
     layer = LayerPlacement.of(PLACEMENT, 0, rank=0, num_ranks=2, device="cuda")
+    ids_gpu = ids.cuda()  # a pageable host-to-device copy syncs; the choice itself must not
     torch.cuda.set_sync_debug_mode("error")
     try:
-        on_gpu = choose_replicas(ids.cuda(), layer)
+        on_gpu = choose_replicas(ids_gpu, layer)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert on_gpu.cpu().tolist() == choose_replicas(ids, LayerPlacement.of(PLACEMENT, 0, 0, 2)).tolist()
