@@ -196,6 +196,20 @@ def _eplb_rules() -> list[CelRule]:
             field_path=".loadFile",
             reason="FieldValueRequired",
         ),
+        CelRule(
+            rule="!has(self.loadFile) || !self.loadFile.startsWith('configmap://') || self.loadFile.matches("
+            "'^configmap://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-._a-zA-Z0-9]+$')",
+            message=(
+                "must be configmap://NAME/KEY: NAME a DNS-1123 subdomain, KEY letters, digits, "
+                "'-', '_' and '.'"
+            ),
+            field_path=".loadFile",
+        ),
+        CelRule(
+            rule="!has(self.loadFile) || self.loadFile.matches('(?i)[^/][.](json|pt)$')",
+            message="must end in .json or .pt (the load file's format)",
+            field_path=".loadFile",
+        ),
     ]
 
 

@@ -15,6 +15,12 @@ from typing import Any, Final, Literal, TypeVar
 
 from moeplane.api.arch import ModelArch
 from moeplane.api.base import ApiModel
+from moeplane.api.configmapref import (
+    MAX_LOAD_FILE_CHARS,
+    ConfigMapKeyRef,
+    check_load_file,
+    parse_configmap_ref,
+)
 from moeplane.api.enums import (
     EplbAlgorithm,
     EplbMode,
@@ -29,7 +35,7 @@ from moeplane.api.hardware import HardwarePreset, HardwareSpec, hardware_preset
 from moeplane.api.layout import GroupLayout
 from moeplane.api.presets import ModelPreset, model_preset
 from moeplane.api.status import Condition, MoEDeploymentStatus
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -190,8 +196,23 @@ class EplbSpec(ApiModel):
     load_file: str | None = Field(
         None,
         min_length=1,
-        description="Expert-load file (JSON or .pt of [layers, experts] counts); required for static.",
+        max_length=MAX_LOAD_FILE_CHARS,
+        description="Expert-load file of mode static: [layers, experts] token counts as .json or "
+        ".pt. Either a path the pool's pods see (baked into the image or on a volume; relative to "
+        "the manifest in the embedded stack) or configmap://NAME/KEY, a key of a ConfigMap in the "
+        "deployment's namespace that the operator mounts read-only into the pool's pods (Kubernetes "
+        "only; a missing ConfigMap holds the pods in ContainerCreating). Required for static.",
     )
+
+    @field_validator("load_file")
+    @classmethod
+    def _load_file_form(cls, value: str | None) -> str | None:
+        return None if value is None else check_load_file(value)
+
+    @property
+    def load_configmap(self) -> ConfigMapKeyRef | None:
+        """The ConfigMap key `loadFile` names, or None when it is a path (or unset)."""
+        return None if self.load_file is None else parse_configmap_ref(self.load_file)
 
 
 class KvTransferSpec(ApiModel):
@@ -296,6 +317,18 @@ class MoEPoolSpec(ApiModel):
     node_selector: dict[str, str] | None = Field(None, description="Node selector of the pods.")
     tolerations: list[dict[str, Any]] | None = Field(None, description="Kubernetes tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="Kubernetes affinity.")
+    eplb_load_file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LOAD_FILE_CHARS,
+        description="The deployment's spec.eplb.loadFile when its mode is static: the pool computes "
+        "its initial placement from it; a configmap://NAME/KEY is mounted into the pool's pods.",
+    )
+
+    @field_validator("eplb_load_file")
+    @classmethod
+    def _load_file_form(cls, value: str | None) -> str | None:
+        return None if value is None else check_load_file(value)
 
 
 class MoEPoolStatus(ApiModel):

@@ -59,7 +59,9 @@ def initial_placement(layout: GroupLayout, num_layers: int, num_logical: int) ->
     """Slot r holds expert r % E in every layer (`Placement.identity`): no rebalancing yet.
 
     Every layer starts alike, so one row is stored with the layer count; a worker expands it to
-    the [layers, slots] `phy2log` map (`Placement.from_phy2log`).
+    the [layers, slots] `phy2log` map (`Placement.from_phy2log`). A static-EPLB pool starts on its
+    load file's placement instead, which `moeplane pool` computes in the pod (the operator never
+    reads the load file, which may be a ConfigMap it only mounts).
     """
     slots = layout.expert_slots
     return {

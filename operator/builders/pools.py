@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from moeplane.api.enums import Role
+from moeplane.api.enums import EplbMode, Role
 from moeplane.api.layout import DeploymentLayout
 from moeplane.api.spec import API_VERSION, MoEDeployment, MoEPoolSpec
 from moeplane.operator import names
@@ -44,6 +44,8 @@ def build_pool(
         node_selector=pool.node_selector,
         tolerations=pool.tolerations,
         affinity=pool.affinity,
+        # Only a static pool reads it, and a change of it restarts the pool's workers.
+        eplb_load_file=spec.eplb.load_file if spec.eplb.mode is EplbMode.STATIC else None,
     )
     pool_name = names.pool_name(name, role)
     return {

@@ -3,7 +3,16 @@
 `numOfHosts` is the nodes of one EP group (18 for DeepSeek's EP144 decode on 8-GPU nodes), and
 `replicas` the EP groups. In-tree autoscaling is off: moeplane owns replicas through the pool's
 `/scale`. The revision is a hash of everything that would restart a worker (layout, image,
-resources, scheduling), so a change there rolls a new RayCluster in beside the old one.
+resources, scheduling, the static-EPLB load file), so a change there rolls a new RayCluster in
+beside the old one.
+
+Static EPLB: `moeplane pool` reads the load file at `MOEPLANE_EPLB_LOAD_FILE`. A
+`configmap://NAME/KEY` load file is that ConfigMap's one key, mounted read-only at
+`EPLB_LOAD_DIR/KEY` in the head pod's `moeplane pool` sidecar and in the worker pods; the operator
+never reads it. A missing ConfigMap
+(or key) keeps the pods in ContainerCreating with a FailedMount event naming it, as for any
+ConfigMap volume. Editing the ConfigMap's content does not restart the pool: the placement is
+computed once at start, so roll it by pointing `loadFile` at a new name or key.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from moeplane.api.configmapref import ConfigMapKeyRef, parse_configmap_ref
 from moeplane.api.hardware import HardwarePreset
 from moeplane.api.spec import MoEPoolSpec
 from moeplane.operator import names
@@ -28,6 +38,9 @@ POOL_CONTAINER = "moeplane-pool"
 POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane`
 RAY_TMP_VOLUME = "ray-tmp"
 RAY_TMP_DIR = "/tmp/ray"
+EPLB_LOAD_VOLUME = "eplb-load"
+EPLB_LOAD_DIR = "/etc/moeplane/eplb-load"
+EPLB_LOAD_ENV = "MOEPLANE_EPLB_LOAD_FILE"  # workers/pool/settings.py reads it
 
 
 def gpus_per_pod(pool: MoEPoolSpec) -> int:
@@ -55,6 +68,34 @@ def _worker_resources(pool: MoEPoolSpec, accelerator: HardwarePreset) -> dict[st
     return out
 
 
+def _load_configmap(pool: MoEPoolSpec) -> ConfigMapKeyRef | None:
+    return None if pool.eplb_load_file is None else parse_configmap_ref(pool.eplb_load_file)
+
+
+def eplb_load_path(pool: MoEPoolSpec) -> str | None:
+    """Where the pool's pods see its static-EPLB load file: the mounted ConfigMap key, or the
+    path as given (the image or a user's volume provides it). None without static EPLB."""
+    ref = _load_configmap(pool)
+    if ref is not None:
+        return f"{EPLB_LOAD_DIR}/{ref.key}"
+    return pool.eplb_load_file
+
+
+def _eplb_load_volumes(pool: MoEPoolSpec) -> list[dict[str, Any]]:
+    ref = _load_configmap(pool)
+    if ref is None:
+        return []
+    # Only the key the pool reads: a ConfigMap of many load files exposes no others to this pod.
+    items = [{"key": ref.key, "path": ref.key}]
+    return [{"name": EPLB_LOAD_VOLUME, "configMap": {"name": ref.name, "items": items}}]
+
+
+def _eplb_load_mounts(pool: MoEPoolSpec) -> list[dict[str, Any]]:
+    if _load_configmap(pool) is None:
+        return []
+    return [{"name": EPLB_LOAD_VOLUME, "mountPath": EPLB_LOAD_DIR, "readOnly": True}]
+
+
 def pool_env(
     pool: MoEPoolSpec, pool_name: str, revision: str, config: OperatorConfig
 ) -> list[dict[str, Any]]:
@@ -72,14 +113,18 @@ def pool_env(
     ]
     if config.redis_url:
         env.append(secret_env("MOEPLANE_REDIS_URL", pool.deployment_name, REDIS_URL_KEY))
+    load_path = eplb_load_path(pool)
+    if load_path is not None:
+        env.append({"name": EPLB_LOAD_ENV, "value": load_path})
     return env
 
 
-def _head_volumes(pool_name: str, deployment: str) -> list[dict[str, Any]]:
+def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
     return [
         {"name": RAY_TMP_VOLUME, "emptyDir": {}},
-        {"name": "engine", "configMap": {"name": names.engine_configmap(deployment)}},
+        {"name": "engine", "configMap": {"name": names.engine_configmap(pool.deployment_name)}},
         {"name": "placement", "configMap": {"name": names.placement_configmap(pool_name)}},
+        *_eplb_load_volumes(pool),
     ]
 
 
@@ -104,7 +149,7 @@ def pool_sidecar(
         "args": list(POOL_ARGS),
         "env": pool_env(pool, pool_name, revision, config),
         "resources": config.pool_resources,
-        "volumeMounts": _POOL_MOUNTS,
+        "volumeMounts": [*_POOL_MOUNTS, *_eplb_load_mounts(pool)],
     }
 
 
@@ -154,7 +199,7 @@ def _template_spec(
                     },
                     pool_sidecar(pool, pool_name, image, revision, config),
                 ],
-                "volumes": _head_volumes(pool_name, pool.deployment_name),
+                "volumes": _head_volumes(pool, pool_name),
             },
         },
     }
@@ -176,11 +221,16 @@ def _template_spec(
                         "resources": _worker_resources(pool, accelerator),
                         # The ranks get their settings from the pool's driver through Ray, and their
                         # KV services listen on ephemeral ports advertised in the registry.
-                        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                        # The load file too, so that a missing ConfigMap holds every pod of the
+                        # pool in ContainerCreating with the same event, not only the head.
+                        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *_eplb_load_mounts(pool)],
                     }
                 ],
                 # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
-                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}}],
+                "volumes": [
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
+                    *_eplb_load_volumes(pool),
+                ],
                 **_scheduling(pool),
             },
         },

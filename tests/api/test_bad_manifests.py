@@ -49,6 +49,11 @@ DIVISIBILITY = (
     "spec.decode.expertParallel: 256 routed + 32 redundant experts = 288 slots per layer, "
     "not divisible by expertParallel 40"
 )
+CM_REF = (
+    "spec.eplb.loadFile: must be configmap://NAME/KEY: NAME a DNS-1123 subdomain, KEY letters, digits, "
+    "'-', '_' and '.'"
+)
+LOAD_FORMAT = "spec.eplb.loadFile: must end in .json or .pt (the load file's format)"
 R1_ON_H100_EP8 = (
     "spec.prefill.expertParallel: does not fit in GPU memory: 32 routed + 1 shared experts per GPU x "
     "58 MoE layers = 84.3 GB, plus 14.6 GB replicated weights, plus minKvTokensPerGpu 4096 x 70272 B "
@@ -91,6 +96,19 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
      ["spec.eplb.windowSeconds: 301 s is longer than intervalSeconds (300 s)"], "same", False),
     ("static-without-load-file", R1, {"spec.eplb.mode": "static"},
      ["spec.eplb.loadFile: is required when mode is static"], "same", False),
+    ("load-file-configmap-bad-name", R1,
+     {"spec.eplb.mode": "static", "spec.eplb.loadFile": "configmap://R1_Load/l.json"},
+     ["spec.eplb.loadFile: 'configmap://R1_Load/l.json': ConfigMap name 'R1_Load' must be a DNS-1123 "
+      "subdomain (lower-case letters, digits, '-' and '.', alphanumeric at both ends, at most 253 "
+      "characters)"],
+     [CM_REF], False),
+    ("load-file-configmap-without-key", R1,
+     {"spec.eplb.mode": "static", "spec.eplb.loadFile": "configmap://r1-load"},
+     ["spec.eplb.loadFile: 'configmap://r1-load' must be configmap://NAME/KEY (no /KEY after the ConfigMap "
+      "name)"], [CM_REF, LOAD_FORMAT], False),
+    ("load-file-unknown-format", R1, {"spec.eplb.mode": "static", "spec.eplb.loadFile": "/data/r1-load.csv"},
+     ["spec.eplb.loadFile: '/data/r1-load.csv' must end in .json or .pt (the load file's format)"],
+     [LOAD_FORMAT], False),
     ("weights-do-not-fit", R1, {"spec.hardware.gpu": "h100", "spec.prefill.expertParallel": 8,
                                 "spec.prefill.redundantExperts": 0},
      [R1_ON_H100_EP8], [], False),

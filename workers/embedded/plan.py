@@ -19,8 +19,7 @@ from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
 from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import EplbSpec, MoEDeployment, PoolSpec, SlaSpec, parse_deployment
 from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
-from moeplane.workers.eplb.controller import policy_for
-from moeplane.workers.eplb.static import static_placement
+from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.config import SchedulerConfig
@@ -126,14 +125,17 @@ def initial_placement(
         return Placement.identity(arch.num_moe_layers, arch.num_routed_experts, num_physical)
     if eplb.load_file is None:
         raise EmbeddedPlanError("spec.eplb.loadFile is required when spec.eplb.mode is static")
+    if eplb.load_configmap is not None:
+        raise EmbeddedPlanError(
+            f"spec.eplb.loadFile: {eplb.load_file} names a Kubernetes ConfigMap, and the embedded stack "
+            "runs without a cluster; give the load file's path (relative to the manifest) instead"
+        )
     path = Path(eplb.load_file)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
-        return static_placement(
-            path, num_physical, arch.n_group, 1, ep_size, policy_for(EplbAlgorithm(eplb.algorithm)),
-            num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
-        )
+        # The embedded stack runs every rank of a group on this one machine: one node.
+        return model_static_placement(path, arch, num_physical, 1, ep_size, EplbAlgorithm(eplb.algorithm))
     except EplbError as exc:
         raise EmbeddedPlanError(f"spec.eplb.loadFile: {exc}") from None
 

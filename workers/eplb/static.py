@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from moeplane.api.arch import ModelArch
+from moeplane.api.enums import EplbAlgorithm
+from moeplane.workers.eplb.controller import policy_for
 from moeplane.workers.eplb.rebalance import check_load, rebalance
 from moeplane.workers.eplb.types import EplbError, EplbPolicy
 from moeplane.workers.placement import Placement
@@ -81,3 +84,27 @@ def static_placement(
     """The initial placement (version 0) for a recorded load; see `rebalance` for the layout."""
     load = read_load_file(path, num_layers=num_layers, num_logical=num_logical)
     return rebalance(load, num_physical, num_groups, num_nodes, num_gpus, policy)
+
+
+def model_static_placement(
+    path: str | Path,
+    arch: ModelArch,
+    num_physical: int,
+    num_nodes: int,
+    num_gpus: int,
+    algorithm: EplbAlgorithm = EplbAlgorithm.AUTO,
+) -> Placement:
+    """Version 0 of a pool's placement for `spec.eplb.mode: static`: the load file at `path`,
+    checked against `arch` ([num_moe_layers, num_routed_experts]), placed with `algorithm` over
+    `num_physical` slots on an EP group of `num_gpus` ranks on `num_nodes` nodes.
+
+    The embedded stack (one node) and a Kubernetes pool's head (`moeplane pool`) both start here.
+
+    Raises:
+        EplbError: the file is missing or malformed, its shape is not the model's, or the layout
+            does not fit the policy.
+    """
+    return static_placement(
+        path, num_physical, arch.n_group, num_nodes, num_gpus, policy_for(EplbAlgorithm(algorithm)),
+        num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
+    )

@@ -13,6 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default=None, help="pool name (default: $MOEPLANE_POOL)")
     p.add_argument("--ray-address", default="auto",
                    help="Ray cluster to join (default: auto, the head this pod runs)")
+    p.add_argument("--ray-connect-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for the Ray head to come up, retrying with backoff (default 120)")
+    p.add_argument("--eplb-load-file", default=None,
+                   help="static EPLB load file (.json/.pt; default: $MOEPLANE_EPLB_LOAD_FILE, else "
+                   "spec.eplb.loadFile)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address of the groups' control services (0.0.0.0 in a pod)")
     p.add_argument("--rank-host", default=None,

@@ -4,6 +4,8 @@ gives its pod (pure: files in, a frozen value out; no Ray, no sockets).
 - `MOEPLANE_ENGINE_CONFIG`: the deployment's engine.json (model architecture and weights, hardware,
   both pools' group shapes, KV transfer, namespace and deployment);
 - `MOEPLANE_PLACEMENT`: the pool's initial placement.json (one `phy2log` row for every MoE layer);
+- `MOEPLANE_EPLB_LOAD_FILE` (static EPLB): where the pod sees `spec.eplb.loadFile` (the operator
+  mounts a `configmap://NAME/KEY` there); the placement computed from it replaces placement.json;
 - `MOEPLANE_ROLE`, `MOEPLANE_POOL`, `MOEPLANE_REVISION`: which pool this head runs;
 - `MOEPLANE_REDIS_URL`: the Redis of the worker registry;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of every worker gRPC service;
@@ -21,16 +23,19 @@ from typing import Any
 
 import torch
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import Role, WeightsFormat
+from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
 from moeplane.api.keys import DeploymentKeys
 from moeplane.api.layout import GroupLayout
 from moeplane.api.spec import EplbSpec
+from moeplane.workers.eplb.static import model_static_placement
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.kv.layout import KVBackend
 from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.placement import Placement
 from pydantic import ValidationError
 
 BLOCK_SIZE_TOKENS = 16
+EPLB_LOAD_FILE_ENV = "MOEPLANE_EPLB_LOAD_FILE"
 
 
 class PoolSetupError(ValueError):
@@ -132,6 +137,43 @@ def load_placement(path: str, group: GroupLayout, num_moe_layers: int) -> Placem
     return Placement.from_phy2log(phy2log, num_logical, int(doc.get("version", 0)))
 
 
+def static_load_path(eplb: EplbSpec, env: Mapping[str, str], engine_path: str) -> tuple[str, str]:
+    """(path, where it came from) of the static-EPLB load file this pod reads.
+
+    The operator's `MOEPLANE_EPLB_LOAD_FILE` wins: it is the in-pod path of a mounted ConfigMap
+    key. Without it, `eplb.loadFile` must be a path, since only the operator can mount a ConfigMap.
+    """
+    mounted = env.get(EPLB_LOAD_FILE_ENV, "")
+    if mounted:
+        return mounted, EPLB_LOAD_FILE_ENV
+    if eplb.load_file is None:
+        raise PoolSetupError(
+            f"engine config {engine_path}: eplb.mode is static but neither eplb.loadFile nor "
+            f"{EPLB_LOAD_FILE_ENV} names a load file"
+        )
+    if eplb.load_configmap is not None:
+        raise PoolSetupError(
+            f"engine config {engine_path}: eplb.loadFile {eplb.load_file} is a ConfigMap key, which the "
+            f"operator mounts into the pod and passes as {EPLB_LOAD_FILE_ENV}; that variable is not set"
+        )
+    return eplb.load_file, f"engine config {engine_path}: eplb.loadFile"
+
+
+def static_pool_placement(
+    eplb: EplbSpec, arch: ModelArch, group: GroupLayout, env: Mapping[str, str], engine_path: str
+) -> Placement:
+    """Version 0 of a static-EPLB pool: its load file placed over one EP group of the pool."""
+    path, source = static_load_path(eplb, env, engine_path)
+    try:
+        return model_static_placement(
+            path, arch, group.expert_slots, group.nodes_per_group, group.expert_parallel,
+            EplbAlgorithm(eplb.algorithm),
+        )
+    except EplbError as exc:
+        where = source if path in str(exc) else f"{source} {path}"
+        raise PoolSetupError(f"{where}: {exc}") from None
+
+
 def load_pool_settings(env: Mapping[str, str]) -> PoolSettings:
     """The settings of the pool this process runs, from the operator's environment (flags are
     merged into `env` by the caller)."""
@@ -167,6 +209,9 @@ def load_pool_settings(env: Mapping[str, str]) -> PoolSettings:
     num_moe_layers = arch.num_layers - arch.first_k_dense_layers
     placement_path = env.get("MOEPLANE_PLACEMENT", "")
     placement = load_placement(placement_path, group, num_moe_layers) if placement_path else None
+    if EplbMode(eplb.mode) is EplbMode.STATIC:
+        # The operator's placement.json is the identity map; the load file's placement replaces it.
+        placement = static_pool_placement(eplb, arch, group, env, engine_path)
     try:
         backend = KVBackend(kv.get("backend", KVBackend.GRPC.value))
     except ValueError:
