@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.presets import model_preset
-from moeplane.protos import worker_control_pb2_grpc as pb_grpc
 from moeplane.workers.kv.security import GrpcSecurity, TLSConfig, new_server
 from moeplane.workers.serving.actor import RankSpec
 from moeplane.workers.serving.client import WorkerControlClient, WorkerControlError
 from moeplane.workers.serving.config import Role
 from moeplane.workers.serving.controller import GroupController, GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
-from moeplane.workers.serving.service import WorkerControlService
+from moeplane.workers.serving.service import WorkerControlService, add_control_service
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -61,7 +60,7 @@ async def test_control_service_over_tls_needs_the_token(tmp_path: Path) -> None:
         "tls-0", Role.DECODE, 2, RankSpec(model_preset("tiny"), 0, EngineConfig(Role.DECODE, num_blocks=8))
     )
     server = new_server(security)
-    pb_grpc.add_WorkerControlServicer_to_server(WorkerControlService(GroupController(spec)), server)
+    add_control_service(server, WorkerControlService(GroupController(spec)))
     address = f"127.0.0.1:{security.add_port(server, '127.0.0.1:0')}"
     await server.start()
     try:

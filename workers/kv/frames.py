@@ -10,7 +10,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from moeplane.workers.kv.checksum import BytesLike, ChecksumKind, TransferDigest, checksum
+from moeplane.workers.kv.buffers import KVSource
+from moeplane.workers.kv.checksum import (
+    DEFAULT_CHECKSUM,
+    BytesLike,
+    ChecksumKind,
+    TransferDigest,
+    checksum,
+)
 from moeplane.workers.kv.errors import ChecksumMismatch, KVErrorKind, KVTransferError, TransferSizeMismatch
 
 MAGIC = b"MKV1"
@@ -98,6 +105,38 @@ def chunk_ranges(total_bytes: int, chunk_bytes: int, streams: int) -> list[tuple
         ranges.append((first, count))
         first += count
     return ranges
+
+
+class FrameEncoder:
+    """Builds the frames of one stream (chunks [first, first + count) of `source`), in order.
+
+    `frame(index)` must be called for consecutive indices: the running digest depends on the order.
+    """
+
+    def __init__(self, source: KVSource, first_chunk: int, num_chunks: int, chunk_bytes: int) -> None:
+        self.source, self.chunk_bytes = source, chunk_bytes
+        self.first_chunk, self.num_chunks = first_chunk, num_chunks
+        self.total_bytes = source.total_bytes
+        self.digest = TransferDigest()
+        self._next = first_chunk
+        self._kind_flag = FLAG_CRC32C if DEFAULT_CHECKSUM is ChecksumKind.CRC32C else 0
+
+    @property
+    def last_chunk(self) -> int:
+        return self.first_chunk + self.num_chunks - 1
+
+    def frame(self, index: int) -> bytes:
+        if index != self._next or index > self.last_chunk:
+            raise ValueError(f"frame {index} asked for; the next is {self._next}, the last {self.last_chunk}")
+        self._next += 1
+        offset = index * self.chunk_bytes
+        length = min(self.chunk_bytes, self.total_bytes - offset)
+        payload = self.source.read(offset, length)
+        crc = checksum(payload, DEFAULT_CHECKSUM)
+        flags = self._kind_flag | (FLAG_LAST if index == self.last_chunk else 0)
+        running = self.digest.update(offset, length, crc)
+        header = FrameHeader(index, flags, offset, length, crc, running, self.total_bytes)
+        return encode_frame(header, payload)
 
 
 class FrameChecker:

@@ -2,13 +2,23 @@
 
 `Pull` is registered by hand (request and response serializers are None), so each 256 KiB–1 MiB
 chunk crosses gRPC as the bytes object the sender built, header included, with no protobuf
-encoding on either side. Describe, Checksum and Ack are ordinary protobuf methods,
-parsed in the servicer so that bytes which do not parse are INVALID_ARGUMENT (grpc's own
-deserializer would answer UNKNOWN and log a traceback).
+encoding on either side. Describe, Checksum and Ack are ordinary protobuf methods, parsed in the
+servicer (`kv.rpc_parse`) so that bytes which do not parse are INVALID_ARGUMENT.
 
 Domain errors map to status codes: unknown transfer -> NOT_FOUND, size or layout mismatch ->
 INVALID_ARGUMENT, checksum/missing chunk -> DATA_LOSS. A failed pull leaves the server's lease and
 the client's other blocks untouched.
+
+Throughput is bounded by grpcio itself (bench/kv_transfer.py's `grpc_floor` row: prebuilt 1 MiB
+messages, no checks, reach ~0.65-0.7x a raw asyncio socket on a quiet 16-core host). Per message,
+grpcio 1.85's Cython copies each slice of a received message into a bytes object and joins them
+(two copies), copies every sent message into a core slice, and hops between its event-engine threads,
+its poller thread and the event loop. HTTP/2 framing is not the cost: DATA frames are already
+130-440 KB (SETTINGS_MAX_FRAME_SIZE is 4 MiB, and `grpc.http2.max_frame_size` does not change it).
+Parallel streams gain 2-3% on 16 cores; without effect or worse: building and verifying frames on
+worker threads (GIL hand-offs cost more than they overlap), the tcp_rcv_lowat and
+tcp_frame_size_tuning experiments.
+What does pay: open channels reused across pulls (GrpcKVClient caches them) and `kv.malloc`.
 """
 
 from __future__ import annotations
@@ -16,30 +26,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError, Message
 from moeplane.protos import kv_transfer_pb2 as pb
 from moeplane.workers.kv.buffers import KVSink, KVSource
-from moeplane.workers.kv.checksum import DEFAULT_CHECKSUM, ChecksumKind, TransferDigest, checksum, crc32
+from moeplane.workers.kv.checksum import crc32
 from moeplane.workers.kv.errors import KVTransferError, TransferSizeMismatch
 from moeplane.workers.kv.frames import (
     DEFAULT_CHUNK_BYTES,
-    FLAG_CRC32C,
-    FLAG_LAST,
-    FrameHeader,
+    FrameEncoder,
     check_chunk_bytes,
-    encode_frame,
     num_chunks_of,
 )
 from moeplane.workers.kv.grpc_client import SERVICE, STATUS_OF_KIND, GrpcKVClient
 from moeplane.workers.kv.layout import KVBackend, KVLayout, TransferHandle
 from moeplane.workers.kv.leases import LeaseTable
 from moeplane.workers.kv.malloc import tune_malloc_for_streaming
+from moeplane.workers.kv.rpc_parse import parse_request, parsed_unary
 from moeplane.workers.kv.security import GrpcSecurity, advertised_host, new_server
 from moeplane.workers.kv.transport import KVTransport, OnRelease, PullStats, ReleaseReason
 
@@ -100,7 +106,7 @@ class GrpcKVTransport(KVTransport):
             SERVICE,
             {
                 "Describe": grpc.unary_unary_rpc_method_handler(
-                    _parsed(pb.DescribeRequest, self._describe),
+                    parsed_unary(pb.DescribeRequest, self._describe),
                     request_deserializer=None,
                     response_serializer=pb.DescribeResponse.SerializeToString,
                 ),
@@ -109,12 +115,12 @@ class GrpcKVTransport(KVTransport):
                     self._pull, request_deserializer=None, response_serializer=None
                 ),
                 "Checksum": grpc.unary_unary_rpc_method_handler(
-                    _parsed(pb.ChecksumRequest, self._checksum),
+                    parsed_unary(pb.ChecksumRequest, self._checksum),
                     request_deserializer=None,
                     response_serializer=pb.ChecksumResponse.SerializeToString,
                 ),
                 "Ack": grpc.unary_unary_rpc_method_handler(
-                    _parsed(pb.AckRequest, self._ack),
+                    parsed_unary(pb.AckRequest, self._ack),
                     request_deserializer=None,
                     response_serializer=pb.AckResponse.SerializeToString,
                 ),
@@ -171,10 +177,7 @@ class GrpcKVTransport(KVTransport):
         )
 
     async def _pull(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        try:
-            req = pb.PullRequest.FromString(request)
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PullRequest does not parse: {exc}")
+        req = await parse_request(pb.PullRequest, request, context)
         try:
             chunk_bytes = check_chunk_bytes(req.chunk_bytes) if req.chunk_bytes else self._chunk_bytes
             offer = self._leases.begin_pull(req.transfer_id)
@@ -196,17 +199,9 @@ class GrpcKVTransport(KVTransport):
                     f"chunks {req.first_chunk}..{req.first_chunk + count - 1} are outside the "
                     f"{num_chunks} chunks of transfer {req.transfer_id!r}",
                 )
-            digest = TransferDigest()
-            kind_flag = FLAG_CRC32C if DEFAULT_CHECKSUM is ChecksumKind.CRC32C else 0
-            last_index = req.first_chunk + count - 1
-            for index in range(req.first_chunk, last_index + 1):
-                offset = index * chunk_bytes
-                length = min(chunk_bytes, total - offset)
-                payload = offer.source.read(offset, length)
-                crc = checksum(payload, DEFAULT_CHECKSUM)
-                flags = kind_flag | (FLAG_LAST if index == last_index else 0)
-                running = digest.update(offset, length, crc)
-                yield encode_frame(FrameHeader(index, flags, offset, length, crc, running, total), payload)
+            encoder = FrameEncoder(offer.source, req.first_chunk, count, chunk_bytes)
+            for index in range(req.first_chunk, encoder.last_chunk + 1):
+                yield encoder.frame(index)
         finally:
             self._leases.end_pull(req.transfer_id)
 
@@ -252,28 +247,6 @@ class GrpcKVTransport(KVTransport):
         for tid, offer in [(tid, self._leases.release(tid)) for tid, _ in self._leases.items()]:
             if offer is not None:
                 self._release(tid, offer, ReleaseReason.CLOSED)
-
-
-_Req = TypeVar("_Req", bound=Message)
-_Resp = TypeVar("_Resp")
-
-
-def _parsed(
-    message: type[_Req], handler: Callable[[_Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[_Resp]]:
-    """`handler` behind a parse of the raw request: garbage is INVALID_ARGUMENT naming the type."""
-
-    async def parse_then_handle(request: bytes, context: grpc.aio.ServicerContext) -> _Resp:
-        try:
-            parsed = message.FromString(request)
-        except DecodeError as exc:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"{message.__name__} does not parse: {exc}"
-            )
-            raise  # unreachable: abort raises
-        return await handler(parsed, context)
-
-    return parse_then_handle
 
 
 async def run_expiry(transport: KVTransport, interval_s: float = 1.0) -> None:

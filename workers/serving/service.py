@@ -1,6 +1,7 @@
 """The worker control gRPC service of one group: a thin adapter over `GroupController`.
 
-Errors are translated here: a bad request -> INVALID_ARGUMENT naming the field, a group that is not
+Errors are translated here: request bytes that do not parse -> INVALID_ARGUMENT naming the message
+type, a bad request -> INVALID_ARGUMENT naming the field, a group that is not
 serving -> UNAVAILABLE, an engine-side failure of one request -> its final TokenEvent carries
 FINISH_REASON_ERROR and the message. Auth (shared token) and TLS come from `GrpcSecurity`.
 """
@@ -16,11 +17,14 @@ from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
 from moeplane.workers.kv.errors import KVTransferError
 from moeplane.workers.kv.layout import TransferHandle
+from moeplane.workers.kv.rpc_parse import parsing_generic_handler
 from moeplane.workers.kv.security import GrpcSecurity, new_server
 from moeplane.workers.serving.controller import GroupController, GroupUnavailable
 from moeplane.workers.serving.convert import FINISH_TO_PB, ROLE_TO_PB, sampling_from_pb
 from moeplane.workers.serving.engine import TokenOutput
 from moeplane.workers.serving.sequence import ErrorKind, InvalidRequest
+
+CONTROL_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerControl"]
 
 
 def token_event(out: TokenOutput) -> pb.TokenEvent:
@@ -134,6 +138,13 @@ _STATUS = {
 }
 
 
+def add_control_service(server: grpc.aio.Server, service: WorkerControlService) -> None:
+    """Register `service` with requests parsed in the servicer, so that bytes which are not the
+    request message answer INVALID_ARGUMENT naming its type (the generated
+    `add_WorkerControlServicer_to_server` lets grpc's deserializer fail them as UNKNOWN)."""
+    server.add_generic_rpc_handlers((parsing_generic_handler(CONTROL_SERVICE, service),))
+
+
 def time_ms() -> float:
     return asyncio.get_running_loop().time() * 1e3
 
@@ -150,7 +161,7 @@ class ControlServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0, advertise_host: str | None = None) -> str:
         await self.controller.start()
         server = new_server(self.security)
-        pb_grpc.add_WorkerControlServicer_to_server(WorkerControlService(self.controller), server)
+        add_control_service(server, WorkerControlService(self.controller))
         self.port = self.security.add_port(server, f"{host}:{port}")
         await server.start()
         self._server = server

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from moeplane.workers.kv.buffers import BufferSink, BufferSource
 from moeplane.workers.kv.checksum import ChecksumKind, TransferDigest, checksum, payload_digest
 from moeplane.workers.kv.errors import ChecksumMismatch, KVTransferError, TransferNotFound
 from moeplane.workers.kv.frames import (
     FLAG_LAST,
     FrameChecker,
+    FrameEncoder,
     FrameHeader,
     check_chunk_bytes,
     chunk_ranges,
@@ -94,6 +96,40 @@ def test_frame_checker_accepts_a_range_and_rejects_gaps_and_duplicates() -> None
     bad.check(*decode_frame(frames[0]))
     with pytest.raises(ChecksumMismatch, match=r"chunk 5 at offset 500 .* is corrupt"):
         bad.check(*decode_frame(bytes(flipped)))
+
+
+def test_frame_encoder_feeds_the_checker_and_builds_frames_in_order_only() -> None:
+    data = os.urandom(10 * 100 + 7)
+    sink = BufferSink(bytearray(len(data)))
+    for first, count in chunk_ranges(len(data), 100, 3):
+        encoder = FrameEncoder(BufferSource(data), first, count, 100)
+        checker = FrameChecker(first, count, 100, len(data))
+        for index in range(first, encoder.last_chunk + 1):
+            header, payload = decode_frame(encoder.frame(index))
+            checker.check(header, payload)
+            sink.write(header.offset, payload)
+        checker.finish()
+        assert header.is_last and header.digest == encoder.digest.value
+    assert bytes(sink.view) == data
+    encoder = FrameEncoder(BufferSource(data), 4, 4, 100)
+    with pytest.raises(ValueError, match="frame 5 asked for; the next is 4, the last 7"):
+        encoder.frame(5)
+    for index in range(4, 8):
+        encoder.frame(index)
+    with pytest.raises(ValueError, match="frame 8 asked for; the next is 8, the last 7"):
+        encoder.frame(8)
+
+
+def test_buffer_sink_writes_any_bytes_like_within_its_range() -> None:
+    sink = BufferSink(bytearray(8))
+    sink.write(0, b"ab")
+    sink.write(2, memoryview(b"xxcdxx")[2:4])
+    sink.write(4, bytearray(b"efgh"))
+    assert bytes(sink.view) == b"abcdefgh"
+    with pytest.raises(KVTransferError, match=r"range \[6, 9\) is outside the 8-byte payload"):
+        sink.write(6, b"xyz")
+    with pytest.raises(ValueError, match="writable"):
+        BufferSink(memoryview(b"read-only"))
 
 
 def test_chunk_size_limits() -> None:
