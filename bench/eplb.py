@@ -13,8 +13,12 @@ EP144 over 18 nodes with 32 redundant (baseline: global); EP64 over 8 nodes with
 Columns: balancedness (mean over layers, and the worst layer); planning time for all 58 layers
 (CPU time of one thread, best of N, the two policies interleaved so machine noise hits both
 alike); bytes of expert weights that cross GPUs per rebalance (static loads: from the identity
-placement; drift: from the policy's own previous placement); and `bound`, an upper limit on
-balancedness that no placement can beat.
+placement; drift: from the policy's own previous placement); `optimum`, the mean over layers of
+a per-layer ceiling on balancedness that no placement can beat (`optimum.balancedness_ceiling`:
+exact where a placement meets it); and `@opt`, the layers (over all drift steps) where the
+policy meets that ceiling, i.e. is provably optimal. Each row pair ends with a verdict: `win`
+(ours more balanced on the mean, no worse on the worst layer), `tie-at-optimum` (equal, and
+both at the ceiling in every layer: no placement does better) or `LOSS`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 
 import torch
 from moeplane.api.presets import ModelPreset, model_preset
-from moeplane.workers.eplb.metrics import balancedness_bound, moved_slots, placement_balancedness
+from moeplane.workers.eplb.metrics import gpu_load, moved_slots, placement_balancedness
+from moeplane.workers.eplb.optimum import peak_floor
 from moeplane.workers.eplb.rebalance import rebalance
 from moeplane.workers.eplb.types import EplbPolicy
 from moeplane.workers.placement import Placement
@@ -69,7 +74,9 @@ class Row:
     balancedness_worst_layer: float
     plan_ms: float
     bytes_moved: int
-    bound: float
+    optimum_mean: float
+    layers_at_optimum: int
+    layers: int
 
 
 def zipf_load(s: float, seed: int) -> torch.Tensor:
@@ -112,10 +119,23 @@ def plan(setting: Setting, load: torch.Tensor, policy: EplbPolicy, previous: Pla
     )
 
 
+def at_optimum(load: torch.Tensor, placement: Placement, setting: Setting, floor: torch.Tensor) -> int:
+    """Layers whose hottest GPU meets the ceiling's bound (float-rounding tolerance)."""
+    peak = gpu_load(load, placement, setting.num_gpus).amax(-1)
+    return int((peak <= floor * (1 + 1e-9)).sum())
+
+
+def ceiling(load: torch.Tensor, setting: Setting) -> tuple[torch.Tensor, float]:
+    """([L] lower bound on the hottest GPU, mean over layers of the balancedness ceiling)."""
+    floor = peak_floor(load, setting.num_physical, setting.num_gpus)
+    mean = load.sum(-1) / setting.num_gpus
+    return floor, float((mean / floor).mean())
+
+
 def run_static(setting: Setting, s: float, repeats: int, expert_bytes: float) -> list[Row]:
     load = zipf_load(s, seed=int(s * 10))
     start = Placement.identity(NUM_LAYERS, NUM_EXPERTS, setting.num_physical)
-    bound = float(balancedness_bound(load, setting.num_physical, setting.num_gpus).mean())
+    floor, optimum = ceiling(load, setting)
     timings: dict[EplbPolicy, float] = {}
     placements: dict[EplbPolicy, Placement] = {}
     policies = (setting.baseline, EplbPolicy.BALANCED)
@@ -137,7 +157,9 @@ def run_static(setting: Setting, s: float, repeats: int, expert_bytes: float) ->
                 float(bal.min()),
                 timings[policy],
                 int(moved * expert_bytes),
-                bound,
+                optimum,
+                at_optimum(load, placements[policy], setting, floor),
+                NUM_LAYERS,
             )
         )
     return rows
@@ -150,9 +172,11 @@ def run_drift(setting: Setting, loads: list[torch.Tensor], repeats: int, expert_
     worst = {p: 1.0 for p in policies}
     ms_sum = {p: 0.0 for p in policies}
     moved_sum = {p: 0 for p in policies}
-    bound = 0.0
+    at_opt = {p: 0 for p in policies}
+    optimum = 0.0
     for load in loads[1:]:
-        bound += float(balancedness_bound(load, setting.num_physical, setting.num_gpus).mean())
+        floor, step_optimum = ceiling(load, setting)
+        optimum += step_optimum
         best = {p: float("inf") for p in policies}
         new: dict[EplbPolicy, Placement] = {}
         for _ in range(repeats):
@@ -165,6 +189,7 @@ def run_drift(setting: Setting, loads: list[torch.Tensor], repeats: int, expert_
             worst[policy] = min(worst[policy], float(bal.min()))
             ms_sum[policy] += best[policy]
             moved_sum[policy] += int(moved_slots(prev[policy], new[policy], setting.num_gpus).sum())
+            at_opt[policy] += at_optimum(load, new[policy], setting, floor)
             prev[policy] = new[policy]
     steps = len(loads) - 1
     return [
@@ -176,15 +201,32 @@ def run_drift(setting: Setting, loads: list[torch.Tensor], repeats: int, expert_
             worst[p],
             ms_sum[p] / steps,
             int(moved_sum[p] / steps * expert_bytes),
-            bound / steps,
+            optimum / steps,
+            at_opt[p],
+            NUM_LAYERS * steps,
         )
         for p in policies
     ]
 
 
+def verdict(base: Row, ours: Row) -> str:
+    """win / tie-at-optimum / LOSS for one pair of rows (module docstring)."""
+    if ours.balancedness_mean > base.balancedness_mean and (
+        ours.balancedness_worst_layer >= base.balancedness_worst_layer - 1e-12
+    ):
+        return "win"
+    if (
+        abs(ours.balancedness_mean - base.balancedness_mean) <= 1e-12
+        and base.layers_at_optimum == base.layers
+        and ours.layers_at_optimum == ours.layers
+    ):
+        return "tie-at-optimum"
+    return "LOSS"
+
+
 def print_table(rows: list[Row]) -> None:
     head = (
-        f"{'setting':<14}{'load':<10}{'policy':<14}{'bal mean':>9}{'worst':>8}{'bound':>8}"
+        f"{'setting':<14}{'load':<10}{'policy':<14}{'bal mean':>9}{'worst':>8}{'optimum':>9}{'@opt':>9}"
         f"{'plan ms':>9}{'GB moved':>10}   ours/baseline: bal   worst   time   moved"
     )
     print(head)
@@ -192,9 +234,10 @@ def print_table(rows: list[Row]) -> None:
     for i in range(0, len(rows), 2):
         base, ours = rows[i], rows[i + 1]
         for row in (base, ours):
+            at_opt = f"{row.layers_at_optimum}/{row.layers}"
             line = (
                 f"{row.setting:<14}{row.load:<10}{row.policy:<14}{row.balancedness_mean:>9.4f}"
-                f"{row.balancedness_worst_layer:>8.4f}{row.bound:>8.4f}{row.plan_ms:>9.1f}"
+                f"{row.balancedness_worst_layer:>8.4f}{row.optimum_mean:>9.4f}{at_opt:>9}{row.plan_ms:>9.1f}"
                 f"{row.bytes_moved / 1e9:>10.2f}"
             )
             if row is ours:
@@ -205,6 +248,10 @@ def print_table(rows: list[Row]) -> None:
                     f"{ours.plan_ms / base.plan_ms:>7.2f}{moved:>8.3f}"
                 )
             print(line)
+    print()
+    for i in range(0, len(rows), 2):
+        base, ours = rows[i], rows[i + 1]
+        print(f"  {base.setting:<14}{base.load:<10}{verdict(base, ours)}")
 
 
 def check_targets(rows: list[Row]) -> dict[str, bool]:
@@ -219,6 +266,7 @@ def check_targets(rows: list[Row]) -> dict[str, bool]:
         "balancedness > baseline (mean, every row)": all(
             o.balancedness_mean > b.balancedness_mean for b, o in pairs
         ),
+        "every row a win or a tie at the proven optimum": all(verdict(b, o) != "LOSS" for b, o in pairs),
         "decode mean balancedness >= 0.95 (every load)": all(o.balancedness_mean >= 0.95 for o in decode),
         "plan time <= baseline (every row)": all(o.plan_ms <= b.plan_ms for b, o in pairs),
         "plan time <= 100 ms (every row)": all(o.plan_ms <= 100 for _, o in pairs),

@@ -3,7 +3,9 @@
 It keeps DeepSeek's locality contract where it is cheap: when the node count divides the group
 count, a layer's expert groups stay on nodes (group-limited routing then reaches few nodes)
 unless that caps the layer's balancedness more than `locality_slack` below what a global
-placement reaches; such layers are placed globally. Every stage improves on DeepSeek's:
+placement reaches; such layers are placed globally. In node-local layers a few cold replicas
+may still trade places across nodes where that cools the hottest GPU (`nudge.strays`; not with
+`locality_slack` 1, which keeps groups strictly local). Every stage improves on DeepSeek's:
 1. Groups onto nodes, and replicas onto GPUs, with round-wise LPT (one sort per round), then
    parallel hot/cool pair swaps on wide domains, then a swap local search on the hottest bin,
    all batched over layers. Searches stop at a proven floor or within `_GOOD_ENOUGH` of an even
@@ -13,29 +15,35 @@ placement reaches; such layers are placed globally. Every stage improves on Deep
    pairing (`pair_counts`), which greedy counts do not: splitting a cold expert, for one, gives
    the hot replicas lighter partners. A rebalance keeps the previous counts where they pair
    no hotter.
-3. With a previous placement: a warm start keeps every replica that still fits in its old slot,
-   fills the freed slots, and swaps (fewest new moves first) until the layer is as balanced as
-   the fresh plan. Where it cannot get there, the fresh plan is used, its nodes and GPUs
-   relabelled to overlap the old ones. Either way experts that stay on a GPU keep their slots.
+3. With a previous placement: first the shortcuts of `nudge` (move-aware swaps within the
+   current placement until it is within `_WARM_SLACK` of an even split; without redundancy,
+   stray swaps up to the tight bound). Only the layers they do not settle go on: a warm start
+   keeps every replica that still fits in its old slot, fills the freed slots, and swaps
+   (fewest new moves first) until the layer is as balanced as the fresh plan. Where it cannot
+   get there, the fresh plan is used where cooler, its nodes and GPUs relabelled to overlap the
+   old ones. Either way experts that stay on a GPU keep their slots.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 import torch
-from moeplane.workers.eplb.counts import _COUNT_DONORS, _COUNT_STEPS, _pair_search, _pair_start
+from moeplane.workers.eplb.counts import _COUNT_DONORS, _COUNT_STEPS, _pair_search, _pair_start, top_counts
 from moeplane.workers.eplb.deepseek import node_experts
+from moeplane.workers.eplb.nudge import nudge, optimal_and_local, strays
+from moeplane.workers.eplb.optimum import bin_floor
 from moeplane.workers.eplb.packing import (
     Bins,
-    bin_floor,
     expand_replicas,
     pair_rounds,
-    replica_counts,
     round_pack,
     stable_slots,
     swap_search,
 )
 from moeplane.workers.eplb.types import EplbLayout
-from moeplane.workers.eplb.warm import apply_relabel, greedy_match, overlap, warm_bins
+from moeplane.workers.eplb.warm import apply_relabel, greedy_match, node_homes, overlap, warm_bins
 
 # Relative slack when comparing loads that should be equal up to float rounding.
 _TOL = 1e-9
@@ -66,22 +74,67 @@ def balanced_placement(
     Returns:
         phy2log: [L, R] int64; slots of GPU g are g*k .. g*k+k-1 (k = R / num_gpus).
     """
+    if previous is None or layout.slots_per_gpu < 3:
+        return _replace(load, layout, previous, locality_slack)
+    out, done = nudge(load, previous, layout, _WARM_SLACK)
+    if bool(done.all()):
+        return out
+    rows = (~done).nonzero(as_tuple=True)[0]
+    sub = dataclasses.replace(layout, num_layers=rows.numel())
+    out[rows] = _replace(load[rows], sub, previous[rows], locality_slack)
+    return out
+
+
+def _replace(
+    load: torch.Tensor, layout: EplbLayout, previous: torch.Tensor | None, locality_slack: float
+) -> torch.Tensor:
+    """`balanced_placement` from replica counts up: fresh, or warm from `previous`."""
     if not layout.hierarchical_fits:
         return _place(load, layout, 1, 1, previous, None)
+    if previous is not None and locality_slack < 1.0 and layout.num_physical == layout.num_logical:
+        # Without redundancy the bound is tight: where a few stray swaps bring the current
+        # placement to it, nothing is better, and nothing else needs to move.
+        tried = strays(load, previous, layout.num_gpus)
+        done = optimal_and_local(load, tried, layout)
+        if bool(done.all()):
+            return tried
+        rows = (~done).nonzero(as_tuple=True)[0]
+        out = tried.clone()
+        sub = dataclasses.replace(layout, num_layers=rows.numel())
+        out[rows] = _balanced(load[rows], sub, previous[rows], locality_slack)
+        return out
+    return _balanced(load, layout, previous, locality_slack)
+
+
+def _balanced(
+    load: torch.Tensor, layout: EplbLayout, previous: torch.Tensor | None, locality_slack: float
+) -> torch.Tensor:
+    """`balanced_placement` where groups can stay on nodes."""
     groups, nodes = layout.num_groups, layout.num_nodes
     node_groups = _pack_groups(load, groups, nodes)
-    local, global_counts = _keep_local(load, layout, node_groups, previous, locality_slack)
+    local, global_reps, local_reps = _keep_local(load, layout, node_groups, previous, locality_slack)
+    allow_strays = locality_slack < 1.0
     if bool(local.all()):
-        return _place(load, layout, groups, nodes, previous, node_groups)
+        out = _place(load, layout, groups, nodes, previous, node_groups, replicas=local_reps)
+        return strays(load, out, layout.num_gpus) if allow_strays else out
     out = torch.empty(layout.num_layers, layout.num_physical, dtype=torch.int64)
     rows = local.nonzero(as_tuple=True)[0]
     if rows.numel():
         prev = None if previous is None else previous[rows]
-        out[rows] = _place(load[rows], layout, groups, nodes, prev, node_groups[rows])
+        kept = _place(load[rows], layout, groups, nodes, prev, node_groups[rows], replicas=local_reps)
+        out[rows] = strays(load[rows], kept, layout.num_gpus) if allow_strays else kept
     rows = (~local).nonzero(as_tuple=True)[0]
     prev = None if previous is None else previous[rows]
-    out[rows] = _place(load[rows], layout, 1, 1, prev, None, counts=global_counts[rows])
+    out[rows] = _place(load[rows], layout, 1, 1, prev, None, replicas=global_reps)
     return out
+
+
+class _Replicas(NamedTuple):
+    """Replicas of every domain: counts [D, E'] int64, and `expand_replicas`' ids, w [D, n]."""
+
+    counts: torch.Tensor
+    ids: torch.Tensor
+    w: torch.Tensor
 
 
 def _keep_local(
@@ -90,48 +143,64 @@ def _keep_local(
     node_groups: torch.Tensor,
     previous: torch.Tensor | None,
     slack: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[L] bool: layers whose groups stay on their nodes; and [L, E] the global replica counts.
+) -> tuple[torch.Tensor, _Replicas, _Replicas]:
+    """[L] bool: layers whose groups stay on their nodes; the global replicas of the other
+    layers (in order); and the node-local replicas of the layers kept local (L' * N domains).
 
-    Compares cheap lower bounds on the hottest GPU (`bin_floor` of the replicas, within each
-    node or over all slots); the placements themselves come within a fraction of a percent.
+    Compares lower bounds on the hottest GPU: `bin_floor` of the replicas over all slots against
+    the same within each node. The placements themselves come within a fraction of a percent.
+    Cheap bounds settle most layers before the sorts: the hottest replica with the coolest
+    partners bounds the global floor from below, and the hottest node's mean GPU the local one.
     Layers placed globally before need half the slack to return, so a layer near the line does
     not flip (and move its weights) every rebalance.
     """
     num_layers, num_logical = load.shape
     nodes, groups = layout.num_nodes, layout.num_groups
+    group_size = num_logical // groups
     per_gpu = layout.slots_per_gpu
-    mlog2log = node_experts(node_groups, num_logical // groups)
-    local_load = load.gather(1, mlog2log.flatten(1)).view(num_layers * nodes, -1)
-    local_w = expand_replicas(local_load, replica_counts(local_load, layout.num_physical // nodes))[1]
-    local_peak = bin_floor(local_w, per_gpu).view(num_layers, nodes).amax(-1)
-    global_counts = replica_counts(load, layout.num_physical)
-    global_w = expand_replicas(load, global_counts)[1]
-    global_peak = bin_floor(global_w, per_gpu)
+    counts = top_counts(load, layout.num_physical)
+    per_replica = load / counts
     # Balancedness bounds are mean / peak; compare peaks to stay finite on idle layers.
-    keep = local_peak * (1 - slack) <= global_peak * (1 + _TOL)
+    cheap = per_replica.amax(-1) + (per_gpu - 1) * per_replica.amin(-1)
+    global_peak = torch.maximum(load.sum(-1) / layout.num_gpus, cheap) * (1 + _TOL)
+    exact = torch.zeros(num_layers, dtype=torch.bool)
+    global_ids = torch.empty(num_layers, layout.num_physical, dtype=torch.int64)
+    global_w = torch.empty(num_layers, layout.num_physical, dtype=torch.float64)
+
+    def sharpen(wanted: torch.Tensor) -> None:
+        """The full global floor (and replicas) of the `wanted` ([L] bool) layers."""
+        rows = (wanted & ~exact).nonzero(as_tuple=True)[0]
+        if rows.numel():
+            global_ids[rows], global_w[rows] = expand_replicas(load[rows], counts[rows])
+            global_peak[rows] = bin_floor(global_w[rows], per_gpu) * (1 + _TOL)
+            exact[rows] = True
+
+    keep_factor = torch.full((num_layers,), 1 - slack, dtype=torch.float64)
     if previous is not None:
-        was_global = ~_node_homes(previous, groups, nodes, num_logical // groups)[2]
-        back = local_peak * (1 - slack / 2) <= global_peak * (1 + _TOL)
-        keep = torch.where(was_global, back, keep)
-    return keep, global_counts
-
-
-def _node_homes(
-    previous: torch.Tensor, groups: int, nodes: int, group_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where each group sat: ([L, G, N] replicas of group g on node m, [L, G] its home node,
-    [L] bool every group wholly on its home and every node holding G/N groups)."""
-    num_layers, num_physical = previous.shape
-    prev_group = previous // group_size
-    prev_node = (torch.arange(num_physical) // (num_physical // nodes)).expand(num_layers, -1)
-    on_node = torch.zeros(num_layers, groups * nodes, dtype=torch.int64)
-    on_node.scatter_add_(1, prev_group * nodes + prev_node, torch.ones_like(prev_group))
-    on_node = on_node.view(num_layers, groups, nodes)
-    home_count, home = on_node.max(dim=-1)
-    per_home = torch.zeros(num_layers, nodes, dtype=torch.int64).scatter_add_(1, home, torch.ones_like(home))
-    consistent = (home_count == on_node.sum(-1)).all(-1) & (per_home == groups // nodes).all(-1)
-    return on_node, home, consistent
+        was_global = ~node_homes(previous, groups, nodes, group_size)[2]
+        keep_factor = torch.where(was_global, 1 - slack / 2, keep_factor)
+    group_load = load.view(num_layers, groups, group_size).sum(-1)
+    node_load = group_load.gather(1, node_groups.flatten(1)).view(num_layers, nodes, -1).sum(-1)
+    node_bar = node_load.amax(-1) / (layout.num_gpus // nodes) * keep_factor
+    sharpen(node_bar > global_peak)
+    keep = node_bar <= global_peak
+    rows = keep.nonzero(as_tuple=True)[0]
+    local_reps = _Replicas(*(t[:0] for t in (counts, global_ids, global_w)))
+    if rows.numel():
+        mlog2log = node_experts(node_groups[rows], group_size)
+        local_load = load[rows].gather(1, mlog2log.flatten(1)).view(rows.numel() * nodes, -1)
+        local_counts = top_counts(local_load, layout.num_physical // nodes)
+        local_reps = _Replicas(local_counts, *expand_replicas(local_load, local_counts))
+        local_bar = bin_floor(local_reps.w, per_gpu).view(-1, nodes).amax(-1) * keep_factor[rows]
+        unsure = torch.zeros(num_layers, dtype=torch.bool)
+        unsure[rows] = local_bar > global_peak[rows]
+        sharpen(unsure)
+        stays = local_bar <= global_peak[rows]
+        keep[rows] = stays
+        local_reps = _Replicas(*(t[stays.repeat_interleave(nodes)] for t in local_reps))
+    sharpen(~keep)
+    rows = (~keep).nonzero(as_tuple=True)[0]
+    return keep, _Replicas(counts[rows], global_ids[rows], global_w[rows]), local_reps
 
 
 def _place(
@@ -142,10 +211,12 @@ def _place(
     previous: torch.Tensor | None,
     node_groups: torch.Tensor | None,
     counts: torch.Tensor | None = None,
+    replicas: _Replicas | None = None,
 ) -> torch.Tensor:
     """Place the layers of `load` with groups pinned to `nodes` nodes (1: global). [L, R] int64.
 
-    `counts` ([L, E], global placement only) reuses replica counts computed already."""
+    `counts` ([L, E], global placement only) and `replicas` (per domain, for the given
+    `node_groups`) reuse replica counts computed already."""
     num_layers, num_logical = load.shape
     group_size = num_logical // groups
     slots_per_node = layout.num_physical // nodes
@@ -156,18 +227,25 @@ def _place(
     if node_groups is None:
         node_groups = _pack_groups(load, groups, nodes)
     if previous is not None and nodes > 1:
-        node_groups = _stable_node_groups(load, node_groups, previous, groups, nodes)
+        stable = _stable_node_groups(load, node_groups, previous, groups, nodes)
+        if not torch.equal(stable, node_groups):
+            replicas = None  # computed for the other group -> node map
+        node_groups = stable
     mlog2log = node_experts(node_groups, group_size)  # [L, N, E/N]
     num_domains = num_layers * nodes
 
     # Stage 2: replicas per expert within each node (or globally).
     local_load = load.gather(1, mlog2log.flatten(1)).view(num_domains, -1)
-    if counts is None or nodes > 1:
-        counts = replica_counts(local_load, slots_per_node)
+    expanded = None
+    if replicas is not None:
+        counts, expanded = replicas.counts, (replicas.ids, replicas.w)
+    elif counts is None or nodes > 1:
+        counts = top_counts(local_load, slots_per_node)
     prev_local = None
     if previous is not None:
         prev_local = _previous_local(previous, mlog2log, nodes).view(num_domains, gpus_per_node, per_gpu)
     if per_gpu == 2:
+        expanded = None
         counts, peak = _pair_search(local_load, counts, _COUNT_STEPS, _COUNT_DONORS)
         if prev_local is not None:
             # The fresh plan's counts set the bar; the previous ones are kept where they pair
@@ -176,7 +254,7 @@ def _place(
 
     # Stage 3: replicas onto GPUs.
     if prev_local is None:
-        local = _fresh_bins(local_load, counts, gpus_per_node, nodes).ids
+        local = _fresh_bins(local_load, counts, gpus_per_node, nodes, expanded=expanded).ids
     else:
         local = _prefer_previous(prev_local, local_load, counts, num_layers)
         local = stable_slots(local, prev_local)
@@ -189,31 +267,46 @@ def _fresh_bins(
     num_bins: int,
     nodes: int,
     good_enough: float = _GOOD_ENOUGH,
+    expanded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Bins:
-    """A fresh packing of every domain's replicas: round-wise LPT, then the swap search."""
-    ids, w = expand_replicas(local_load, counts)
+    """A fresh packing of every domain's replicas: round-wise LPT, then the swap search.
+
+    `expanded`: `expand_replicas(local_load, counts)` if already computed."""
+    ids, w = expand_replicas(local_load, counts) if expanded is None else expanded
     fresh = Bins.from_items(ids, w, round_pack(w, num_bins))
     if w.shape[1] == 2 * num_bins:
         return fresh  # pairs: round_pack's heaviest-with-lightest is optimal, no swap helps
+    floor = bin_floor(w, w.shape[1] // num_bins)
+    # Where every layer's hottest bin already meets its bound (the floor, or close enough to
+    # an even split), no search can gain: skip it.
+    # (The search only works on each layer's hottest domain, so only that one's bound counts.)
+    goal = torch.maximum(local_load.sum(-1) / num_bins * (1 + good_enough), floor) * (1 + _TOL)
+    peak, hot = fresh.loads().amax(-1).view(-1, nodes).max(dim=-1)
+    if not bool((peak > goal.view(-1, nodes).gather(1, hot.unsqueeze(1)).squeeze(1)).any()):
+        return fresh
     if num_bins >= 16 and w.shape[1] >= 3 * num_bins:
         # Wide domains with several items per bin: parallel pair rounds toward an even split do
         # most of the work at a fraction of the search's cost per fixed bin. (With two items per
         # bin the cool bins hold only cold pairs, which cannot absorb a hot item.)
         even = local_load.sum(-1) / num_bins * (1 + good_enough)
-        fresh = pair_rounds(fresh, torch.maximum(even, bin_floor(w, w.shape[1] // num_bins)), max_rounds=4)
-    return swap_search(fresh, _search_steps(num_bins), domains_per_layer=nodes, good_enough=good_enough)
+        fresh = pair_rounds(fresh, torch.maximum(even, floor), max_rounds=4)
+    return swap_search(
+        fresh, _search_steps(num_bins), domains_per_layer=nodes, good_enough=good_enough, floor=floor
+    )
 
 
 def _pack_groups(load: torch.Tensor, groups: int, nodes: int) -> torch.Tensor:
     """[L, N, G/N] int64 groups per node (ascending within a node), node loads balanced."""
     num_layers = load.shape[0]
-    if nodes == 1:
-        return torch.arange(groups).expand(num_layers, 1, groups).clone()
+    if nodes == 1 or nodes == groups:
+        # One node, or one group per node: every assignment balances the nodes alike.
+        return torch.arange(groups).view(nodes, -1).expand(num_layers, -1, -1).clone()
     group_load = load.view(num_layers, groups, -1).sum(-1)
     order = torch.argsort(group_load, dim=-1, descending=True, stable=True)
     w = group_load.gather(1, order)
     packed = Bins.from_items(order, w, round_pack(w, nodes))
-    packed = swap_search(packed, _search_steps(nodes))
+    if groups != 2 * nodes:  # pairs: round_pack's heaviest-with-lightest is optimal already
+        packed = swap_search(packed, _search_steps(nodes))
     return packed.ids.sort(dim=-1).values
 
 
@@ -225,7 +318,7 @@ def _stable_node_groups(
     num_layers, num_logical = load.shape
     group_size = num_logical // groups
     per_node = groups // nodes
-    on_node, home, consistent = _node_homes(previous, groups, nodes, group_size)
+    on_node, home, consistent = node_homes(previous, groups, nodes, group_size)
     prev_groups = torch.argsort(home * groups + torch.arange(groups), dim=-1).view(
         num_layers, nodes, per_node
     )
@@ -264,9 +357,10 @@ def _prefer_previous(
     """Per domain: the warm start when it is as good as a fresh plan (or within `_WARM_SLACK` of a
     perfectly even split), else the fresh plan relabelled onto the old GPUs.
 
-    Where the replicas allow an almost even split (`bin_floor` under the even mark) the warm
-    start aims straight for that mark and a fresh plan is only made for layers it misses; where
-    they do not, the fresh plan sets the bar first.
+    The warm start aims for the hottest node's even split, or where its replicas cannot get
+    there, for their floor: the optimal pairing with two per GPU, `bin_floor` otherwise. Fresh
+    plans are made only for the layers it misses, and replace a domain only where they are
+    cooler than its warm start.
 
     Args:
         prev_local: [D, B, k] old contents as node-local ids (-1: not reusable).
@@ -276,38 +370,32 @@ def _prefer_previous(
     """
     num_domains, num_bins, per_bin = prev_local.shape
     nodes = num_domains // num_layers
-    fresh_ids = torch.empty_like(prev_local)
-
-    def plan_fresh(layers: torch.Tensor) -> torch.Tensor:
-        """Fresh plans for every domain of `layers` ([n] bool or int64); returns [n] layer maxima."""
-        rows = (layers.view(-1, 1) * nodes + torch.arange(nodes)).flatten()
-        fresh = _fresh_bins(local_load[rows], counts[rows], num_bins, nodes, good_enough=_WARM_SLACK)
-        fresh_ids[rows] = fresh.ids
-        return fresh.loads().amax(-1).view(-1, nodes).amax(-1)
-
     warm = warm_bins(prev_local, local_load, counts)
     # Targets are per layer (a node that is not its layer's hottest may be less balanced at no
-    # cost to the layer): the hottest node's even split, or the fresh plan's hottest GPU.
+    # cost to the layer).
     even = (local_load.sum(-1) / num_bins).view(num_layers, nodes).amax(-1) * (1 + _WARM_SLACK)
-    floor = bin_floor(warm.w.flatten(1).sort(dim=-1, descending=True).values, per_bin)
-    unreachable = (floor.view(num_layers, nodes).amax(-1) > even).nonzero(as_tuple=True)[0]
-    target = even.clone()
-    if unreachable.numel():
-        target[unreachable] = torch.maximum(plan_fresh(unreachable), even[unreachable])
-    target = target.repeat_interleave(nodes)
+    ordered = warm.w.flatten(1).sort(dim=-1, descending=True).values
+    if per_bin == 2:
+        floor = (ordered[:, :num_bins] + ordered[:, num_bins:].flip(-1)).amax(-1)
+    else:
+        floor = bin_floor(ordered, per_bin)
+    layer_floor = floor.view(num_layers, nodes).amax(-1) * (1 + _TOL)
+    target = torch.maximum(even, layer_floor).repeat_interleave(nodes)
     if per_bin >= 3:
         warm = pair_rounds(warm, target, max_rounds=4, prev_ids=prev_local)
     warm = swap_search(warm, num_bins // 2 + 2, target=target, prev_ids=prev_local)
-    missed = warm.loads().amax(-1) > target * (1 + _TOL)
+    warm_peak = warm.loads().amax(-1)
+    missed = warm_peak > target * (1 + _TOL)
     if not bool(missed.any()):
         return warm.ids
-    planned = torch.zeros(num_layers, dtype=torch.bool)
-    planned[unreachable] = True
-    todo = (missed.view(num_layers, nodes).any(-1) & ~planned).nonzero(as_tuple=True)[0]
-    if todo.numel():
-        plan_fresh(todo)
-    cold = missed.nonzero(as_tuple=True)[0]
-    score = overlap(fresh_ids[cold], prev_local[cold], local_load.shape[1])
+    layers = missed.view(num_layers, nodes).any(-1).nonzero(as_tuple=True)[0]
+    rows = (layers.view(-1, 1) * nodes + torch.arange(nodes)).flatten()
+    fresh = _fresh_bins(local_load[rows], counts[rows], num_bins, nodes, good_enough=_WARM_SLACK)
+    cooler = missed[rows] & (fresh.loads().amax(-1) < warm_peak[rows] * (1 - _TOL))
+    if not bool(cooler.any()):
+        return warm.ids
+    cold, fresh_ids = rows[cooler], fresh.ids[cooler]
+    score = overlap(fresh_ids, prev_local[cold], local_load.shape[1])
     out = warm.ids.clone()
-    out[cold] = apply_relabel(fresh_ids[cold], greedy_match(score))
+    out[cold] = apply_relabel(fresh_ids, greedy_match(score))
     return out

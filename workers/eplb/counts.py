@@ -1,4 +1,5 @@
-"""Replica counts for two slots per GPU: minimise the hottest GPU after pairing.
+"""Replica counts: the greedy optimum for the hottest replica without its loop (`top_counts`),
+and for two slots per GPU a search that minimises the hottest GPU after pairing.
 
 With two slots per GPU the optimal packing pairs the heaviest replica with the lightest, so the
 freedom left is how many replicas each expert gets. DeepSeek's greedy counts minimise the hottest
@@ -18,6 +19,29 @@ _COUNT_EPS = 1e-6
 # Candidate moves are scored on this many pairs at each end of the sorted replicas, where the
 # hot replicas meet their light partners; accepted moves are checked on all pairs.
 _COUNT_PAIRS = 12
+
+
+def top_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """`replica_counts` without its loop over slots: the same hottest replica (ties may differ).
+
+    The greedy hands out the extra replicas in decreasing order of `weight / count`, so they go
+    to the `num_slots - E` largest values of {w_e / c : c >= 1}, and only the `num_slots - E`
+    heaviest experts can receive any: two top-k selections instead of one argmax per slot.
+
+    Args:
+        weight: [D, E] float64 loads; num_slots: slots per domain (>= E).
+    Returns:
+        [D, E] int64 counts, each >= 1, summing to `num_slots` per domain.
+    """
+    num_domains, num_experts = weight.shape
+    extra = num_slots - num_experts
+    counts = torch.ones(num_domains, num_experts, dtype=torch.int64)
+    if extra <= 0:
+        return counts
+    top_w, top_e = torch.topk(weight, min(extra, num_experts), dim=-1)  # [D, k]
+    per_replica = top_w.unsqueeze(-1) / torch.arange(1, extra + 1, dtype=weight.dtype)  # [D, k, extra]
+    chosen = torch.topk(per_replica.flatten(1), extra, dim=-1).indices // extra
+    return counts.scatter_add_(1, top_e.gather(1, chosen), torch.ones_like(chosen))
 
 
 def pair_counts(

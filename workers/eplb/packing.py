@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from moeplane.workers.eplb.optimum import bin_floor
 
 # A swap must shrink the hottest bin by more than this fraction of its load; it keeps float32
 # rounding in the candidate scores from cycling the search.
@@ -58,30 +59,6 @@ def expand_replicas(weight: torch.Tensor, counts: torch.Tensor) -> tuple[torch.T
     return ids.gather(1, order), w.gather(1, order)
 
 
-def bin_floor(w: torch.Tensor, per_bin: int) -> torch.Tensor:
-    """A lower bound on the hottest bin of any packing with `per_bin` items per bin.
-
-    No bin is cooler than the mean bin. And by pigeonhole, for every m < per_bin some bin holds
-    m + 1 of the m*B + 1 heaviest items (B bins), so at least the m + 1 lightest of those, plus
-    `per_bin - m - 1` others no lighter than the lightest items overall (m = 0: the heaviest item
-    and the lightest partners).
-
-    Args:
-        w: [D, n] item loads sorted descending (n a multiple of per_bin).
-    Returns:
-        [D] same dtype.
-    """
-    num_items = w.shape[1]
-    num_bins = num_items // per_bin
-    floor = w.sum(-1) / num_bins
-    light = torch.cumsum(w.flip(-1), dim=-1)  # light[:, j-1]: the j lightest items
-    for m in range(per_bin):
-        top = w[:, m * num_bins - m : m * num_bins + 1].sum(-1) if m else w[:, 0]
-        rest = per_bin - m - 1
-        floor = torch.maximum(floor, top + (light[:, rest - 1] if rest else 0.0))
-    return floor
-
-
 def lpt_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Longest-processing-time packing with equal bin sizes (DeepSeek's `balanced_packing`).
 
@@ -112,10 +89,11 @@ def round_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Round-wise LPT with giants: each round hands the next heaviest items, heaviest first, to
     the bins ordered lightest first; one sort per round, equal bin sizes by construction.
 
-    A "giant" is a first-round item so heavy that its bin exceeds the mean bin whatever joins it;
-    such bins take the lightest items (the heaviest giant the very lightest), as LPT would leave
-    them, and the rounds share the rest among the other bins. With two items per bin this is the
-    optimal pairing (heaviest with lightest).
+    A "giant" is a bin so heavy that it exceeds the mean bin whatever joins it: one holding a
+    very hot item, or (found in a later round) two items from the top of the list. Before each
+    round such bins take the lightest items left for all their free positions (the heaviest
+    giant the very lightest), as LPT would leave them, and the rounds share the rest among the
+    other bins. With two items per bin this is the optimal pairing (heaviest with lightest).
 
     Args:
         w: [D, n] float64 item loads, sorted descending; n is a multiple of num_bins.
@@ -124,36 +102,66 @@ def round_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
     """
     num_domains, num_items = w.shape
     per_bin = num_items // num_bins
-    held = torch.empty(num_domains, num_bins, per_bin, dtype=torch.int64)
+    # Round-major while packing ([k, D, B]): each round's writes are contiguous.
+    held = torch.empty(per_bin, num_domains, num_bins, dtype=torch.int64)
     bins = torch.arange(num_bins)
-    held[:, :, 0] = bins
-    if per_bin == 1:
-        return held
-    rest = per_bin - 1
-    lightest = w[:, num_items - rest :].sum(-1, keepdim=True)
-    giants = (w[:, :num_bins] + lightest > (w.sum(-1, keepdim=True) / num_bins)).sum(-1)  # [D]
-    # Giant bin j takes items n - (j+1)*rest .. n - j*rest - 1.
-    tail = num_items - (bins.view(-1, 1) + 1) * rest + torch.arange(rest)  # [B, rest]
-    is_giant = bins.view(1, -1) < giants.view(-1, 1)  # [D, B]
-    held[:, :, 1:] = torch.where(is_giant.unsqueeze(-1), tail.unsqueeze(0), -1)
+    held[0] = bins
+    if num_bins == 1:
+        return torch.arange(num_items).expand(num_domains, 1, num_items).clone()
     loads = w[:, :num_bins].clone()
-    loads += torch.where(
-        is_giant,
-        w.gather(1, tail.flatten().expand(num_domains, -1)).view(num_domains, num_bins, rest).sum(-1),
-        0.0,
-    )
-    # The others share items num_bins .. n - giants*rest - 1, (num_bins - giants) per round.
-    share = (num_bins - giants).view(-1, 1)  # [D, 1]
-    open_loads = loads.masked_fill(is_giant, float("inf"))
+    mean = w.sum(-1, keepdim=True) / num_bins
+    # cumulative[:, i] = sum of the first i items: the sum of any run of items in two gathers.
+    cumulative = torch.zeros(num_domains, num_items + 1, dtype=w.dtype)
+    cumulative[:, 1:] = torch.cumsum(w, dim=-1)
+    giant = torch.zeros(num_domains, num_bins, dtype=torch.bool)
+    head = torch.full((num_domains, 1), num_bins, dtype=torch.int64)  # next heavy item
+    tail = torch.full((num_domains, 1), num_items, dtype=torch.int64)  # end of the light items left
+    valid = torch.ones(num_domains, num_bins, dtype=torch.bool)  # round slots that hold an item
+    any_giant = False  # until the first giant, every domain takes the same items per round
     for r in range(1, per_bin):
-        lightest_first = torch.argsort(open_loads, dim=-1, stable=True)  # giants last
-        item = num_bins + (r - 1) * share + bins.view(1, -1)  # [D, B]; valid where j < share
-        valid = bins.view(1, -1) < share
-        d_idx, j_idx = valid.nonzero(as_tuple=True)
-        target = lightest_first[d_idx, j_idx]
-        held[d_idx, target, r] = item[d_idx, j_idx]
-        open_loads[d_idx, target] += w[d_idx, item[d_idx, j_idx]]
-    return held
+        rest = per_bin - r
+        # Giants are full: their load reads +inf from here on, which also sorts them last.
+        if any_giant:
+            lightest = cumulative.gather(1, tail) - cumulative.gather(1, (tail - rest).clamp_min(0))
+            new = (loads + lightest > mean) & ~giant
+        else:
+            new = loads + (cumulative[:, -1:] - cumulative[:, num_items - rest : num_items - rest + 1]) > mean
+        num_new = new.sum(-1, keepdim=True)
+        most = int(num_new.max())
+        if most == 0 and not any_giant:
+            lightest_first = torch.argsort(loads, dim=-1, stable=True)
+            first = num_bins * r
+            held[r] = torch.empty_like(lightest_first).scatter_(
+                1, lightest_first, (bins + first).expand(num_domains, -1)
+            )
+            loads.scatter_add_(1, lightest_first, w[:, first : first + num_bins])
+            head += num_bins
+            continue
+        any_giant = True
+        if most:
+            # The k-th heaviest new giant takes items tail - (k+1)*rest .. tail - k*rest - 1.
+            if most == 1:
+                rank = torch.zeros_like(head)
+            elif r == 1:  # one item per bin so far, heaviest first: bin order is load order
+                rank = torch.cumsum(new, dim=-1) - 1
+            else:
+                heaviest_first = torch.argsort(torch.where(new, -loads, float("inf")), dim=-1, stable=True)
+                rank = torch.argsort(heaviest_first, dim=-1)
+            start = (tail - (rank + 1) * rest).clamp(0, num_items - rest)  # clamped: only giants use it
+            block = start.unsqueeze(0) + torch.arange(rest).view(-1, 1, 1)  # [rest, D, B]
+            held[r:] = torch.where(new, block, held[r:])
+            tail -= num_new * rest
+            giant |= new
+            loads.masked_fill_(new, float("inf"))
+            valid = bins.view(1, -1) < (~giant).sum(-1, keepdim=True)
+        # The open bins, lightest first, take the next heaviest items (giants sort last).
+        lightest_first = torch.argsort(loads, dim=-1, stable=True)
+        item = (head + bins.view(1, -1)).clamp_max(num_items - 1)
+        column = torch.empty(num_domains, num_bins, dtype=torch.int64).scatter_(1, lightest_first, item)
+        held[r] = torch.where(giant, held[r], column)
+        loads.scatter_add_(1, lightest_first, torch.where(valid, w.gather(1, item), 0.0))
+        head += valid.sum(-1, keepdim=True)
+    return held.permute(1, 2, 0).contiguous()
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,7 @@ def swap_search(
     domains_per_layer: int = 1,
     good_enough: float = 0.0,
     max_partners: int | None = None,
+    floor: torch.Tensor | None = None,
 ) -> Bins:
     """Local search: repeatedly swap one item of a domain's hottest bin with an item elsewhere.
 
@@ -204,6 +213,7 @@ def swap_search(
     Args:
         bins: the starting assignment (D domains, B bins, k items per bin).
         max_steps: bound on the number of steps (each step is at most one swap per domain).
+        floor: [D] float64 `bin_floor` of the items, if the caller has it (saves a sort).
     Returns:
         the improved assignment.
     """
@@ -218,8 +228,11 @@ def swap_search(
     target32 = None if target is None else (target / scale).to(torch.float32)
     # Stop at the `bin_floor` bound (no swap can go below it), or within `good_enough` of the
     # mean bin (scaled to 1): a perfectly even split is the most any swap could reach.
-    flat = w32.flatten(1).sort(dim=-1, descending=True).values
-    floor = torch.maximum(bin_floor(flat, per_bin), torch.full((num_domains,), 1.0 + good_enough))
+    if floor is None:
+        floor32 = bin_floor(w32.flatten(1).sort(dim=-1, descending=True).values, per_bin)
+    else:
+        floor32 = (floor / scale).to(torch.float32)
+    floor = torch.maximum(floor32, torch.full((num_domains,), 1.0 + good_enough))
     stuck = torch.zeros(num_domains, dtype=torch.bool)
     # Move-aware searches need every bin: the cheapest swap may involve any of them.
     few = max_partners is not None and prev_ids is None
@@ -390,6 +403,18 @@ def stable_slots(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
     Returns:
         [D, B, k] int64: the same multiset per bin as `ids`.
     """
+    per_bin = ids.shape[-1]
+    flat_ids, flat_prev = ids.reshape(-1, per_bin), prev_ids.reshape(-1, per_bin)
+    # Bins whose every position already holds its old expert stay as they are.
+    changed = (flat_ids != flat_prev).any(-1).nonzero(as_tuple=True)[0]
+    out = flat_ids.clone()
+    if changed.numel():
+        out[changed] = _stable_positions(flat_ids[changed], flat_prev[changed])
+    return out.view_as(ids)
+
+
+def _stable_positions(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+    """`stable_slots` of every bin: ids, prev_ids [n, k] int64. Returns [n, k] int64."""
     per_bin = ids.shape[-1]
     earlier = torch.ones(per_bin, per_bin, dtype=torch.bool).tril(-1)
     nth_new = ((ids.unsqueeze(-1) == ids.unsqueeze(-2)) & earlier).sum(-1)

@@ -53,6 +53,9 @@ def rebalance(
         locality_slack: BALANCED only. Where groups fit on nodes, a layer keeps its groups on
             their nodes unless that caps its balancedness more than this fraction below a global
             placement's (0: always global when that is better; 1: always keep groups local).
+            With slack < 1, node-local layers may also trade up to 3 cold replicas per rebalance
+            across nodes (at most 12 per layer off their group's node) where that cools the
+            hottest GPU; 1 keeps groups strictly local.
     Returns:
         a Placement with phy2log [L, R], log2phy [L, E, max_replicas] (padded -1), logcnt [L, E],
         version previous.version + 1 (0 without `previous`).

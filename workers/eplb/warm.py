@@ -91,6 +91,18 @@ def warm_bins(prev_ids: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor
         Bins with the repaired assignment (each slot's load is weight / count of its expert).
     """
     num_domains, num_bins, per_bin = prev_ids.shape
+    per_replica = weight / counts
+    flat_prev = prev_ids.reshape(num_domains, num_bins * per_bin)
+    if bool((flat_prev >= 0).all()):
+        held = torch.zeros_like(counts).scatter_add_(1, flat_prev, torch.ones_like(flat_prev))
+        if torch.equal(held, counts):  # nothing to repair: every replica stays
+            return Bins(prev_ids.clone(), per_replica.gather(1, flat_prev).view_as(prev_ids))
+    return repair_bins(prev_ids, weight, counts)
+
+
+def repair_bins(prev_ids: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> Bins:
+    """`warm_bins` without its shortcut for previous assignments that need no repair."""
+    num_domains, num_bins, per_bin = prev_ids.shape
     num_slots = num_bins * per_bin
     num_experts = weight.shape[1]
     per_replica = weight / counts
@@ -142,3 +154,20 @@ def warm_bins(prev_ids: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor
     ids[d_idx, free_order[d_idx, i_idx]] = need_ids[d_idx, i_idx]
     w = per_replica.gather(1, ids)
     return Bins(ids.view(num_domains, num_bins, per_bin), w.view(num_domains, num_bins, per_bin))
+
+
+def node_homes(
+    previous: torch.Tensor, groups: int, nodes: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each group sat: ([L, G, N] replicas of group g on node m, [L, G] its home node,
+    [L] bool every group wholly on its home and every node holding G/N groups)."""
+    num_layers, num_physical = previous.shape
+    prev_group = previous // group_size
+    prev_node = (torch.arange(num_physical) // (num_physical // nodes)).expand(num_layers, -1)
+    on_node = torch.zeros(num_layers, groups * nodes, dtype=torch.int64)
+    on_node.scatter_add_(1, prev_group * nodes + prev_node, torch.ones_like(prev_group))
+    on_node = on_node.view(num_layers, groups, nodes)
+    home_count, home = on_node.max(dim=-1)
+    per_home = torch.zeros(num_layers, nodes, dtype=torch.int64).scatter_add_(1, home, torch.ones_like(home))
+    consistent = (home_count == on_node.sum(-1)).all(-1) & (per_home == groups // nodes).all(-1)
+    return on_node, home, consistent

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from moeplane.workers.eplb.balanced import _WARM_SLACK as WARM_SLACK
 from moeplane.workers.eplb.metrics import balancedness_bound, moved_slots, placement_balancedness
+from moeplane.workers.eplb.nudge import STRAY_SWAPS
 from moeplane.workers.eplb.rebalance import rebalance
 from moeplane.workers.eplb.types import EplbError, EplbPolicy
 from moeplane.workers.placement import Placement
@@ -32,6 +33,18 @@ def assert_valid(placement: Placement, load: torch.Tensor, num_physical: int) ->
     assert bool((placement.logcnt.sum(-1) == num_physical).all())
     rebuilt = Placement.from_phy2log(placement.phy2log, num_experts)
     assert torch.equal(rebuilt.log2phy, placement.log2phy)
+
+
+def off_node_loads(placement: Placement, load: torch.Tensor, num_groups: int, num_nodes: int) -> list[float]:
+    """Per-replica loads of replicas outside their group's home node (the node holding most of
+    the group's replicas), over all layers."""
+    group = placement.phy2log // (placement.num_logical // num_groups)
+    node = (torch.arange(placement.num_physical) // (placement.num_physical // num_nodes)).expand_as(group)
+    homes = torch.zeros(placement.num_layers, num_groups * num_nodes, dtype=torch.int64)
+    homes.scatter_add_(1, group * num_nodes + node, torch.ones_like(group))
+    home = homes.view(placement.num_layers, num_groups, num_nodes).argmax(-1).gather(1, group)
+    per_replica = (load / placement.logcnt).gather(1, placement.phy2log)
+    return per_replica[home != node].tolist()
 
 
 def groups_stay_on_nodes(placement: Placement, num_groups: int, num_nodes: int) -> bool:
@@ -65,7 +78,10 @@ def test_layers_give_up_node_locality_only_when_it_costs_more_than_the_slack() -
     load = torch.stack([mild, hot_group])
     placement = rebalance(load, 72, 8, 4, 8)
     per_layer = [Placement.from_phy2log(placement.phy2log[i : i + 1], 64) for i in range(2)]
-    assert groups_stay_on_nodes(per_layer[0], 8, 4)
+    # The mild layer stays local but for a few cold replicas traded across nodes.
+    strays = off_node_loads(per_layer[0], load[:1], 8, 4)
+    assert len(strays) <= 2 * STRAY_SWAPS
+    assert all(w <= float(load[0].sum()) / 72 for w in strays)
     assert not groups_stay_on_nodes(per_layer[1], 8, 4)
     strict = rebalance(load, 72, 8, 4, 8, locality_slack=1.0)
     assert groups_stay_on_nodes(strict, 8, 4)
@@ -185,6 +201,10 @@ def test_an_idle_layer_still_gets_a_valid_placement() -> None:
     s=st.floats(0.0, 2.0),
     seed=st.integers(0, 1000),
 )
+# A warm start whose node relabelling must not reuse replicas counted for the old group map.
+@example(num_groups=2, nodes=2, gpus_per_node=3, slots_per_gpu=3, s=0.5625, seed=56)
+# A node-local layer: its warm start is judged against its hottest node's even split.
+@example(num_groups=2, nodes=2, gpus_per_node=3, slots_per_gpu=4, s=0.0, seed=2)
 def test_any_fitting_layout_gives_a_valid_placement_and_a_stable_rerun(
     num_groups: int, nodes: int, gpus_per_node: int, slots_per_gpu: int, s: float, seed: int
 ) -> None:
@@ -207,8 +227,19 @@ def test_any_fitting_layout_gives_a_valid_placement_and_a_stable_rerun(
     fresh = rebalance(moved, num_physical, num_groups, nodes, num_gpus)
     # The warm start never settles for less balance than our fresh plan, unless it is already
     # within the warm slack of a perfectly even split (moving weights for the last few tenths of
-    # a percent is not worth it).
-    fresh_floor = float(placement_balancedness(moved, fresh, num_gpus).min()) * (1 - 1e-4)
-    assert float(placement_balancedness(moved, second, num_gpus).min()) >= min(
-        fresh_floor, 1 / (1 + WARM_SLACK) - 1e-9
-    )
+    # a percent is not worth it): of all GPUs, or in a layer whose groups stay on their nodes,
+    # of the hottest node's GPUs (no such placement does better).
+    mean = moved.sum(-1) / num_gpus
+    even = mean.clone()
+    group_load = moved.view(3, num_groups, -1).sum(-1)
+    slot_group = second.phy2log // (num_experts // num_groups)
+    for layer in range(3 if num_groups % nodes == 0 and nodes > 1 else 0):
+        if groups_stay_on_nodes(
+            Placement.from_phy2log(second.phy2log[layer : layer + 1], num_experts), num_groups, nodes
+        ):
+            per_node = slot_group[layer].view(nodes, -1)
+            even[layer] = max(float(group_load[layer, g.unique()].sum()) for g in per_node) / gpus_per_node
+    ceiling = mean / (even * (1 + WARM_SLACK)) - 1e-9
+    fresh_floor = placement_balancedness(moved, fresh, num_gpus) * (1 - 1e-4)
+    got = placement_balancedness(moved, second, num_gpus)
+    assert bool((got >= torch.minimum(fresh_floor, ceiling)).all())
