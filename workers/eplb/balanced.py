@@ -15,7 +15,7 @@ may still trade places across nodes where that cools the hottest GPU (`nudge.str
    pairing (`pair_counts`), which greedy counts do not: splitting a cold expert, for one, gives
    the hot replicas lighter partners. A rebalance keeps the previous counts where they pair
    no hotter.
-3. With a previous placement: first the shortcuts of `nudge` (move-aware swaps within the
+3. With a previous placement: first the shortcuts of `nudge` (swaps within the
    current placement until it is within `_WARM_SLACK` of an even split; without redundancy,
    stray swaps up to the tight bound). Only the layers they do not settle go on: a warm start
    keeps every replica that still fits in its old slot, fills the freed slots, and swaps
@@ -36,12 +36,12 @@ from moeplane.workers.eplb.nudge import nudge, optimal_and_local, strays
 from moeplane.workers.eplb.optimum import bin_floor
 from moeplane.workers.eplb.packing import (
     Bins,
-    expand_replicas,
-    pair_rounds,
     round_pack,
     stable_slots,
     swap_search,
 )
+from moeplane.workers.eplb.pairs import pair_rounds
+from moeplane.workers.eplb.sorting import sorted_desc, sorted_replicas
 from moeplane.workers.eplb.types import EplbLayout
 from moeplane.workers.eplb.warm import apply_relabel, greedy_match, node_homes, overlap, warm_bins
 
@@ -79,6 +79,8 @@ def balanced_placement(
     out, done = nudge(load, previous, layout, _WARM_SLACK)
     if bool(done.all()):
         return out
+    if not bool(done.any()):
+        return _replace(load, layout, previous, locality_slack)
     rows = (~done).nonzero(as_tuple=True)[0]
     sub = dataclasses.replace(layout, num_layers=rows.numel())
     out[rows] = _replace(load[rows], sub, previous[rows], locality_slack)
@@ -99,7 +101,7 @@ def _replace(
         if bool(done.all()):
             return tried
         rows = (~done).nonzero(as_tuple=True)[0]
-        out = tried.clone()
+        out = tried  # a fresh tensor from `strays`
         sub = dataclasses.replace(layout, num_layers=rows.numel())
         out[rows] = _balanced(load[rows], sub, previous[rows], locality_slack)
         return out
@@ -130,11 +132,13 @@ def _balanced(
 
 
 class _Replicas(NamedTuple):
-    """Replicas of every domain: counts [D, E'] int64, and `expand_replicas`' ids, w [D, n]."""
+    """Replicas of every domain: counts [D, E'] int64, `sorted_replicas`' ids, w [D, n], and
+    floor [D] float64, their `bin_floor` (the packing's bound, reused by the search)."""
 
     counts: torch.Tensor
     ids: torch.Tensor
     w: torch.Tensor
+    floor: torch.Tensor
 
 
 def _keep_local(
@@ -166,13 +170,15 @@ def _keep_local(
     exact = torch.zeros(num_layers, dtype=torch.bool)
     global_ids = torch.empty(num_layers, layout.num_physical, dtype=torch.int64)
     global_w = torch.empty(num_layers, layout.num_physical, dtype=torch.float64)
+    global_floor = torch.empty(num_layers, dtype=torch.float64)
 
     def sharpen(wanted: torch.Tensor) -> None:
         """The full global floor (and replicas) of the `wanted` ([L] bool) layers."""
         rows = (wanted & ~exact).nonzero(as_tuple=True)[0]
         if rows.numel():
-            global_ids[rows], global_w[rows] = expand_replicas(load[rows], counts[rows])
-            global_peak[rows] = bin_floor(global_w[rows], per_gpu) * (1 + _TOL)
+            global_ids[rows], global_w[rows] = sorted_replicas(load[rows], counts[rows])
+            global_floor[rows] = bin_floor(global_w[rows], per_gpu)
+            global_peak[rows] = global_floor[rows] * (1 + _TOL)
             exact[rows] = True
 
     keep_factor = torch.full((num_layers,), 1 - slack, dtype=torch.float64)
@@ -185,22 +191,26 @@ def _keep_local(
     sharpen(node_bar > global_peak)
     keep = node_bar <= global_peak
     rows = keep.nonzero(as_tuple=True)[0]
-    local_reps = _Replicas(*(t[:0] for t in (counts, global_ids, global_w)))
+    local_reps = _Replicas(*(t[:0] for t in (counts, global_ids, global_w, global_floor)))
     if rows.numel():
         mlog2log = node_experts(node_groups[rows], group_size)
         local_load = load[rows].gather(1, mlog2log.flatten(1)).view(rows.numel() * nodes, -1)
         local_counts = top_counts(local_load, layout.num_physical // nodes)
-        local_reps = _Replicas(local_counts, *expand_replicas(local_load, local_counts))
-        local_bar = bin_floor(local_reps.w, per_gpu).view(-1, nodes).amax(-1) * keep_factor[rows]
+        local_ids, local_w = sorted_replicas(local_load, local_counts)
+        local_floor = bin_floor(local_w, per_gpu)
+        local_reps = _Replicas(local_counts, local_ids, local_w, local_floor)
+        local_bar = local_floor.view(-1, nodes).amax(-1) * keep_factor[rows]
         unsure = torch.zeros(num_layers, dtype=torch.bool)
         unsure[rows] = local_bar > global_peak[rows]
         sharpen(unsure)
         stays = local_bar <= global_peak[rows]
         keep[rows] = stays
-        local_reps = _Replicas(*(t[stays.repeat_interleave(nodes)] for t in local_reps))
+        if not bool(stays.all()):
+            local_reps = _Replicas(*(t[stays.repeat_interleave(nodes)] for t in local_reps))
     sharpen(~keep)
     rows = (~keep).nonzero(as_tuple=True)[0]
-    return keep, _Replicas(counts[rows], global_ids[rows], global_w[rows]), local_reps
+    global_reps = _Replicas(counts[rows], global_ids[rows], global_w[rows], global_floor[rows])
+    return keep, global_reps, local_reps
 
 
 def _place(
@@ -236,16 +246,16 @@ def _place(
 
     # Stage 2: replicas per expert within each node (or globally).
     local_load = load.gather(1, mlog2log.flatten(1)).view(num_domains, -1)
-    expanded = None
+    expanded, floor = None, None
     if replicas is not None:
-        counts, expanded = replicas.counts, (replicas.ids, replicas.w)
+        counts, expanded, floor = replicas.counts, (replicas.ids, replicas.w), replicas.floor
     elif counts is None or nodes > 1:
         counts = top_counts(local_load, slots_per_node)
     prev_local = None
     if previous is not None:
         prev_local = _previous_local(previous, mlog2log, nodes).view(num_domains, gpus_per_node, per_gpu)
     if per_gpu == 2:
-        expanded = None
+        expanded, floor = None, None  # the counts change
         counts, peak = _pair_search(local_load, counts, _COUNT_STEPS, _COUNT_DONORS)
         if prev_local is not None:
             # The fresh plan's counts set the bar; the previous ones are kept where they pair
@@ -254,7 +264,7 @@ def _place(
 
     # Stage 3: replicas onto GPUs.
     if prev_local is None:
-        local = _fresh_bins(local_load, counts, gpus_per_node, nodes, expanded=expanded).ids
+        local = _fresh_bins(local_load, counts, gpus_per_node, nodes, expanded=expanded, floor=floor).ids
     else:
         local = _prefer_previous(prev_local, local_load, counts, num_layers)
         local = stable_slots(local, prev_local)
@@ -268,15 +278,18 @@ def _fresh_bins(
     nodes: int,
     good_enough: float = _GOOD_ENOUGH,
     expanded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    floor: torch.Tensor | None = None,
 ) -> Bins:
     """A fresh packing of every domain's replicas: round-wise LPT, then the swap search.
 
-    `expanded`: `expand_replicas(local_load, counts)` if already computed."""
-    ids, w = expand_replicas(local_load, counts) if expanded is None else expanded
+    `expanded`: `sorted_replicas(local_load, counts)`, and `floor` their `bin_floor`, if
+    already computed (`expanded` is then required)."""
+    ids, w = sorted_replicas(local_load, counts) if expanded is None else expanded
     fresh = Bins.from_items(ids, w, round_pack(w, num_bins))
     if w.shape[1] == 2 * num_bins:
         return fresh  # pairs: round_pack's heaviest-with-lightest is optimal, no swap helps
-    floor = bin_floor(w, w.shape[1] // num_bins)
+    if floor is None or expanded is None:
+        floor = bin_floor(w, w.shape[1] // num_bins)
     # Where every layer's hottest bin already meets its bound (the floor, or close enough to
     # an even split), no search can gain: skip it.
     # (The search only works on each layer's hottest domain, so only that one's bound counts.)
@@ -303,10 +316,13 @@ def _pack_groups(load: torch.Tensor, groups: int, nodes: int) -> torch.Tensor:
         return torch.arange(groups).view(nodes, -1).expand(num_layers, -1, -1).clone()
     group_load = load.view(num_layers, groups, -1).sum(-1)
     order = torch.argsort(group_load, dim=-1, descending=True, stable=True)
+    if groups == 2 * nodes:
+        # Pairs: node i takes the i-th heaviest group and the i-th lightest (what round_pack
+        # gives, and optimal), without its rounds.
+        pairs = torch.stack([order[:, :nodes], order[:, nodes:].flip(-1)], dim=-1)
+        return pairs.sort(dim=-1).values
     w = group_load.gather(1, order)
-    packed = Bins.from_items(order, w, round_pack(w, nodes))
-    if groups != 2 * nodes:  # pairs: round_pack's heaviest-with-lightest is optimal already
-        packed = swap_search(packed, _search_steps(nodes))
+    packed = swap_search(Bins.from_items(order, w, round_pack(w, nodes)), _search_steps(nodes))
     return packed.ids.sort(dim=-1).values
 
 
@@ -322,6 +338,10 @@ def _stable_node_groups(
     prev_groups = torch.argsort(home * groups + torch.arange(groups), dim=-1).view(
         num_layers, nodes, per_node
     )
+    if per_node == 1 and bool((torch.sort(home, dim=-1).values == torch.arange(groups)).all()):
+        # One group per node, each node home to one: every map balances nodes alike, and the
+        # relabelling below sends each group home, which is the previous map.
+        return prev_groups
 
     group_load = load.view(num_layers, groups, group_size).sum(-1)
     fresh_max = group_load.gather(1, fresh.flatten(1)).view(num_layers, nodes, per_node).sum(-1).amax(-1)
@@ -374,7 +394,7 @@ def _prefer_previous(
     # Targets are per layer (a node that is not its layer's hottest may be less balanced at no
     # cost to the layer).
     even = (local_load.sum(-1) / num_bins).view(num_layers, nodes).amax(-1) * (1 + _WARM_SLACK)
-    ordered = warm.w.flatten(1).sort(dim=-1, descending=True).values
+    ordered = sorted_desc(warm.w.flatten(1))
     if per_bin == 2:
         floor = (ordered[:, :num_bins] + ordered[:, num_bins:].flip(-1)).amax(-1)
     else:
@@ -383,7 +403,8 @@ def _prefer_previous(
     target = torch.maximum(even, layer_floor).repeat_interleave(nodes)
     if per_bin >= 3:
         warm = pair_rounds(warm, target, max_rounds=4, prev_ids=prev_local)
-    warm = swap_search(warm, num_bins // 2 + 2, target=target, prev_ids=prev_local)
+    # `floor` bounds every packing of these replicas: the search need not find its own.
+    warm = swap_search(warm, num_bins // 2 + 2, target=target, prev_ids=prev_local, floor=floor)
     warm_peak = warm.loads().amax(-1)
     missed = warm_peak > target * (1 + _TOL)
     if not bool(missed.any()):

@@ -9,7 +9,7 @@ single replica; this local search minimises the hottest pair, vectorised over la
 from __future__ import annotations
 
 import torch
-from moeplane.workers.eplb.packing import expand_replicas
+from moeplane.workers.eplb.sorting import sorted_replicas
 
 # Replica-count search: steps (each moves one replica per domain), and the relative cooling a
 # move must bring (candidates are scored in float32).
@@ -76,7 +76,7 @@ def _pair_search(
     num_domains, num_experts = counts.shape
     if num_experts < 2 or int(counts[0].sum()) % 2:
         return counts, torch.zeros(num_domains, dtype=torch.float64)
-    ids, w = expand_replicas(weight, counts)
+    ids, w = sorted_replicas(weight, counts)
     num_pairs = min(w.shape[1] // 2, _COUNT_PAIRS)
     peak, hot = _pair_peaks(w)
     active = peak > 0
@@ -151,7 +151,7 @@ def _pair_start(
     prev = torch.zeros_like(searched).scatter_add_(1, flat.clamp_min(0), torch.ones_like(flat))
     whole = (flat >= 0).all(-1) & (prev >= 1).all(-1)
     prev = torch.where(whole.view(-1, 1), prev, searched)
-    use_prev = _pair_peaks(expand_replicas(weight, prev)[1])[0] <= searched_peak
+    use_prev = _pair_peaks(sorted_replicas(weight, prev)[1])[0] <= searched_peak
     return torch.where(use_prev.view(-1, 1), prev, searched)
 
 

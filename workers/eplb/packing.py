@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy
 import torch
 from moeplane.workers.eplb.optimum import bin_floor
-
-# A swap must shrink the hottest bin by more than this fraction of its load; it keeps float32
-# rounding in the candidate scores from cycling the search.
-_REL_EPS = 1e-5
+from moeplane.workers.eplb.search import _REL_EPS, bin_loads, numpy_search
+from moeplane.workers.eplb.sorting import sorted_desc
 
 
 def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -102,66 +101,73 @@ def round_pack(w: torch.Tensor, num_bins: int) -> torch.Tensor:
     """
     num_domains, num_items = w.shape
     per_bin = num_items // num_bins
-    # Round-major while packing ([k, D, B]): each round's writes are contiguous.
-    held = torch.empty(per_bin, num_domains, num_bins, dtype=torch.int64)
-    bins = torch.arange(num_bins)
-    held[0] = bins
     if num_bins == 1:
         return torch.arange(num_items).expand(num_domains, 1, num_items).clone()
-    loads = w[:, :num_bins].clone()
-    mean = w.sum(-1, keepdim=True) / num_bins
-    # cumulative[:, i] = sum of the first i items: the sum of any run of items in two gathers.
-    cumulative = torch.zeros(num_domains, num_items + 1, dtype=w.dtype)
-    cumulative[:, 1:] = torch.cumsum(w, dim=-1)
-    giant = torch.zeros(num_domains, num_bins, dtype=torch.bool)
-    head = torch.full((num_domains, 1), num_bins, dtype=torch.int64)  # next heavy item
-    tail = torch.full((num_domains, 1), num_items, dtype=torch.int64)  # end of the light items left
-    valid = torch.ones(num_domains, num_bins, dtype=torch.bool)  # round slots that hold an item
+    # numpy: the rounds are many small operations, each several times cheaper than in torch.
+    # The sums come from torch, so the giant tests compare the same numbers on every path.
+    wn = w.numpy()
+    mean = (w.sum(-1, keepdim=True) / num_bins).numpy()
+    # cumulative[:, i] = sum of the first i items: the sum of any run of items in two lookups.
+    cumulative = numpy.zeros((num_domains, num_items + 1), dtype=wn.dtype)
+    cumulative[:, 1:] = torch.cumsum(w, dim=-1).numpy()
+    # Round-major while packing ([k, D, B]): each round's writes are contiguous.
+    held = numpy.empty((per_bin, num_domains, num_bins), dtype=numpy.int64)
+    bins = numpy.arange(num_bins)
+    held[0] = bins
+    loads = wn[:, :num_bins].copy()
+    giant = numpy.zeros((num_domains, num_bins), dtype=bool)
+    head = numpy.full((num_domains, 1), num_bins, dtype=numpy.int64)  # next heavy item
+    tail = numpy.full((num_domains, 1), num_items, dtype=numpy.int64)  # end of the light items left
+    rows = numpy.arange(num_domains)[:, None]
+    open_bins = numpy.full((num_domains, 1), num_bins, dtype=numpy.int64)  # bins not giant
     any_giant = False  # until the first giant, every domain takes the same items per round
     for r in range(1, per_bin):
         rest = per_bin - r
         # Giants are full: their load reads +inf from here on, which also sorts them last.
         if any_giant:
-            lightest = cumulative.gather(1, tail) - cumulative.gather(1, (tail - rest).clamp_min(0))
+            lo = numpy.maximum(tail - rest, 0)
+            lightest = numpy.take_along_axis(cumulative, tail, 1) - numpy.take_along_axis(cumulative, lo, 1)
             new = (loads + lightest > mean) & ~giant
         else:
             new = loads + (cumulative[:, -1:] - cumulative[:, num_items - rest : num_items - rest + 1]) > mean
-        num_new = new.sum(-1, keepdim=True)
+        num_new = new.sum(-1, keepdims=True)
         most = int(num_new.max())
         if most == 0 and not any_giant:
-            lightest_first = torch.argsort(loads, dim=-1, stable=True)
+            lightest_first = numpy.argsort(loads, axis=-1, kind="stable")
             first = num_bins * r
-            held[r] = torch.empty_like(lightest_first).scatter_(
-                1, lightest_first, (bins + first).expand(num_domains, -1)
-            )
-            loads.scatter_add_(1, lightest_first, w[:, first : first + num_bins])
+            held[r][rows, lightest_first] = bins + first
+            loads += numpy.take_along_axis(wn, held[r], 1)
             head += num_bins
             continue
         any_giant = True
         if most:
             # The k-th heaviest new giant takes items tail - (k+1)*rest .. tail - k*rest - 1.
             if most == 1:
-                rank = torch.zeros_like(head)
+                rank = numpy.zeros_like(head)
             elif r == 1:  # one item per bin so far, heaviest first: bin order is load order
-                rank = torch.cumsum(new, dim=-1) - 1
+                rank = numpy.cumsum(new, axis=-1) - 1
             else:
-                heaviest_first = torch.argsort(torch.where(new, -loads, float("inf")), dim=-1, stable=True)
-                rank = torch.argsort(heaviest_first, dim=-1)
-            start = (tail - (rank + 1) * rest).clamp(0, num_items - rest)  # clamped: only giants use it
-            block = start.unsqueeze(0) + torch.arange(rest).view(-1, 1, 1)  # [rest, D, B]
-            held[r:] = torch.where(new, block, held[r:])
+                heaviest_first = numpy.argsort(numpy.where(new, -loads, numpy.inf), axis=-1, kind="stable")
+                rank = numpy.empty_like(heaviest_first)
+                rank[rows, heaviest_first] = bins
+            # Clamped: only giants use it.
+            start = numpy.minimum(numpy.maximum(tail - (rank + 1) * rest, 0), num_items - rest)
+            block = start[None] + numpy.arange(rest).reshape(-1, 1, 1)  # [rest, D, B]
+            held[r:] = numpy.where(new, block, held[r:])
             tail -= num_new * rest
             giant |= new
-            loads.masked_fill_(new, float("inf"))
-            valid = bins.view(1, -1) < (~giant).sum(-1, keepdim=True)
+            loads[new] = numpy.inf
+            open_bins = (~giant).sum(-1, keepdims=True)
         # The open bins, lightest first, take the next heaviest items (giants sort last).
-        lightest_first = torch.argsort(loads, dim=-1, stable=True)
-        item = (head + bins.view(1, -1)).clamp_max(num_items - 1)
-        column = torch.empty(num_domains, num_bins, dtype=torch.int64).scatter_(1, lightest_first, item)
-        held[r] = torch.where(giant, held[r], column)
-        loads.scatter_add_(1, lightest_first, torch.where(valid, w.gather(1, item), 0.0))
-        head += valid.sum(-1, keepdim=True)
-    return held.permute(1, 2, 0).contiguous()
+        lightest_first = numpy.argsort(loads, axis=-1, kind="stable")
+        item = numpy.minimum(head + bins.reshape(1, -1), num_items - 1)
+        column = numpy.empty((num_domains, num_bins), dtype=numpy.int64)
+        column[rows, lightest_first] = item
+        held[r] = numpy.where(giant, held[r], column)
+        # Each open bin gains its item; giants read +inf whatever is added.
+        loads += numpy.take_along_axis(wn, column, 1)
+        head += open_bins
+    return torch.from_numpy(held.transpose(1, 2, 0).copy())
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ class Bins:
 
     def loads(self) -> torch.Tensor:
         """[D, B] float64 load per bin."""
-        return self.w.sum(-1)
+        return bin_loads(self.w)
 
 
 def swap_search(
@@ -229,35 +235,42 @@ def swap_search(
     # Stop at the `bin_floor` bound (no swap can go below it), or within `good_enough` of the
     # mean bin (scaled to 1): a perfectly even split is the most any swap could reach.
     if floor is None:
-        floor32 = bin_floor(w32.flatten(1).sort(dim=-1, descending=True).values, per_bin)
+        floor32 = bin_floor(sorted_desc(w32.flatten(1)), per_bin)
     else:
         floor32 = (floor / scale).to(torch.float32)
     floor = torch.maximum(floor32, torch.full((num_domains,), 1.0 + good_enough))
     stuck = torch.zeros(num_domains, dtype=torch.bool)
+    bin_size = num_bins * per_bin
+    flats = (ids.view(-1), w.view(-1), w32.view(-1))
     # Move-aware searches need every bin: the cheapest swap may involve any of them.
     few = max_partners is not None and prev_ids is None
     num_partners = min(num_bins, max_partners) if few and max_partners is not None else num_bins
+    if num_partners == num_bins and (prev_ids is None or target32 is not None):
+        prev = None if prev_ids is None else prev_ids.reshape(num_domains, num_bins, per_bin)
+        numpy_search(w32, (ids, w, w32), prev, floor, stuck, scale, target32, max_steps, domains_per_layer)
+        return Bins(ids, w)
     for _ in range(max_steps):
-        hot_all = w32.sum(-1).amax(-1)
+        all_loads = bin_loads(w32)
+        hot_all = all_loads.amax(-1)
         stuck |= hot_all <= floor * (1 + _REL_EPS)
         if target32 is not None:
             active = ~stuck & (hot_all > target32 * (1 + _REL_EPS))
+        elif domains_per_layer == 1:
+            active = ~stuck
         else:
-            # Domains of a layer compare in tokens, not in their own scaled units.
-            hot_tokens = hot_all.to(torch.float64) * scale
-            layer_hot = hot_tokens.view(-1, domains_per_layer).amax(-1).repeat_interleave(domains_per_layer)
-            is_hot = hot_tokens >= layer_hot * (1 - _REL_EPS)
+            # Domains of a layer compare in tokens, not in their own scaled units ([L, N] views).
+            hot_tokens = (hot_all.to(torch.float64) * scale).view(-1, domains_per_layer)
+            is_hot = hot_tokens >= hot_tokens.amax(-1, keepdim=True) * (1 - _REL_EPS)
             # A layer whose hottest domain is stuck cannot improve: stop all of its domains.
-            blocked = (
-                (stuck & is_hot).view(-1, domains_per_layer).any(-1).repeat_interleave(domains_per_layer)
-            )
-            active = ~stuck & is_hot & ~blocked
+            by_layer = stuck.view(-1, domains_per_layer)
+            blocked = (by_layer & is_hot).any(-1, keepdim=True)
+            active = (~by_layer & is_hot & ~blocked).view(-1)
         rows = active.nonzero(as_tuple=True)[0]
         n = rows.numel()
         if n == 0:
             break
         sub_w = w32[rows]
-        loads = sub_w.sum(-1)
+        loads = all_loads[rows]
         hot_load, hot = loads.max(dim=-1)
         local = torch.arange(n)
         # Partners: every bin, or (cold searches on wide domains) the coolest few, which have
@@ -290,78 +303,11 @@ def swap_search(
         j, pj = other // per_bin, other % per_bin
         if partner is not None:
             j = partner[improves].gather(1, j.unsqueeze(1)).squeeze(1)
-        for t in (ids, w, w32):
-            t_i, t_j = t[r, b, pi], t[r, j, pj]
-            t[r, b, pi], t[r, j, pj] = t_j, t_i
-    return Bins(ids, w)
-
-
-def pair_rounds(
-    bins: Bins, target: torch.Tensor, max_rounds: int, prev_ids: torch.Tensor | None = None
-) -> Bins:
-    """Parallel pair balancing: each round pairs every bin above `target` with a cool bin
-    (hottest with coolest) and applies, in all pairs at once, the best swap within each pair.
-
-    Pairs never share a bin (the hot half against the cool half), so one round fixes many bins;
-    stragglers are left to `swap_search`, which considers every partner. The best swap is the
-    one that cools the pair most; with `prev_ids` ([D, B, k], the expert each position held
-    before), swaps that bring both bins under the target come first, fewest newly moved weights
-    first (warm starts).
-
-    Args:
-        bins: [D, B, k] assignment; target: [D] float64 load to get under.
-    Returns:
-        the improved assignment.
-    """
-    ids, w = bins.ids.clone(), bins.w.clone()
-    _, num_bins, per_bin = w.shape
-    if num_bins < 2:
-        return Bins(ids, w)
-    scale = target.clamp_min(1e-300)
-    w32 = (w / scale.view(-1, 1, 1)).to(torch.float32)  # the target is 1 in these units
-    limit = 1 + _REL_EPS
-    for _ in range(max_rounds):
-        over_all = w32.sum(-1) > limit
-        active = over_all.any(-1).nonzero(as_tuple=True)[0]
-        if active.numel() == 0:
-            break
-        # Only domains with a bin over target are computed on, with as many pairs as the worst.
-        sub_w = w32[active]
-        loads = sub_w.sum(-1)
-        pairs = min(int(over_all[active].sum(-1).max()), num_bins // 2)
-        rows = torch.arange(active.numel()).view(-1, 1)
-        order = torch.argsort(loads, dim=-1, descending=True)
-        hot_b, cool_b = order[:, :pairs], order.flip(-1)[:, :pairs]  # [n, h]
-        hot_load = loads.gather(1, hot_b)[..., None, None]
-        cool_load = loads.gather(1, cool_b)[..., None, None]
-        delta = sub_w[rows, hot_b].unsqueeze(-1) - sub_w[rows, cool_b].unsqueeze(-2)  # [n, h, k, k]
-        after = torch.maximum(hot_load - delta, cool_load + delta)
-        if prev_ids is not None:
-            sub_ids, sub_prev = ids[active], prev_ids[active]
-            hot_ids, cool_ids = sub_ids[rows, hot_b].unsqueeze(-1), sub_ids[rows, cool_b].unsqueeze(-2)
-            hot_prev, cool_prev = sub_prev[rows, hot_b].unsqueeze(-1), sub_prev[rows, cool_b].unsqueeze(-2)
-            # Positions kept before the swap minus after it: the weights the swap newly moves.
-            added = (
-                (hot_ids == hot_prev).to(torch.int8)
-                + (cool_ids == cool_prev).to(torch.int8)
-                - (cool_ids == hot_prev).to(torch.int8)
-                - (hot_ids == cool_prev).to(torch.int8)
-            )
-            # After/hot is in [0, 1) for useful swaps, so the bands never overlap.
-            key = torch.where(after <= limit, added * 2 + after / hot_load, 10 + after / hot_load)
-        else:
-            key = after
-        best = key.flatten(2).argmin(-1)  # [n, h]
-        best_after = after.flatten(2).gather(2, best.unsqueeze(-1)).squeeze(-1)
-        apply = (hot_load[..., 0, 0] > limit) & (best_after < hot_load[..., 0, 0] * (1 - _REL_EPS))
-        if not bool(apply.any()):
-            break
-        r, p = apply.nonzero(as_tuple=True)
-        d, hb, cb = active[r], hot_b[r, p], cool_b[r, p]
-        pi, pj = best[r, p] // per_bin, best[r, p] % per_bin
-        for t in (ids, w, w32):
-            t_i, t_j = t[d, hb, pi], t[d, cb, pj]
-            t[d, hb, pi], t[d, cb, pj] = t_j, t_i
+        first = r * bin_size + b * per_bin + pi
+        second = r * bin_size + j * per_bin + pj
+        for t in flats:
+            t_i, t_j = t[first], t[second]
+            t[first], t[second] = t_j, t_i
     return Bins(ids, w)
 
 
@@ -383,13 +329,14 @@ def _move_aware_key(
     n, per_bin = hot_ids.shape
     ids_i, prev_i = hot_ids.view(n, per_bin, 1, 1), hot_prev.view(n, per_bin, 1, 1)
     ids_j, prev_j = all_ids.unsqueeze(1), all_prev.unsqueeze(1)
-    kept_now = (ids_i == prev_i).to(torch.float32) + (ids_j == prev_j).to(torch.float32)
-    kept_after = (ids_j == prev_i).to(torch.float32) + (ids_i == prev_j).to(torch.float32)
+    kept_now = (ids_i == prev_i).to(torch.int8) + (ids_j == prev_j).to(torch.int8)
+    kept_after = (ids_j == prev_i).to(torch.int8) + (ids_i == prev_j).to(torch.int8)
     added = kept_now - kept_after  # in [-2, 2]
     scaled = after / hot_load.view(-1, 1, 1, 1)
-    reaches = after <= target.view(-1, 1, 1, 1) * (1 + _REL_EPS)
-    # Useful swaps have `scaled` in [0, 1), so the bands never overlap.
-    return torch.where(reaches, added * 2 + scaled, 10 + scaled)
+    reaches = (after <= target.view(-1, 1, 1, 1) * (1 + _REL_EPS)).to(torch.int8)
+    # Useful swaps have `scaled` in [0, 1), so the bands never overlap. The band offset is
+    # built with integer arithmetic: boolean selects are slow on the CPU.
+    return (added * 2 * reaches + (1 - reaches) * 10) + scaled
 
 
 def stable_slots(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:

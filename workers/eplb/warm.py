@@ -7,8 +7,11 @@ replica counts still allow where it was, filling only the freed slots.
 
 from __future__ import annotations
 
+import numpy
 import torch
 from moeplane.workers.eplb.packing import Bins
+from moeplane.workers.eplb.search import bin_loads
+from moeplane.workers.eplb.sorting import argsort_desc
 
 
 def overlap(new_ids: torch.Tensor, old_ids: torch.Tensor, num_ids: int) -> torch.Tensor:
@@ -101,59 +104,71 @@ def warm_bins(prev_ids: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor
 
 
 def repair_bins(prev_ids: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> Bins:
-    """`warm_bins` without its shortcut for previous assignments that need no repair."""
+    """`warm_bins` without its shortcut for previous assignments that need no repair.
+
+    In numpy (a few dozen small operations, each several times cheaper than in torch); the
+    GPU sums and the sort of GPUs by load stay in torch, so that equal loads rank as before.
+    """
     num_domains, num_bins, per_bin = prev_ids.shape
     num_slots = num_bins * per_bin
     num_experts = weight.shape[1]
-    per_replica = weight / counts
-    flat_prev = prev_ids.reshape(num_domains, num_slots)
+    per_replica = (weight / counts).numpy()
+    counts_n = counts.numpy()
+    flat_prev = prev_ids.reshape(num_domains, num_slots).numpy()
     valid = flat_prev >= 0
-    safe_prev = flat_prev.clamp_min(0)
+    safe_prev = numpy.maximum(flat_prev, 0)
+    rows = numpy.arange(num_domains)[:, None]
 
     # Rank each old replica among its expert's replicas, coolest GPU first (by the new loads).
-    slot_w = torch.where(valid, per_replica.gather(1, safe_prev), 0.0)
-    gpu_rank = torch.argsort(torch.argsort(slot_w.view(num_domains, num_bins, per_bin).sum(-1), dim=1), dim=1)
-    slot_rank = gpu_rank.repeat_interleave(per_bin, dim=1) * per_bin + torch.arange(per_bin).repeat(num_bins)
-    key = torch.where(valid, flat_prev, num_experts) * num_slots + slot_rank
-    order = torch.argsort(key, dim=1)
-    sorted_e = torch.where(valid, flat_prev, num_experts).gather(1, order)
-    pos = torch.arange(num_slots).expand(num_domains, -1)
-    starts = torch.ones_like(sorted_e, dtype=torch.bool)
+    slot_w = numpy.where(valid, numpy.take_along_axis(per_replica, safe_prev, 1), 0.0)
+    gpu_order = torch.argsort(bin_loads(torch.from_numpy(slot_w).view(num_domains, num_bins, per_bin)), dim=1)
+    gpu_rank = numpy.empty((num_domains, num_bins), dtype=numpy.int64)
+    gpu_rank[rows, gpu_order.numpy()] = numpy.arange(num_bins)
+    slot_rank = numpy.repeat(gpu_rank, per_bin, axis=1) * per_bin + numpy.tile(
+        numpy.arange(per_bin), num_bins
+    )
+    expert = numpy.where(valid, flat_prev, num_experts)
+    order = numpy.argsort(expert * num_slots + slot_rank, axis=1)  # unique keys: any sort agrees
+    sorted_e = numpy.take_along_axis(expert, order, 1)
+    pos = numpy.arange(num_slots)
+    starts = numpy.ones_like(sorted_e, dtype=bool)
     starts[:, 1:] = sorted_e[:, 1:] != sorted_e[:, :-1]
-    run_start = torch.cummax(torch.where(starts, pos, 0), dim=1).values
-    replica_rank = torch.empty_like(order).scatter_(1, order, pos - run_start)
-    keep = valid & (replica_rank < counts.gather(1, safe_prev))
+    run_start = numpy.maximum.accumulate(numpy.where(starts, pos, 0), axis=1)
+    replica_rank = numpy.empty_like(order)
+    replica_rank[rows, order] = pos - run_start
+    keep = valid & (replica_rank < numpy.take_along_axis(counts_n, safe_prev, 1))
 
-    kept = torch.zeros_like(counts).scatter_add_(1, safe_prev, keep.to(torch.int64))
-    need = counts - kept  # >= 0: a kept replica is always within its expert's new count
+    kept = numpy.bincount(
+        (safe_prev + rows * num_experts)[keep], minlength=num_domains * num_experts
+    ).reshape(num_domains, num_experts)
+    need = counts_n - kept  # >= 0: a kept replica is always within its expert's new count
     num_free = need.sum(1)
 
     # The missing replicas, heaviest first, padded per domain.
-    need_ids_flat = torch.repeat_interleave(torch.arange(num_experts).repeat(num_domains), need.flatten())
-    domain = torch.repeat_interleave(torch.arange(num_domains), num_free)
-    within = torch.arange(need_ids_flat.numel()) - (torch.cumsum(num_free, 0) - num_free)[domain]
-    need_w = torch.full((num_domains, num_slots), float("-inf"), dtype=torch.float64)
-    need_ids = torch.full((num_domains, num_slots), -1, dtype=torch.int64)
+    need_ids_flat = numpy.repeat(numpy.tile(numpy.arange(num_experts), num_domains), need.ravel())
+    domain = numpy.repeat(numpy.arange(num_domains), num_free)
+    within = numpy.arange(need_ids_flat.size) - (numpy.cumsum(num_free) - num_free)[domain]
+    need_w = numpy.full((num_domains, num_slots), -numpy.inf)
+    need_ids = numpy.full((num_domains, num_slots), -1, dtype=numpy.int64)
     need_w[domain, within] = per_replica[domain, need_ids_flat]
     need_ids[domain, within] = need_ids_flat
-    by_weight = torch.argsort(need_w, dim=1, descending=True, stable=True)
-    need_ids = need_ids.gather(1, by_weight)
+    need_ids = numpy.take_along_axis(need_ids, argsort_desc(torch.from_numpy(need_w)).numpy(), 1)
 
     # Free slots: first free slot of every GPU (coolest GPU first), then the second ones, ...
-    kept_w = torch.where(keep, slot_w, 0.0)
-    gpu_load = kept_w.view(num_domains, num_bins, per_bin).sum(-1)
+    kept_w = numpy.where(keep, slot_w, 0.0)
+    gpu_load = bin_loads(torch.from_numpy(kept_w).view(num_domains, num_bins, per_bin)).numpy()
     free = ~keep
-    free_rank = (torch.cumsum(free.view(num_domains, num_bins, per_bin), -1) - 1).view(num_domains, num_slots)
-    scale = gpu_load.max(dim=1, keepdim=True).values.clamp_min(1e-300) * 2
-    free_key = torch.where(free, free_rank + gpu_load.repeat_interleave(per_bin, dim=1) / scale, float("inf"))
-    free_order = torch.argsort(free_key, dim=1, stable=True)
+    free_rank = (numpy.cumsum(free.reshape(num_domains, num_bins, per_bin), -1) - 1).reshape(num_domains, -1)
+    scale = numpy.maximum(gpu_load.max(1, keepdims=True), 1e-300) * 2
+    free_key = numpy.where(free, free_rank + numpy.repeat(gpu_load, per_bin, axis=1) / scale, numpy.inf)
+    free_order = argsort_desc(torch.from_numpy(-free_key)).numpy()  # ascending, ties in index order
 
-    ids = torch.where(keep, flat_prev, -1)
-    fills = torch.arange(num_slots).expand(num_domains, -1) < num_free.unsqueeze(1)
-    d_idx, i_idx = fills.nonzero(as_tuple=True)
+    ids = numpy.where(keep, flat_prev, -1)
+    d_idx, i_idx = numpy.nonzero(numpy.arange(num_slots) < num_free[:, None])
     ids[d_idx, free_order[d_idx, i_idx]] = need_ids[d_idx, i_idx]
-    w = per_replica.gather(1, ids)
-    return Bins(ids.view(num_domains, num_bins, per_bin), w.view(num_domains, num_bins, per_bin))
+    w = numpy.take_along_axis(per_replica, ids, 1)
+    shape = (num_domains, num_bins, per_bin)
+    return Bins(torch.from_numpy(ids).view(shape), torch.from_numpy(w).view(shape))
 
 
 def node_homes(
