@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy
 import torch
 from moeplane.workers.eplb.optimum import bin_floor
-from moeplane.workers.eplb.search import _REL_EPS, bin_loads, numpy_search
+from moeplane.workers.eplb.search import bin_loads, numpy_search
 from moeplane.workers.eplb.sorting import sorted_desc
 
 
@@ -200,7 +200,6 @@ def swap_search(
     prev_ids: torch.Tensor | None = None,
     domains_per_layer: int = 1,
     good_enough: float = 0.0,
-    max_partners: int | None = None,
     floor: torch.Tensor | None = None,
 ) -> Bins:
     """Local search: repeatedly swap one item of a domain's hottest bin with an item elsewhere.
@@ -211,10 +210,11 @@ def swap_search(
     them): only that bin bounds the layer's balancedness. With `target` ([D] float64), a domain is
     active while its hottest bin is above it. A domain also stops when no swap helps.
 
-    With `prev_ids` ([D, B, k], the expert each position held before), swaps reaching the target
-    are ranked by how many positions they newly change, so warm starts move few weights.
-    Only active domains are computed on, so late steps are cheap. A domain stops at the
-    `bin_floor` bound, or within `good_enough` (relative) of its mean bin.
+    With `prev_ids` and `target` ([D, B, k], the expert each position held before), swaps
+    reaching the target are ranked by how many positions they newly change, so warm starts move
+    few weights. Only active domains are computed on, so late steps are cheap. A domain stops at
+    the `bin_floor` bound, or within `good_enough` (relative) of its mean bin. The steps run in
+    numpy (`search.numpy_search`).
 
     Args:
         bins: the starting assignment (D domains, B bins, k items per bin).
@@ -240,103 +240,9 @@ def swap_search(
         floor32 = (floor / scale).to(torch.float32)
     floor = torch.maximum(floor32, torch.full((num_domains,), 1.0 + good_enough))
     stuck = torch.zeros(num_domains, dtype=torch.bool)
-    bin_size = num_bins * per_bin
-    flats = (ids.view(-1), w.view(-1), w32.view(-1))
-    # Move-aware searches need every bin: the cheapest swap may involve any of them.
-    few = max_partners is not None and prev_ids is None
-    num_partners = min(num_bins, max_partners) if few and max_partners is not None else num_bins
-    if num_partners == num_bins and (prev_ids is None or target32 is not None):
-        prev = None if prev_ids is None else prev_ids.reshape(num_domains, num_bins, per_bin)
-        numpy_search(w32, (ids, w, w32), prev, floor, stuck, scale, target32, max_steps, domains_per_layer)
-        return Bins(ids, w)
-    for _ in range(max_steps):
-        all_loads = bin_loads(w32)
-        hot_all = all_loads.amax(-1)
-        stuck |= hot_all <= floor * (1 + _REL_EPS)
-        if target32 is not None:
-            active = ~stuck & (hot_all > target32 * (1 + _REL_EPS))
-        elif domains_per_layer == 1:
-            active = ~stuck
-        else:
-            # Domains of a layer compare in tokens, not in their own scaled units ([L, N] views).
-            hot_tokens = (hot_all.to(torch.float64) * scale).view(-1, domains_per_layer)
-            is_hot = hot_tokens >= hot_tokens.amax(-1, keepdim=True) * (1 - _REL_EPS)
-            # A layer whose hottest domain is stuck cannot improve: stop all of its domains.
-            by_layer = stuck.view(-1, domains_per_layer)
-            blocked = (by_layer & is_hot).any(-1, keepdim=True)
-            active = (~by_layer & is_hot & ~blocked).view(-1)
-        rows = active.nonzero(as_tuple=True)[0]
-        n = rows.numel()
-        if n == 0:
-            break
-        sub_w = w32[rows]
-        loads = all_loads[rows]
-        hot_load, hot = loads.max(dim=-1)
-        local = torch.arange(n)
-        # Partners: every bin, or (cold searches on wide domains) the coolest few, which have
-        # the room to take load. The hot bin is never among the coolest.
-        if num_partners < num_bins:
-            partner = torch.topk(loads, num_partners, dim=-1, largest=False, sorted=False).indices
-            part_w = sub_w.gather(1, partner.unsqueeze(-1).expand(-1, -1, per_bin))
-            part_load = loads.gather(1, partner)
-        else:
-            partner, part_w, part_load = None, sub_w, loads
-        # A swap with delta <= 0, or within the hot bin, leaves the hot bin at least as hot, so
-        # no mask is needed: such candidates never beat an improving one.
-        delta = sub_w[local, hot].view(n, per_bin, 1, 1) - part_w.unsqueeze(1)  # [n, k, P, k]
-        after = torch.maximum(hot_load.view(n, 1, 1, 1) - delta, part_load.view(n, 1, -1, 1) + delta)
-        if prev_ids is not None and target32 is not None:
-            sub_ids, sub_prev = ids[rows], prev_ids[rows]
-            key = _move_aware_key(
-                sub_ids[local, hot], sub_prev[local, hot], sub_ids, sub_prev, after, hot_load, target32[rows]
-            )
-        else:
-            key = after
-        best = key.flatten(1).argmin(dim=-1)
-        best_after = after.flatten(1).gather(1, best.unsqueeze(1)).squeeze(1)
-        improves = best_after < hot_load * (1 - _REL_EPS)
-        stuck[rows[~improves]] = True
-        if not bool(improves.any()):
-            continue
-        r, b, best = rows[improves], hot[improves], best[improves]
-        pi, other = best // (num_partners * per_bin), best % (num_partners * per_bin)
-        j, pj = other // per_bin, other % per_bin
-        if partner is not None:
-            j = partner[improves].gather(1, j.unsqueeze(1)).squeeze(1)
-        first = r * bin_size + b * per_bin + pi
-        second = r * bin_size + j * per_bin + pj
-        for t in flats:
-            t_i, t_j = t[first], t[second]
-            t[first], t[second] = t_j, t_i
+    prev = None if prev_ids is None else prev_ids.reshape(num_domains, num_bins, per_bin)
+    numpy_search(w32, (ids, w, w32), prev, floor, stuck, scale, target32, max_steps, domains_per_layer)
     return Bins(ids, w)
-
-
-def _move_aware_key(
-    hot_ids: torch.Tensor,
-    hot_prev: torch.Tensor,
-    all_ids: torch.Tensor,
-    all_prev: torch.Tensor,
-    after: torch.Tensor,
-    hot_load: torch.Tensor,
-    target: torch.Tensor,
-) -> torch.Tensor:
-    """Ranking of candidate swaps [n, k, B, k]: those reaching the target first, fewest new
-    moves first, then the coolest result; the rest after them, coolest first.
-
-    hot_ids / hot_prev: [n, k] items of the hot bin now / before; all_ids / all_prev: [n, B, k]
-    items of every bin now / before. Loads are float32 scaled to a mean bin of 1.
-    """
-    n, per_bin = hot_ids.shape
-    ids_i, prev_i = hot_ids.view(n, per_bin, 1, 1), hot_prev.view(n, per_bin, 1, 1)
-    ids_j, prev_j = all_ids.unsqueeze(1), all_prev.unsqueeze(1)
-    kept_now = (ids_i == prev_i).to(torch.int8) + (ids_j == prev_j).to(torch.int8)
-    kept_after = (ids_j == prev_i).to(torch.int8) + (ids_i == prev_j).to(torch.int8)
-    added = kept_now - kept_after  # in [-2, 2]
-    scaled = after / hot_load.view(-1, 1, 1, 1)
-    reaches = (after <= target.view(-1, 1, 1, 1) * (1 + _REL_EPS)).to(torch.int8)
-    # Useful swaps have `scaled` in [0, 1), so the bands never overlap. The band offset is
-    # built with integer arithmetic: boolean selects are slow on the CPU.
-    return (added * 2 * reaches + (1 - reaches) * 10) + scaled
 
 
 def stable_slots(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:

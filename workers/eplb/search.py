@@ -1,9 +1,8 @@
 """The swap search's loop in numpy, and the bin sums it shares with torch code.
 
-`packing.swap_search` runs here whenever every bin is a partner (the common case): its steps
-are a few dozen operations on small arrays, several times cheaper in numpy than in torch. Bin
-loads are summed by torch (`bin_loads`), so every comparison sees the numbers a torch loop saw
-and the swaps are the same.
+`packing.swap_search` runs here: its steps are a few dozen operations on small arrays, several
+times cheaper in numpy than in torch. Bin loads are summed by torch (`bin_loads`), so the
+comparisons see the same float32 sums as the rest of the balancer.
 """
 
 from __future__ import annotations
@@ -29,11 +28,8 @@ def numpy_search(
     max_steps: int,
     domains_per_layer: int,
 ) -> None:
-    """`swap_search`'s loop with every bin a partner, in place on `tensors` (ids, w, w32:
-    [D, B, k]; `prev_ids` [D, B, k] for the move-aware ranking, which needs `target32`), the
-    step's operations in numpy (several times cheaper on these small arrays). Bin loads are
-    still summed by torch, so every comparison sees the numbers of the torch loop, and the
-    swaps are the same."""
+    """`swap_search`'s loop, every bin a partner, in place on `tensors` (ids, w, w32: [D, B, k];
+    `prev_ids` [D, B, k] for the move-aware ranking, which needs `target32`)."""
     _, num_bins, per_bin = w32.shape
     bin_size = num_bins * per_bin
     # Ids as int32 (a copy kept in step with the swaps): half the traffic of the comparisons.
@@ -80,7 +76,8 @@ def numpy_search(
             kept_after = (ids_j == prev_i).view(numpy.int8) + (ids_i == prev_j).view(numpy.int8)
             added = kept_now - kept_after
             reaches = (after <= target_n[rows][:, None, None, None]).view(numpy.int8)
-            # `_move_aware_key`'s ranking, the same operations.
+            # Swaps reaching the target first, fewest new moves first, then the coolest result;
+            # the rest after them, coolest first (useful swaps have after/hot in [0, 1)).
             key = (added * 2 * reaches + (1 - reaches) * 10) + after / hot_load[:, None, None, None]
             best = key.reshape(n, -1).argmin(-1)
         else:
