@@ -4,7 +4,6 @@ proxy flips one payload byte in flight), status codes, leases, auth and TLS."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 from pathlib import Path
 
@@ -16,8 +15,10 @@ from moeplane.workers.kv.buffers import BufferSink, BufferSource
 from moeplane.workers.kv.errors import ChecksumMismatch, KVErrorKind, TransferNotFound, TransferSizeMismatch
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
 from moeplane.workers.kv.layout import KVDtype, KVLayout, TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity, TLSConfig
+from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.kv.transport import ReleaseReason
+
+from tests.workers.kv.tls_certs import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -233,40 +234,8 @@ async def test_shared_token_is_required() -> None:
     await server.close()
 
 
-def self_signed(tmp: Path) -> TLSConfig:
-    crypto = pytest.importorskip("cryptography")
-    del crypto
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moeplane-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("moeplane-kv.test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return TLSConfig(tmp / "cert.pem", tmp / "key.pem", tmp / "cert.pem", "moeplane-kv.test")
-
-
 async def test_tls_with_token(tmp_path: Path) -> None:
-    security = GrpcSecurity(token="t", tls=self_signed(tmp_path))
+    security = GrpcSecurity(token="t", tls=self_signed(tmp_path, "moeplane-kv.test"))
     server = GrpcKVTransport(chunk_bytes=CHUNK, security=security)
     await server.start()
     data = payload(600 * 1024)
