@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from moeplane.api.keys import DeploymentKeys
+
+from moeplane.bus.keys import DeploymentKeys
 
 SCAN_BATCH = 500
 

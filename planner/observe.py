@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.planner.tick import LoadObservation, PoolObservation, TickInput
-from moeplane.workers.registry.groups import WorkerGroup, WorkerRegistry
-from moeplane.workers.registry.request_metrics import RequestRecord, RequestStatus, read_request_records
+
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.registry import WorkerGroup, WorkerRegistry
+from moeplane.bus.request_metrics import RequestRecord, RequestStatus, read_request_records
 
 PEAK_WINDOW_S = 5.0
 

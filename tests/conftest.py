@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server on 127.0.0.1, shared by the session. Tests use distinct key prefixes."""
-    from moeplane.local_redis import LocalRedis
+    from moeplane.workers.embedded.local_redis import LocalRedis
 
     server = LocalRedis().start()
     yield server

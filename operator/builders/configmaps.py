@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.layout import DeploymentLayout, GroupLayout
 from moeplane.api.spec import MoEDeployment, MoEPoolSpec
 from moeplane.operator import names
+
+from moeplane.bus.keys import DeploymentKeys
 
 ENGINE_KEY = "engine.json"
 PLACEMENT_KEY = "placement.json"

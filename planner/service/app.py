@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from moeplane.api.errors import SpecInvalid
-from moeplane.api.keys import DeploymentKeys
 from moeplane.planner.connectors import PoolBackend
 from moeplane.planner.kube import AUDIT_ANNOTATION, DEPLOYMENTS, POOLS, KubeClient, KubeError, WatchEvent
 from moeplane.planner.metrics import PlannerMetrics
@@ -26,6 +25,8 @@ from moeplane.planner.service import views
 from moeplane.planner.service.deployment import DECISIONS_MAXLEN, DeploymentPlanner, read_events
 from moeplane.planner.service.tuning import TuningError, parse_tuning, proposed_spec
 from moeplane.planner.service.whatif import WhatIfError, what_if
+
+from moeplane.bus.keys import DeploymentKeys
 
 log = logging.getLogger(__name__)
 

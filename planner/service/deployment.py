@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import MoEDeployment, parse_deployment
 from moeplane.planner.config import PlannerConfig
 from moeplane.planner.connectors import PoolBackend
@@ -28,6 +27,8 @@ from moeplane.planner.observe import PoolGroups, RedisObserver, WindowStats, tic
 from moeplane.planner.sizing import PoolModels
 from moeplane.planner.spec_adapter import config_from_spec, pool_models
 from moeplane.planner.tick import Decision
+
+from moeplane.bus.keys import DeploymentKeys
 
 log = logging.getLogger(__name__)
 

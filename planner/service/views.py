@@ -10,11 +10,13 @@ from typing import Any
 
 from aiohttp import web
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.operator.names import pool_name
 from moeplane.planner.observe import window_stats
 from moeplane.planner.service.deployment import DeploymentPlanner
-from moeplane.workers.registry.request_metrics import RequestRecord
+
+from moeplane.bus.eplb import read_logical_load, read_status
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.request_metrics import RequestRecord
 
 MAX_BUCKETS = 120
 
@@ -90,18 +92,15 @@ def series(
 
 def eplb_view(client: Any, keys: DeploymentKeys) -> dict[str, Any]:
     """Each pool's placement version, balancedness and [layers, experts] load (sync Redis)."""
-    from moeplane.workers.eplb.store import EplbStore
-
     out: dict[str, Any] = {}
     for role in Role:
-        store = EplbStore(client, keys, role)
-        status = store.read_status()
-        load = store.read_load()
+        status = read_status(client, keys, role)
+        load = read_logical_load(client, keys, role)
         out[role.value] = {
             "placementVersion": status.placement_version,
             "balancedness": status.balancedness,
             "balancednessAtSeconds": status.balancedness_at_s,
-            "load": None if load is None else load.logical_counts.tolist(),
+            "load": None if load is None else load.tolist(),
         }
     return out
 

@@ -21,7 +21,8 @@ from moeplane.planner.sim.runner import SimReport, simulate
 from moeplane.planner.sim.traces import Trace
 from moeplane.planner.sizing import PoolModels
 from moeplane.planner.spec_adapter import config_from_spec
-from moeplane.workers.registry.request_metrics import RequestRecord
+
+from moeplane.bus.request_metrics import RequestRecord
 
 MIN_REQUESTS = 1
 

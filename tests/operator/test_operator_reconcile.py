@@ -12,9 +12,9 @@ import pytest
 import redis
 import yaml
 from moeplane.api.errors import SpecInvalid
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import parse_deployment
 
+from moeplane.bus.keys import DeploymentKeys
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
 

@@ -13,14 +13,14 @@ import numpy as np
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.layout import resolve_layout
 from moeplane.api.spec import parse_deployment
 from moeplane.operator.builders.pools import build_pool
 from moeplane.planner.kube import KubeClient
 from moeplane.planner.service.app import PlannerService, ServiceConfig
-from moeplane.workers.registry.request_metrics import RequestRecord, RequestStatus
 
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.request_metrics import RequestRecord, RequestStatus
 from tests.kube.cluster import EmulatedCluster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
-from moeplane.api.keys import DeploymentKeys
 from moeplane.planner.service.app import PlannerService
 
+from moeplane.bus.keys import DeploymentKeys
 from tests.kube.cluster import EmulatedCluster
 from tests.planner.service_harness import TOKEN, install, r1_manifest, wait_for, write_requests
 

@@ -17,7 +17,8 @@ from moeplane.planner.embedded import APPLY_TARGET
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.planner_host import read_manifest, start_planner
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
-from moeplane.workers.registry.request_metrics import RequestRecord, RequestStatus
+
+from moeplane.bus.request_metrics import RequestRecord, RequestStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 
+from moeplane.bus.keys import DeploymentKeys
 from tests.kube.cluster import EmulatedCluster
 from tests.planner.service_harness import install, pool_replicas, r1_manifest, write_requests
 

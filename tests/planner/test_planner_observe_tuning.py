@@ -7,9 +7,9 @@ import yaml
 from moeplane.api.enums import Predictor, Role
 from moeplane.planner.observe import PoolGroups, tick_from, window_stats
 from moeplane.planner.service.tuning import TuningError, parse_tuning, proposed_spec
-from moeplane.workers.registry.groups import WorkerGroup
-from moeplane.workers.registry.request_metrics import RequestRecord, RequestStatus
 
+from moeplane.bus.registry import WorkerGroup
+from moeplane.bus.request_metrics import RequestRecord, RequestStatus
 from tests.planner.conftest import EXAMPLE
 
 pytestmark = pytest.mark.unit

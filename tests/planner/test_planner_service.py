@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.planner.service.app import PlannerService
 
+from moeplane.bus.keys import DeploymentKeys
 from tests.kube.cluster import EmulatedCluster
 from tests.planner.service_harness import (
     INTERVAL_S,

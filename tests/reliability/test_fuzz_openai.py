@@ -17,11 +17,12 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.model.tokenizer import ByteTokenizer
 from moeplane.workers.serving.loop import LoopThread
+
+from moeplane.bus.keys import DeploymentKeys
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

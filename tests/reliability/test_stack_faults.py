@@ -26,14 +26,14 @@ import pytest
 import pytest_asyncio
 import redis
 from moeplane.workers.embedded.loadgen import sse_events
+from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
-from moeplane.workers.kv.security import GrpcSecurity
-from moeplane.workers.registry.groups import WorkerRegistry
-from moeplane.workers.registry.request_metrics import read_request_records
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.serving.client import WorkerControlClient
 
-from moeplane.local_redis import LocalRedis
+from moeplane.bus.registry import WorkerRegistry
+from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import yaml
 from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import EplbSpec, MoEDeployment, PoolSpec, SlaSpec, parse_deployment
 from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
 from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.config import SchedulerConfig
+
+from moeplane.bus.keys import DeploymentKeys
 
 BLOCK_SIZE_TOKENS = 16
 

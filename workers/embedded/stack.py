@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import ray
 from moeplane.api.enums import Role
+from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.embedded.plan import EmbeddedPlan, PoolPlan
 from moeplane.workers.embedded.scaling import (
     GroupLoad,
@@ -38,10 +39,8 @@ from moeplane.workers.embedded.scaling import (
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import tokenizer_for
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import WorkerRegistry
 from moeplane.workers.registry.heartbeat import Heartbeat
 from moeplane.workers.registry.registrar import stats_snapshot
 from moeplane.workers.serving.actor import RankSpec
@@ -51,7 +50,8 @@ from moeplane.workers.serving.controller import GroupController, GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
 from moeplane.workers.serving.service import ControlServer
 
-from moeplane.local_redis import LocalRedis
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

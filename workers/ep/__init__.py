@@ -1,2 +1,4 @@
-"""Expert parallelism: the EP process group, dispatch/combine, replica choice, grouped GEMM, and
-the Ray `EPGroup` (in `moeplane.workers.ep.group`, imported on demand: it pulls in Ray)."""
+"""Expert parallelism: the EP process group, dispatch/combine, replica choice and grouped GEMM.
+
+Serving runs an EP group as Ray rank actors under a group controller (`moeplane.workers.serving`);
+`launch` runs one function per rank in spawned processes for tests and benchmarks."""

@@ -1,10 +1,11 @@
 """Run one function on every rank of a local EP group, one spawned process per rank.
 
-This is the process-per-rank launcher for tests and benchmarks (the Ray `EPGroup` is the serving
-one). Each rank gets a `RankContext` to join the group with; results come back pickled through
-torch.save (tensors are not shared by file descriptor, so a rank may exit right after returning).
-A rank that raises fails the whole run with its traceback; a group that does not finish within
-`timeout_s` is terminated, so a hang surfaces as an error.
+This is the process-per-rank launcher for tests and benchmarks (serving runs ranks as Ray actors
+under `moeplane.workers.serving.controller`). Each rank gets a `RankContext` to join the group
+with; results come back pickled through torch.save (tensors are not shared by file descriptor,
+so a rank may exit right after returning). A rank that raises fails the whole run with its
+traceback; a group that does not finish within `timeout_s` is terminated, so a hang surfaces as an
+error.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any
 
 import torch
 from moeplane.workers.ep.comm import CommBackend, EPComm
-
-from moeplane.local_redis import free_port
+from moeplane.workers.net import free_port
 
 
 class LaunchError(RuntimeError):

@@ -1,6 +1,6 @@
 """Steps of an EP group: per-rank inputs and outputs, and running them on one rank's runner.
 
-Shared by the process launcher (tests, benchmarks) and the Ray `EPGroup`.
+Used by the process launcher (tests, benchmarks).
 """
 
 from __future__ import annotations

@@ -1,48 +1,32 @@
 """Placements and count matrices as bytes and JSON, for Redis, ConfigMaps and files.
 
-Binary form: a one-line JSON header, a newline, then the raw little-endian int64 matrix; a
-[58, 288] placement is 134 KB raw. JSON form: nested lists, for humans and ConfigMaps.
+Binary form (`moeplane.bus.eplb`, which torch-free readers use): a one-line JSON header, a newline,
+then the raw little-endian int64 matrix; a [58, 288] placement is 134 KB raw.
+JSON form: nested lists, for humans and ConfigMaps.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import numpy as np
 import torch
 from moeplane.workers.placement import Placement, PlacementError
 
-
-class CodecError(ValueError):
-    """Bytes or JSON that do not decode to what they claim."""
+from moeplane.bus import eplb as bus_eplb
+from moeplane.bus.eplb import CodecError as CodecError
 
 
 def encode_matrix(matrix: torch.Tensor, **header: Any) -> bytes:
-    """[L, N] integer tensor -> header line + raw int64 bytes. Extra header fields must be JSON."""
+    """[L, N] integer tensor -> header line + raw int64 bytes (`moeplane.bus.eplb`'s form)."""
     if matrix.dim() != 2:
         raise CodecError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
-    body = matrix.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy().astype("<i8").tobytes()
-    head = {**header, "shape": list(matrix.shape), "dtype": "int64"}
-    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+    return bus_eplb.encode_matrix(matrix.detach().to(device="cpu", dtype=torch.int64).numpy(), **header)
 
 
 def decode_matrix(data: bytes) -> tuple[torch.Tensor, dict[str, Any]]:
     """Inverse of `encode_matrix`: ([L, N] int64 tensor, header)."""
-    head_raw, sep, body = data.partition(b"\n")
-    if not sep:
-        raise CodecError("missing header line")
-    try:
-        head = json.loads(head_raw)
-        rows, cols = (int(x) for x in head["shape"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CodecError(f"bad header {head_raw[:200]!r}: {exc}") from None
-    if head.get("dtype") != "int64" or len(body) != rows * cols * 8:
-        raise CodecError(
-            f"body holds {len(body)} bytes, expected {rows * cols * 8} for int64 [{rows}, {cols}]"
-        )
-    array = np.frombuffer(body, dtype="<i8").reshape(rows, cols)
-    return torch.from_numpy(array.astype(np.int64)), head
+    array, head = bus_eplb.decode_matrix(data)
+    return torch.from_numpy(array), head
 
 
 def encode_placement(placement: Placement) -> bytes:

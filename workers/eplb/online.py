@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import redis
 from moeplane.api.enums import EplbAlgorithm, EplbMode, Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import EplbSpec
 from moeplane.workers.eplb.controller import (
     ControllerConfig,
@@ -29,6 +28,8 @@ from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.eplb.store import EplbStore
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
+
+from moeplane.bus.keys import DeploymentKeys
 
 
 @dataclass(frozen=True)

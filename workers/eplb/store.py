@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import redis
 import torch
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.eplb.codec import (
     CodecError,
     decode_matrix,
@@ -33,6 +32,9 @@ from moeplane.workers.eplb.codec import (
 from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
+
+from moeplane.bus.eplb import PoolEplbStatus, as_bytes, read_status, write_status
+from moeplane.bus.keys import DeploymentKeys
 
 # Set the placement only if it is newer than the stored one. KEYS[1] hash; ARGV version, data, at_s.
 _CAS_PLACEMENT = """
@@ -94,24 +96,6 @@ def decode_window(data: bytes) -> tuple[LoadWindow, float]:
         raise CodecError(f"not a load window: {exc}") from None
 
 
-@dataclass(frozen=True)
-class PoolEplbStatus:
-    """A pool's EPLB state as the operator and the planner read it.
-
-    Attributes:
-        placement_version: the published placement (the one the pool serves with or is moving to).
-        balancedness: mean over MoE layers of mean / max per-GPU tokens, measured by the ranks over
-            their last windows; None before the first measurement.
-        balancedness_version: the placement those windows counted under (None: no measurement).
-        balancedness_at_s: Unix time of the measurement.
-    """
-
-    placement_version: int | None
-    balancedness: float | None
-    balancedness_version: int | None
-    balancedness_at_s: float | None
-
-
 class EplbStore:
     """Load windows and placements of one pool (role) of a deployment. Synchronous: ranks and the
     balancer call it between forward passes or from their own loop."""
@@ -155,7 +139,7 @@ class EplbStore:
         out = []
         for value in raw.values():
             try:
-                window, at_s = decode_window(_as_bytes(value))
+                window, at_s = decode_window(as_bytes(value))
             except CodecError:
                 continue
             if max_age_s is None or now - at_s <= max_age_s:
@@ -203,36 +187,12 @@ class EplbStore:
         self, balancedness: float, placement_version: int, now_s: float | None = None
     ) -> None:
         """Record the pool's measured balancedness under `placement_version`."""
-        at_s = time.time() if now_s is None else now_s
-        self.client.hset(
-            self.keys.placement(self.role.value),
-            mapping={
-                "balancedness": repr(float(balancedness)),
-                "balancedness_version": str(int(placement_version)),
-                "balancedness_at_s": repr(at_s),
-            },
-        )
+        write_status(self.client, self.keys, self.role, balancedness, placement_version, now_s)
 
     def read_status(self) -> PoolEplbStatus:
-        fields = self.client.hmget(
-            self.keys.placement(self.role.value),
-            ["version", "balancedness", "balancedness_version", "balancedness_at_s"],
-        )
-        version, value, measured_version, at_s = (
-            None if f is None else _as_bytes(f).decode() for f in fields
-        )
-        return PoolEplbStatus(
-            placement_version=None if version is None else int(version),
-            balancedness=None if value is None else float(value),
-            balancedness_version=None if measured_version is None else int(measured_version),
-            balancedness_at_s=None if at_s is None else float(at_s),
-        )
+        return read_status(self.client, self.keys, self.role)
 
     def read_placement(self) -> Placement | None:
         data = self.client.hget(self.keys.placement(self.role.value), "data")
-        return None if data is None else decode_placement(_as_bytes(data))
+        return None if data is None else decode_placement(as_bytes(data))
 
-
-def _as_bytes(value: bytes | str) -> bytes:
-    # The client is checked to return bytes; the annotation of redis-py says either.
-    return value if isinstance(value, bytes) else value.encode()

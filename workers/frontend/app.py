@@ -34,9 +34,10 @@ from moeplane.workers.frontend.metrics import CONTENT_TYPE
 from moeplane.workers.frontend.pipeline import Chunk, Endpoint, GenerateRequest, Pipeline, Timings
 from moeplane.workers.frontend.requests import SamplingBody, parse_chat, parse_completion
 from moeplane.workers.model.tokenizer import Tokenizer
-from moeplane.workers.registry.request_metrics import RequestStatus
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 from moeplane.workers.serving.sequence import InvalidRequest as EngineInvalidRequest
+
+from moeplane.bus.request_metrics import RequestStatus
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import grpc
 from moeplane.protos import kv_transfer_pb2 as kv_pb
 from moeplane.protos import worker_control_pb2 as pb
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.serving.client import PrefillResult, TokenEvent, WorkerControlClient, WorkerControlError
 from moeplane.workers.serving.sequence import SamplingParams
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moeplane.api.arch import ModelArch
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import TokenizerError, tokenizer_for
 from pydantic import ValidationError
+
+from moeplane.bus.keys import DeploymentKeys
 
 
 class FrontendSetupError(ValueError):

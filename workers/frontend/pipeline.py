@@ -28,10 +28,11 @@ from moeplane.workers.frontend.backend import ClientPool, GroupClient, is_retrya
 from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, UpstreamError
 from moeplane.workers.frontend.metrics import FrontendMetrics
 from moeplane.workers.frontend.router import Inflight, RegistryCache, Reservation, Route, choose_route
-from moeplane.workers.registry.request_metrics import RequestMetricsWriter, RequestRecord, RequestStatus
 from moeplane.workers.serving.client import WorkerControlError
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 from moeplane.workers.serving.text import TextStream, TokenDecoder
+
+from moeplane.bus.request_metrics import RequestMetricsWriter, RequestRecord, RequestStatus
 
 log = logging.getLogger(__name__)
 

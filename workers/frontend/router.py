@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import redis.exceptions
 from moeplane.api.enums import Role
 from moeplane.workers.frontend.errors import InvalidRequest, NoCapacity
-from moeplane.workers.registry.groups import WorkerGroup, WorkerRegistry
+
+from moeplane.bus.registry import WorkerGroup, WorkerRegistry
 
 log = logging.getLogger(__name__)
 

@@ -8,17 +8,18 @@ disconnects (`handler_cancellation`), which is what cancels a non-streaming requ
 from __future__ import annotations
 
 from aiohttp import web
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.frontend.app import Frontend, FrontendConfig
 from moeplane.workers.frontend.backend import ClientPool
 from moeplane.workers.frontend.metrics import FrontendMetrics
 from moeplane.workers.frontend.pipeline import Pipeline
 from moeplane.workers.frontend.router import RegistryCache
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import Tokenizer
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import DEFAULT_TTL_S, WorkerRegistry
-from moeplane.workers.registry.request_metrics import DEFAULT_MAXLEN, RequestMetricsWriter
+
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import DEFAULT_TTL_S, WorkerRegistry
+from moeplane.bus.request_metrics import DEFAULT_MAXLEN, RequestMetricsWriter
 
 
 class FrontendServer:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from moeplane.protos import kv_transfer_pb2 as pb
+from moeplane.workers.grpc_security import GrpcSecurity, advertised_host, new_server
 from moeplane.workers.kv.buffers import KVSink, KVSource
 from moeplane.workers.kv.checksum import crc32
 from moeplane.workers.kv.errors import KVTransferError, TransferSizeMismatch
@@ -46,7 +47,6 @@ from moeplane.workers.kv.layout import KVBackend, KVLayout, TransferHandle
 from moeplane.workers.kv.leases import LeaseTable
 from moeplane.workers.kv.malloc import tune_malloc_for_streaming
 from moeplane.workers.kv.rpc_parse import parse_request, parsed_unary
-from moeplane.workers.kv.security import GrpcSecurity, advertised_host, new_server
 from moeplane.workers.kv.transport import KVTransport, OnRelease, PullStats, ReleaseReason
 
 log = logging.getLogger(__name__)

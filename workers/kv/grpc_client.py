@@ -11,6 +11,7 @@ import time
 import grpc
 import grpc.aio
 from moeplane.protos import kv_transfer_pb2 as pb
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.buffers import KVSink
 from moeplane.workers.kv.checksum import TransferDigest
 from moeplane.workers.kv.errors import (
@@ -22,7 +23,6 @@ from moeplane.workers.kv.errors import (
 )
 from moeplane.workers.kv.frames import FrameChecker, chunk_ranges, decode_frame
 from moeplane.workers.kv.layout import TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.kv.transport import PullStats
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ import logging
 from typing import Any
 
 import numpy as np
+from moeplane.workers.grpc_security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.buffers import BufferSource, KVSink, KVSource
 from moeplane.workers.kv.checksum import DEFAULT_CHECKSUM, ChecksumKind, checksum
 from moeplane.workers.kv.errors import ChecksumMismatch, KVErrorKind, KVTransferError, TransferSizeMismatch
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
 from moeplane.workers.kv.layout import KVBackend, KVLayout, TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.transport import KVTransport, OnRelease, PullStats, ReleaseReason
 
 log = logging.getLogger(__name__)

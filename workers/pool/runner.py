@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import ray
 from moeplane.workers.pool.plan import PoolOptions, group_spec, groups_that_fit, reconcile
 from moeplane.workers.pool.settings import PoolSettings
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import WorkerRegistry
 from moeplane.workers.registry.heartbeat import Heartbeat
 from moeplane.workers.registry.registrar import stats_snapshot
 from moeplane.workers.serving.client import WorkerControlClient
 from moeplane.workers.serving.controller import GroupController
 from moeplane.workers.serving.service import ControlServer
+
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

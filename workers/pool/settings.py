@@ -24,15 +24,16 @@ from typing import Any
 import torch
 from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.layout import GroupLayout
 from moeplane.api.spec import EplbSpec
 from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.eplb.types import EplbError
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.layout import KVBackend
-from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.placement import Placement
 from pydantic import ValidationError
+
+from moeplane.bus.keys import DeploymentKeys
 
 BLOCK_SIZE_TOKENS = 16
 EPLB_LOAD_FILE_ENV = "MOEPLANE_EPLB_LOAD_FILE"

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import redis.exceptions
-from moeplane.workers.registry.groups import RegistryError, WorkerGroup, WorkerRegistry
+
+from moeplane.bus.registry import RegistryError, WorkerGroup, WorkerRegistry
 
 log = logging.getLogger(__name__)
 

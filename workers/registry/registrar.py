@@ -12,9 +12,10 @@ from typing import Protocol
 
 from moeplane.api.enums import Role
 from moeplane.protos import worker_control_pb2 as pb
-from moeplane.workers.registry.groups import WorkerGroup
 from moeplane.workers.registry.heartbeat import Snapshot
 from moeplane.workers.serving.convert import ROLE_FROM_PB
+
+from moeplane.bus.registry import WorkerGroup
 
 
 class StatsSource(Protocol):

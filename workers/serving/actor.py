@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from moeplane.api.arch import ModelArch
 from moeplane.workers.ep.comm import EPComm
+from moeplane.workers.grpc_security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.frames import DEFAULT_CHUNK_BYTES
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport, run_expiry
 from moeplane.workers.kv.layout import KVBackend
-from moeplane.workers.kv.security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.transport import KVTransport
 from moeplane.workers.model import EPModelRunner, WeightSource, tokenizer_for
+from moeplane.workers.net import free_port
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.engine import EngineConfig, RankEngine, RankStats, StepInput, StepResult
 from moeplane.workers.serving.loop import LoopThread
-
-from moeplane.local_redis import free_port
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import grpc.aio
 from moeplane.protos import kv_transfer_pb2 as kv_pb
 from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
-from moeplane.workers.kv.security import GrpcSecurity
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.serving.convert import FINISH_FROM_PB, sampling_to_pb
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 

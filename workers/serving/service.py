@@ -15,10 +15,10 @@ import grpc
 import grpc.aio
 from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
+from moeplane.workers.grpc_security import GrpcSecurity, new_server
 from moeplane.workers.kv.errors import KVTransferError
 from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.kv.rpc_parse import parsing_generic_handler
-from moeplane.workers.kv.security import GrpcSecurity, new_server
 from moeplane.workers.serving.controller import GroupController, GroupUnavailable
 from moeplane.workers.serving.convert import FINISH_TO_PB, ROLE_TO_PB, sampling_from_pb
 from moeplane.workers.serving.engine import TokenOutput

@@ -14,7 +14,8 @@ from moeplane.api.enums import Role
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.scaling import ScaleError
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
-from moeplane.workers.registry.request_metrics import read_request_records
+
+from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

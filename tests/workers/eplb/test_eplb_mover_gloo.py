@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from moeplane.local_redis import free_port
+from moeplane.workers.net import free_port
 
 pytestmark = pytest.mark.integration
 

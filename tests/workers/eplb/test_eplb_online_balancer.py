@@ -10,13 +10,14 @@ import pytest
 import redis
 import torch
 from moeplane.api.enums import EplbMode, Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.spec import EplbSpec
 from moeplane.workers.eplb.controller import ControllerConfig, Keep, KeepReason, Rebalance
 from moeplane.workers.eplb.counter import ExpertLoadCounter
 from moeplane.workers.eplb.online import GroupEplb, PoolBalancer
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
+
+from moeplane.bus.keys import DeploymentKeys
 
 pytestmark = pytest.mark.integration
 

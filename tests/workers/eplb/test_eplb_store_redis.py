@@ -9,11 +9,12 @@ import pytest
 import redis
 import torch
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.eplb.store import EplbStore
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
+
+from moeplane.bus.keys import DeploymentKeys
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.presets import model_preset
-
-from moeplane.local_redis import LocalRedis, free_port
+from moeplane.workers.embedded.local_redis import LocalRedis
+from moeplane.workers.net import free_port
 
 pytestmark = pytest.mark.integration
 

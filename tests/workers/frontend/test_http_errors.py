@@ -12,11 +12,12 @@ import uuid
 import aiohttp
 import pytest
 import pytest_asyncio
-from moeplane.api.keys import DeploymentKeys
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.model.tokenizer import ByteTokenizer
-from moeplane.workers.registry.request_metrics import read_request_records
+
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -23,8 +23,9 @@ from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.model import RandomWeights, tokenizer_for
 from moeplane.workers.model.reference import reference_greedy
 from moeplane.workers.model.weights import full_state_dict
-from moeplane.workers.registry.request_metrics import read_request_records
 from moeplane.workers.serving.client import WorkerControlClient
+
+from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

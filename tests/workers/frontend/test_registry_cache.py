@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
+from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.frontend.router import RegistryCache
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import WorkerGroup, WorkerRegistry
 
-from moeplane.local_redis import LocalRedis
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import WorkerGroup, WorkerRegistry
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ import pytest
 from moeplane.api.enums import Role
 from moeplane.workers.frontend.errors import InvalidRequest, NoCapacity
 from moeplane.workers.frontend.router import Inflight, choose_route
-from moeplane.workers.registry.groups import WorkerGroup
+
+from moeplane.bus.registry import WorkerGroup
 
 pytestmark = pytest.mark.unit
 

@@ -11,11 +11,11 @@ import grpc
 import grpc.aio
 import pytest
 from moeplane.protos import kv_transfer_pb2 as pb
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.buffers import BufferSink, BufferSource
 from moeplane.workers.kv.errors import ChecksumMismatch, KVErrorKind, TransferNotFound, TransferSizeMismatch
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
 from moeplane.workers.kv.layout import KVDtype, KVLayout, TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.kv.transport import ReleaseReason
 
 from tests.workers.kv.tls_certs import self_signed

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from moeplane.workers.grpc_security import advertised_host
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
-from moeplane.workers.kv.security import advertised_host
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import datetime
 from pathlib import Path
 
 import pytest
-from moeplane.workers.kv.security import TLSConfig
+from moeplane.workers.grpc_security import TLSConfig
 
 
 def self_signed(tmp: Path, server_name: str) -> TLSConfig:

@@ -8,18 +8,18 @@ import uuid
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import RegistryError, WorkerGroup, WorkerRegistry
+from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.registry.heartbeat import Heartbeat
-from moeplane.workers.registry.request_metrics import (
+
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import RegistryError, WorkerGroup, WorkerRegistry
+from moeplane.bus.request_metrics import (
     RequestMetricsWriter,
     RequestRecord,
     RequestStatus,
     read_request_records,
 )
-
-from moeplane.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import time
 import pytest
 import pytest_asyncio
 from moeplane.api.presets import model_preset
+from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.errors import TransferNotFound
 from moeplane.workers.kv.frames import MIN_CHUNK_BYTES
 from moeplane.workers.kv.grpc_client import GrpcKVClient
 from moeplane.workers.kv.layout import TransferHandle
-from moeplane.workers.kv.security import GrpcSecurity
 from moeplane.workers.serving.actor import RankSpec
 from moeplane.workers.serving.client import WorkerControlClient
 from moeplane.workers.serving.config import Role, SchedulerConfig

@@ -9,7 +9,7 @@ import grpc.aio
 import pytest
 from moeplane.api.presets import model_preset
 from moeplane.protos import worker_control_pb2 as pb
-from moeplane.workers.kv.security import GrpcSecurity, new_server
+from moeplane.workers.grpc_security import GrpcSecurity, new_server
 from moeplane.workers.serving.actor import RankSpec
 from moeplane.workers.serving.client import WorkerControlClient, WorkerControlError
 from moeplane.workers.serving.config import Role

@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 import redis
 from moeplane.api.enums import EplbMode, Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.presets import model_preset
 from moeplane.workers.eplb.controller import ControllerConfig, Rebalance
 from moeplane.workers.eplb.online import GroupEplb
@@ -33,6 +32,8 @@ from moeplane.workers.serving.config import SchedulerConfig
 from moeplane.workers.serving.controller import GroupController, GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+
+from moeplane.bus.keys import DeploymentKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from moeplane.api.layout import resolve_layout
 from moeplane.operator.builders.configmaps import engine_config, initial_placement
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest
@@ -29,10 +28,12 @@ from moeplane.workers.pool.plan import (
 )
 from moeplane.workers.pool.runner import PoolRunner
 from moeplane.workers.pool.settings import PoolSetupError, load_pool_settings
-from moeplane.workers.registry.client import async_redis
-from moeplane.workers.registry.groups import WorkerRegistry
 from moeplane.workers.serving.client import WorkerControlClient
 from moeplane.workers.serving.sequence import SamplingParams
+
+from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.redis_client import async_redis
+from moeplane.bus.registry import WorkerRegistry
 
 
 def write_config(tmp_path: Path, namespace: str = "ns1") -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -11,16 +10,11 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from moeplane.workers.net import free_port
 
 
 class RedisUnavailable(RuntimeError):
     """redis-server is missing or did not come up."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class LocalRedis:

@@ -19,8 +19,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from moeplane.api.keys import DeploymentKeys
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moeplane.bus.keys import DeploymentKeys
 
 log = logging.getLogger(__name__)
 

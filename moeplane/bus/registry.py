@@ -11,10 +11,13 @@ its numbers and its TTL in one MULTI/EXEC, so readers never see a live key witho
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import redis.asyncio as aioredis
-from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moeplane.api.enums import Role
+from moeplane.bus.keys import DeploymentKeys
 
 DEFAULT_TTL_S = 5.0
 
@@ -26,6 +29,16 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 return 0
 """
+
+
+class GroupState(StrEnum):
+    """Where a group is in its life, as its supervisor reports it. Only LIVE groups are routed to."""
+
+    STARTING = "starting"  # ranks starting or loading weights
+    LIVE = "live"  # serving: registered and answering its health probe after loading its weights
+    DRAINING = "draining"  # taking no new requests; the ones it holds finish or migrate
+    RESTARTING = "restarting"  # a rank died or hung; the supervisor restarts the group as a unit
+    FAILED = "failed"  # given up after repeated failures; `message` says why
 
 
 class WorkerGroup(BaseModel):
@@ -46,6 +59,17 @@ class WorkerGroup(BaseModel):
     )
     queue_depth: int = Field(ge=0, description="Requests waiting or running over all ranks.")
     heartbeat_at_s: float = Field(ge=0, description="Unix time the numbers were read.")
+    state: GroupState = Field(
+        GroupState.LIVE, description="The group's state; only live groups are routed to."
+    )
+    pool: str = Field("", description="The pool (MoEPool name, or the role in embedded mode) running it.")
+    revision: str = Field("", description="The pool revision the group was started from (rollouts).")
+    restarts: int = Field(0, ge=0, description="Times its supervisor restarted it.")
+    message: str = Field("", description="Why it is not live (restarting, failed), for status and /health.")
+
+    @property
+    def routable(self) -> bool:
+        return self.state is GroupState.LIVE
 
     def blocks_for(self, num_tokens: int) -> int:
         """KV blocks `num_tokens` tokens take in this group."""
