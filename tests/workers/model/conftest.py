@@ -1,0 +1,27 @@
+"""Session-cached small checkpoints built by transformers (see tests/checkpoints.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import build_checkpoint, quantize_fp8
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """kind -> a checkpoint directory of that kind ("...-fp8": its FP8-quantised copy), built once."""
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            if kind.endswith("-fp8"):
+                base = get(kind.removesuffix("-fp8"))
+                built[kind] = quantize_fp8(base, tmp_path_factory.mktemp(kind))
+            else:
+                built[kind] = build_checkpoint(kind, tmp_path_factory.mktemp(kind)).path
+        return built[kind]
+
+    return get
