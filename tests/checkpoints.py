@@ -142,7 +142,7 @@ def build_checkpoint(kind: str, directory: str | Path, seed: int = 0) -> Built:
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(0.05 * torch.randn_like(buf))  # nonzero: it must steer routing
-    model.save_pretrained(directory, max_shard_size="96KB")
+    model.save_pretrained(directory, max_shard_size="24KB")
     GenerationConfig(
         bos_token_id=ids["<s>"], eos_token_id=[ids["<|im_end|>"], ids["</s>"]], do_sample=False,
     ).save_pretrained(directory)
@@ -195,15 +195,17 @@ def _quantize_block(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Te
     return q.view(rows * block, cols * block)[:n, :k].contiguous(), scale.float()
 
 
-def dequantized_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Every float tensor of an FP8 checkpoint, the quantised ones dequantised (for transformers)."""
-    from safetensors.torch import load_file
+def dequantize_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy FP8 checkpoint `src` to `dst` as a float32 one (quantised weights dequantised blockwise,
+    `quantization_config` dropped), so transformers can load what the FP8 weights mean."""
+    from safetensors.torch import load_file, save_file
 
-    directory = Path(directory)
-    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
     raw: dict[str, torch.Tensor] = {}
     for shard in sorted(set(index["weight_map"].values())):
-        raw.update(load_file(str(directory / shard)))
+        raw.update(load_file(str(src / shard)))
     out = {}
     for name, t in raw.items():
         if name.endswith("_scale_inv"):
@@ -212,5 +214,34 @@ def dequantized_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
             s = raw[f"{name}_scale_inv"]
             n, k = t.shape
             t = t.float() * s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
-        out[name] = t
-    return out
+        out[name] = t.contiguous()
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config")
+    (dst / "config.json").write_text(json.dumps(config, indent=1))
+    return dst
+
+
+def reshard_by_expert(src: str | Path, dst: str | Path, experts_per_shard: int) -> Path:
+    """Copy `src` to `dst` re-sharded as DeepSeek's releases are: each shard holds a contiguous run
+    of `experts_per_shard` experts of one layer; everything else goes to one shard."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    for shard in set(index["weight_map"].values()):
+        (dst / shard).unlink()
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        for name, t in load_file(str(src / shard)).items():
+            parts = name.split(".")
+            key = "rest"
+            if ".mlp.experts." in name:
+                key = f"layer{parts[2]}-experts{int(parts[5]) // experts_per_shard}"
+            groups.setdefault(f"model-{key}.safetensors", {})[name] = t
+    for fname, tensors in groups.items():
+        save_file(tensors, str(dst / fname))
+    index["weight_map"] = {n: f for f, ts in groups.items() for n in ts}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return dst

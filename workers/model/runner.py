@@ -188,6 +188,28 @@ class EPModelRunner:
         hidden = self.forward_hidden(input_ids, meta, kv_cache, timer)
         return self.model.logits(hidden[meta.logits_indices])
 
+    @torch.inference_mode()
+    def forward_mtp(
+        self,
+        input_ids: torch.Tensor,
+        previous_hidden: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: torch.Tensor | None = None,
+        depth: int = 0,
+    ) -> torch.Tensor:
+        """The MTP draft step (never part of `forward`): the next tokens [T] and the main model's
+        final hidden states [T, hidden] at the same positions -> fp32 draft logits
+        [N, vocab] at `meta.logits_indices`. `kv_cache` is the MTP layer's own cache tensor.
+        Every rank calls it together (its MoE layer runs collectives)."""
+        if self.mtp is None or self.mtp_placement is None:
+            raise RuntimeError(f"{self.arch.name}: the checkpoint has no MTP layer")
+        layer = self.mtp[depth]
+        hidden = layer.forward_hidden(  # type: ignore[operator]
+            self.model, input_ids.to(self.device), previous_hidden, meta, kv_cache, self.mtp_placement,
+            self.comm,
+        )
+        return self.model.logits(hidden[meta.logits_indices])
+
     def take_expert_load(self) -> torch.Tensor:
         """Rows computed per local slot per MoE layer since the last call: [num_moe_layers, S] int64."""
         load = self.expert_load.clone()
