@@ -164,7 +164,9 @@ def read_hf_config(directory: str | Path) -> HFModelConfig:
     return parse_hf_config(raw, source=str(path), name=Path(directory).name or None)
 
 
-def parse_hf_config(raw: Mapping[str, Any], source: str = CONFIG_FILE, name: str | None = None) -> HFModelConfig:
+def parse_hf_config(
+    raw: Mapping[str, Any], source: str = CONFIG_FILE, name: str | None = None
+) -> HFModelConfig:
     """The architecture and storage format a config dict describes (refusing what is unsupported)."""
     r = _Reader(raw, source)
     archs = raw.get("architectures")
@@ -328,7 +330,8 @@ def _qwen3_moe(r: _Reader) -> dict[str, Any]:
         raise r.fail("use_sliding_window true is not supported (sliding-window attention)")
     layer_types = r.raw.get("layer_types")
     if layer_types is not None and any(t != "full_attention" for t in layer_types):
-        raise r.fail(f"layer_types other than full_attention are not supported (got {sorted(set(layer_types))})")
+        kinds = sorted(set(layer_types))
+        raise r.fail(f"layer_types other than full_attention are not supported (got {kinds})")
     layers = r.int("num_hidden_layers")
     experts = r.raw.get("num_experts", r.raw.get("num_local_experts"))
     if not isinstance(experts, int) or experts < 1:

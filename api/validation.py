@@ -15,7 +15,13 @@ from moeplane.api.celrules import NO_ARCH_MESSAGE
 from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
 from moeplane.api.errors import Problem, SpecInvalid
 from moeplane.api.hardware import HardwareSpec
-from moeplane.api.hf_config import CONFIG_FILE, HFConfigError, arch_differences, describe_differences, read_hf_config
+from moeplane.api.hf_config import (
+    CONFIG_FILE,
+    HFConfigError,
+    arch_differences,
+    describe_differences,
+    read_hf_config,
+)
 from moeplane.api.layout import resolve_group
 from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
 

@@ -65,9 +65,15 @@ def _train_tokenizer(directory: Path, template_in_file: bool, add_bos: bool) -> 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.save(str(directory / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if add_bos:  # as DeepSeek's tokenizer.json: BOS through a TemplateProcessing step
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1",
+                                          special_tokens=[("<s>", ids["<s>"])]),
+        ])
+    tok.save(str(directory / "tokenizer.json"))
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",
@@ -173,7 +179,8 @@ def quantize_fp8(src: str | Path, dst: str | Path, block: int = 128) -> Path:
     (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     config = json.loads((src / "config.json").read_text())
     config["quantization_config"] = {
-        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [block, block],
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+        "weight_block_size": [block, block],
     }
     (dst / "config.json").write_text(json.dumps(config, indent=1))
     return dst

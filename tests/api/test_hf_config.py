@@ -49,9 +49,11 @@ QWEN3_235B = {
     "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
     "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128,
     "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 12288,
-    "max_position_embeddings": 40960, "max_window_layers": 94, "mlp_only_layers": [], "model_type": "qwen3_moe",
+    "max_position_embeddings": 40960, "max_window_layers": 94, "mlp_only_layers": [],
+    "model_type": "qwen3_moe",
     "moe_intermediate_size": 1536, "norm_topk_prob": True, "num_attention_heads": 64, "num_experts": 128,
-    "num_experts_per_tok": 8, "num_hidden_layers": 94, "num_key_value_heads": 4, "output_router_logits": False,
+    "num_experts_per_tok": 8, "num_hidden_layers": 94, "num_key_value_heads": 4,
+    "output_router_logits": False,
     "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
     "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
     "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
@@ -76,7 +78,8 @@ def _changed(raw: dict, **changes: Any) -> dict:
 
 @pytest.mark.parametrize(("raw", "message"), [
     (_changed(DEEPSEEK_V3, architectures=["LlamaForCausalLM"]),
-     "architecture 'LlamaForCausalLM' is not supported (supported: DeepseekV3ForCausalLM, Qwen3MoeForCausalLM)"),
+     "architecture 'LlamaForCausalLM' is not supported (supported: DeepseekV3ForCausalLM, "
+     "Qwen3MoeForCausalLM)"),
     (_changed(QWEN3_235B, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
      "rope_scaling.type 'dynamic' is not supported (only yarn, or none)"),
     (_changed(DEEPSEEK_V3, quantization_config={"quant_method": "awq", "bits": 4}),
@@ -103,7 +106,8 @@ def _escape(text: str) -> str:
 
 def test_transformers_5_rope_parameters_and_null_q_lora_map() -> None:
     raw = _changed(DEEPSEEK_V3, q_lora_rank=None, rope_scaling=None, rope_theta=None,
-                   rope_parameters={**DEEPSEEK_V3["rope_scaling"], "rope_type": "yarn", "rope_theta": 10000.0})
+                   rope_parameters={**DEEPSEEK_V3["rope_scaling"], "rope_type": "yarn",
+                                    "rope_theta": 10000.0})
     arch = parse_hf_config(raw).arch
     assert arch.q_lora_rank == 0 and arch.rope_scaling is not None and arch.rope_scaling.factor == 40.0
 
@@ -122,7 +126,8 @@ def test_a_manifest_naming_only_a_directory_takes_its_architecture(tmp_path: Pat
 
 
 def test_preset_and_checkpoint_differences_are_reported_field_by_field(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps(_changed(DEEPSEEK_V3, num_hidden_layers=4, vocab_size=300)))
+    raw = _changed(DEEPSEEK_V3, num_hidden_layers=4, vocab_size=300)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
     doc = _manifest(tmp_path, {"preset": "deepseek-v3", "weights": {"uri": str(tmp_path)}})
     problems = [str(p) for p in validate_spec(parse_deployment(doc, validate=False).spec)]
     assert any(
@@ -132,7 +137,8 @@ def test_preset_and_checkpoint_differences_are_reported_field_by_field(tmp_path:
 
 
 def test_an_unsupported_checkpoint_is_a_validation_problem(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps(_changed(QWEN3_235B, architectures=["MixtralForCausalLM"])))
+    raw = _changed(QWEN3_235B, architectures=["MixtralForCausalLM"])
+    (tmp_path / "config.json").write_text(json.dumps(raw))
     doc = _manifest(tmp_path, {"weights": {"uri": str(tmp_path)}})
     problems = [str(p) for p in validate_spec(parse_deployment(doc, validate=False).spec)]
     assert any(p.startswith("spec.model.weights.uri: ") and "'MixtralForCausalLM' is not supported" in p

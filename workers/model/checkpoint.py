@@ -38,7 +38,9 @@ def resolve_checkpoint(location: str | Location, env: Mapping[str, str] | None =
         return _hf_snapshot(loc, env)
     path = loc.local_path(env)
     if not path.is_dir():
-        where = f" (the claim {loc.claim!r} is mounted at {path.parent})" if loc.kind is LocationKind.PVC else ""
+        where = ""
+        if loc.kind is LocationKind.PVC:
+            where = f" (the claim {loc.claim!r} is mounted at {path.parent})"
         what = "is not a directory" if path.exists() else "does not exist"
         raise CheckpointError(f"{loc.uri}: {path} {what}{where}")
     return path

@@ -33,7 +33,8 @@ def test_hf_location_loads_from_the_offline_cache(hf_checkpoint, tmp_path: Path)
     assert path == snapshot
     assert resolve_checkpoint(f"hf://tiny-org/tiny-qwen3@{REV}", env) == snapshot
     arch = read_hf_config(path).arch
-    logits = EPModelRunner(arch, SafetensorsWeights(path)).forward(torch.tensor([1, 2, 3]), prefill_metadata([3]))
+    runner = EPModelRunner(arch, SafetensorsWeights(path))
+    logits = runner.forward(torch.tensor([1, 2, 3]), prefill_metadata([3]))
     assert logits.shape == (1, arch.vocab_size)
 
 
@@ -42,7 +43,9 @@ def test_an_offline_cache_miss_names_the_repo_and_how_to_fill_the_cache(tmp_path
     with pytest.raises(CheckpointError) as err:
         resolve_checkpoint("hf://deepseek-ai/DeepSeek-V3", env)
     message = str(err.value)
-    assert message.startswith("hf://deepseek-ai/DeepSeek-V3: deepseek-ai/DeepSeek-V3 (revision main) is not in")
+    assert message.startswith(
+        "hf://deepseek-ai/DeepSeek-V3: deepseek-ai/DeepSeek-V3 (revision main) is not in"
+    )
     assert "HF_HUB_OFFLINE is set" in message
     assert f"HF_HOME={tmp_path} huggingface-cli download deepseek-ai/DeepSeek-V3" in message
 

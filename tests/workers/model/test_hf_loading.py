@@ -174,12 +174,13 @@ def test_the_mtp_layer_loads_and_the_main_forward_ignores_it(copy_of, hf_checkpo
 
     meta = prefill_metadata([len(PROMPT)])
     hidden = runner.forward_hidden(torch.tensor(PROMPT), meta)
-    draft = runner.forward_mtp(torch.tensor(PROMPT[1:] + [3]), hidden, meta)
+    draft = runner.forward_mtp(torch.tensor([*PROMPT[1:], 3]), hidden, meta)
     assert draft.shape == (1, arch.vocab_size) and torch.isfinite(draft).all()
 
     # Under EP, each rank reads only its own experts of the MTP layer too.
     placement = Placement.identity(arch.num_moe_layers, arch.num_routed_experts)
     source = SafetensorsWeights(path)
     EPModelRunner(arch, source, placement, _rank_comm(1, 2))
-    mtp_experts = {int(n.split(".")[5]) for n in source.names_read if n.startswith("model.layers.3.mlp.experts.")}
+    prefix = "model.layers.3.mlp.experts."
+    mtp_experts = {int(n.split(".")[5]) for n in source.names_read if n.startswith(prefix)}
     assert mtp_experts == set(range(4, 8))

@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 from moeplane.api.hf_config import read_hf_config
-from moeplane.workers.model import EPModelRunner, SafetensorsWeights, SeqStep, build_metadata, prefill_metadata
+from moeplane.workers.model import (
+    EPModelRunner,
+    SafetensorsWeights,
+    SeqStep,
+    build_metadata,
+    prefill_metadata,
+)
 from moeplane.workers.model.reference import reference_logits
 from moeplane.workers.model.weights import full_state_dict
 
