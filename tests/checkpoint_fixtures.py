@@ -1,4 +1,6 @@
-"""Session-cached small checkpoints built by transformers (see tests/checkpoints.py)."""
+"""The session-cached `hf_checkpoint` fixture (registered in tests/conftest.py): small checkpoints
+built by transformers (see tests/checkpoints.py), imported lazily so suites that never ask for one
+do not load torch or transformers."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoints import build_checkpoint, quantize_fp8
-
 
 @pytest.fixture(scope="session")
 def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
@@ -16,6 +16,8 @@ def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
     built: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
+        from tests.checkpoints import build_checkpoint, quantize_fp8
+
         if kind not in built:
             if kind.endswith("-fp8"):
                 base = get(kind.removesuffix("-fp8"))
