@@ -22,6 +22,28 @@ class RouterScoring(StrEnum):
     SOFTMAX = "softmax"  # Qwen3 / Mixtral: softmax over all experts, plain top-k.
 
 
+class RopeScalingType(StrEnum):
+    YARN = "yarn"  # YaRN (DeepSeek-V3/R1, Kimi K2, Qwen3 long context)
+
+
+class RopeScaling(ApiModel):
+    """Rotary-embedding scaling, as in a Hugging Face config's `rope_scaling` (only YaRN)."""
+
+    type: RopeScalingType = Field(RopeScalingType.YARN, description="Scaling kind: yarn.")
+    factor: float = Field(gt=0, description="Context extension factor.")
+    original_max_position_embeddings: int = Field(gt=0, description="Pretraining context length.")
+    beta_fast: float = Field(32.0, gt=0, description="Extrapolation boundary of the linear ramp.")
+    beta_slow: float = Field(1.0, gt=0, description="Interpolation boundary of the linear ramp.")
+    mscale: float | None = Field(None, description="YaRN mscale of the rotary attention factor.")
+    mscale_all_dim: float | None = Field(
+        None, description="YaRN mscale of all dims; MLA folds its square into the softmax scale."
+    )
+    attention_factor: float | None = Field(
+        None, gt=0, description="Explicit cos/sin scale; default derived from factor and mscales."
+    )
+    truncate: bool = Field(True, description="Round the correction range to whole dims.")
+
+
 class ModelArch(ApiModel):
     """Architecture constants of a (DeepSeek-V3-shaped) MoE transformer."""
 
@@ -56,6 +78,24 @@ class ModelArch(ApiModel):
     rms_norm_eps: float = Field(1e-6, gt=0)
     rope_theta: float = Field(10000.0, gt=0)
     max_position_embeddings: int = Field(4096, gt=0)
+    mlp_only_layers: list[int] = Field(
+        default_factory=list,
+        description="Layers past the first k that also use a dense MLP (Qwen3 mlp_only_layers / "
+        "decoder_sparse_step).",
+    )
+    attention_bias: bool = Field(
+        False, description="Biases on the attention projections (as Hugging Face's attention_bias)."
+    )
+    rope_interleave: bool = Field(
+        True, description="MLA only: rotary pairs are adjacent elements (DeepSeek's checkpoints)."
+    )
+    rope_scaling: RopeScaling | None = Field(None, description="Rotary scaling (YaRN); none by default.")
+    tie_word_embeddings: bool = Field(False, description="The LM head shares the embedding matrix.")
+    num_nextn_predict_layers: int = Field(
+        0, ge=0, description="DeepSeek-V3 multi-token-prediction layers after the main layers."
+    )
+    bos_token_id: int | None = Field(None, ge=0, description="Beginning-of-sequence token id.")
+    eos_token_ids: list[int] = Field(default_factory=list, description="End-of-sequence token ids.")
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelArch:
@@ -84,16 +124,34 @@ class ModelArch(ApiModel):
                 f"numAttentionHeads ({self.num_attention_heads}) must be a multiple of numKvHeads "
                 f"({self.num_kv_heads})"
             )
-        if self.first_k_dense_layers and not self.dense_intermediate_size:
+        if self.num_dense_layers and not self.dense_intermediate_size:
             problems.append("dense layers need denseIntermediateSize")
+        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_layers]
+        if bad:
+            problems.append(f"mlpOnlyLayers {bad} are outside 0..{self.num_layers - 1}")
+        if not self.moe_layer_indices:
+            problems.append("every layer is dense; a MoE model needs at least one MoE layer")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     # ---- derived sizes -------------------------------------------------------------------------
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder layer `layer` has routed experts (else a dense MLP)."""
+        return layer >= self.first_k_dense_layers and layer not in self.mlp_only_layers
+
+    @property
+    def moe_layer_indices(self) -> list[int]:
+        """Decoder layer index of each MoE layer, in order (MoE layer m is layer `[m]`)."""
+        return [i for i in range(self.num_layers) if self.is_moe_layer(i)]
+
     @property
     def num_moe_layers(self) -> int:
-        return self.num_layers - self.first_k_dense_layers
+        return len(self.moe_layer_indices)
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
 
     @property
     def expert_params(self) -> int:
@@ -135,9 +193,9 @@ class ModelArch(ApiModel):
         Shared experts are counted separately (see `shared_expert_params_total`).
         """
         attn = self.attention_params_per_layer * self.num_layers
-        dense = 3 * self.hidden_size * self.dense_intermediate_size * self.first_k_dense_layers
+        dense = 3 * self.hidden_size * self.dense_intermediate_size * self.num_dense_layers
         router = self.hidden_size * self.num_routed_experts * self.num_moe_layers
-        embed = 2 * self.vocab_size * self.hidden_size
+        embed = (1 if self.tie_word_embeddings else 2) * self.vocab_size * self.hidden_size
         return attn + dense + router + embed
 
     @property

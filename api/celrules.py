@@ -241,13 +241,21 @@ def _arch_rules() -> list[CelRule]:
     ]
 
 
+NO_ARCH_MESSAGE = (
+    "set one of preset or architecture (neither is set), or a local checkpoint directory as weights.uri"
+)
+
 CEL_RULES: dict[type[BaseModel], tuple[CelRule, ...]] = {
     ModelArch: tuple(_arch_rules()),
     MoEDeploymentSpec: (*_pool_rules(Role.PREFILL), *_pool_rules(Role.DECODE), _budget_rule()),
     ModelSpec: (
         CelRule(
-            rule="has(self.preset) || has(self.architecture)",
-            message="set one of preset or architecture (neither is set)",
+            # A local checkpoint directory names its own architecture (its config.json).
+            rule=(
+                "has(self.preset) || has(self.architecture) || (has(self.weights.uri) && "
+                "(self.weights.uri.startsWith('/') || self.weights.uri.startsWith('file:///')))"
+            ),
+            message=NO_ARCH_MESSAGE,
         ),
         CelRule(
             rule="!(has(self.preset) && has(self.architecture))",

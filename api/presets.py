@@ -1,10 +1,15 @@
-"""Model presets with the published architecture constants (from each model's config.json)."""
+"""Model presets with the published architecture constants (from each model's config.json).
+
+DeepSeek-V3 and R1 share deepseek-ai/DeepSeek-V3's config.json; kimi-k2 is moonshotai/Kimi-K2-Instruct's;
+qwen3-235b-a22b is Qwen/Qwen3-235B-A22B's. `moeplane.api.hf_config.arch_from_hf_config` maps such a file
+to the same fields, so a preset and a checkpoint can be compared field by field.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from moeplane.api.arch import AttentionKind, ModelArch, RouterScoring
+from moeplane.api.arch import AttentionKind, ModelArch, RopeScaling, RouterScoring
 
 
 class ModelPreset(StrEnum):
@@ -43,6 +48,13 @@ _DEEPSEEK_V3 = ModelArch(
     rms_norm_eps=1e-6,
     rope_theta=10000.0,
     max_position_embeddings=163840,
+    rope_scaling=RopeScaling(
+        factor=40.0, original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0,
+        mscale=1.0, mscale_all_dim=1.0,
+    ),
+    num_nextn_predict_layers=1,
+    bos_token_id=0,
+    eos_token_ids=[1],
 )
 
 MODEL_PRESETS: dict[ModelPreset, ModelArch] = {
@@ -76,6 +88,12 @@ MODEL_PRESETS: dict[ModelPreset, ModelArch] = {
         rms_norm_eps=1e-6,
         rope_theta=50000.0,
         max_position_embeddings=131072,
+        rope_scaling=RopeScaling(
+            factor=32.0, original_max_position_embeddings=4096, beta_fast=1.0, beta_slow=1.0,
+            mscale=1.0, mscale_all_dim=1.0,
+        ),
+        bos_token_id=163584,
+        eos_token_ids=[163585],
     ),
     ModelPreset.QWEN3_235B_A22B: ModelArch(
         name="qwen3-235b-a22b",
@@ -102,6 +120,8 @@ MODEL_PRESETS: dict[ModelPreset, ModelArch] = {
         rms_norm_eps=1e-6,
         rope_theta=1000000.0,
         max_position_embeddings=40960,
+        bos_token_id=151643,
+        eos_token_ids=[151645],
     ),
     # CPU-sized, same shape as DeepSeek-V3: MLA, dense first layer, shared + routed experts,
     # group-limited sigmoid routing. Byte-level vocabulary (256 bytes + BOS/EOS/PAD + spare).

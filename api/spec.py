@@ -32,7 +32,9 @@ from moeplane.api.enums import (
 )
 from moeplane.api.errors import Problem, SpecInvalid, pydantic_problem
 from moeplane.api.hardware import HardwarePreset, HardwareSpec, hardware_preset
+from moeplane.api.hf_config import read_hf_config
 from moeplane.api.layout import GroupLayout
+from moeplane.api.locations import LocationError, LocationKind, parse_location
 from moeplane.api.presets import ModelPreset, model_preset
 from moeplane.api.status import Condition, MoEDeploymentStatus
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -54,8 +56,9 @@ class WeightsSpec(ApiModel):
     uri: str | None = Field(
         None,
         min_length=1,
-        description="Location of the safetensors checkpoint: a local path, pvc://CLAIM/PATH, "
-        "hf://ORG/REPO or s3://BUCKET/PREFIX. Required for safetensors.",
+        description="Location of the Hugging Face checkpoint directory (config.json, safetensors, "
+        "tokenizer): a local path, pvc://CLAIM/PATH or hf://ORG/REPO[@REVISION]. Required for "
+        "safetensors. With a local path and no preset or architecture, config.json names the model.",
     )
     seed: int = Field(0, ge=0, description="Seed of the random initialisation (format random).")
 
@@ -83,13 +86,33 @@ class ModelSpec(ApiModel):
     )
 
     def resolve_arch(self) -> ModelArch:
-        """The architecture to serve; ValueError when neither or both of preset/architecture are set."""
-        if (self.preset is None) == (self.architecture is None):
+        """The architecture to serve: the preset's, the explicit one, or (with neither) the one in
+        the config.json of a local checkpoint directory. ValueError when both are set, or neither
+        and the weights are not a readable local directory (HFConfigError names the file)."""
+        if self.preset is not None and self.architecture is not None:
             raise ValueError("set exactly one of spec.model.preset and spec.model.architecture")
         if self.architecture is not None:
             return self.architecture
-        assert self.preset is not None
-        return model_preset(self.preset)
+        if self.preset is not None:
+            return model_preset(self.preset)
+        directory = self.local_checkpoint_dir()
+        if directory is None:
+            raise ValueError(
+                "set spec.model.preset or spec.model.architecture, or point spec.model.weights.uri at a "
+                "local checkpoint directory whose config.json names the architecture"
+            )
+        return read_hf_config(directory).arch
+
+    def local_checkpoint_dir(self) -> str | None:
+        """The weights' directory when `weights.uri` is a local path (else None)."""
+        uri = self.weights.uri
+        if uri is None:
+            return None
+        try:
+            location = parse_location(uri)
+        except LocationError:
+            return None
+        return location.path if location.kind is LocationKind.LOCAL else None
 
 
 class HardwareConfig(ApiModel):

@@ -8,10 +8,20 @@ mirrored in the CRD (`celrules.py`) so the API server refuses the same manifests
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from moeplane.api.arch import AttentionKind, ModelArch
+from moeplane.api.celrules import NO_ARCH_MESSAGE
 from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
 from moeplane.api.errors import Problem, SpecInvalid
 from moeplane.api.hardware import HardwareSpec
+from moeplane.api.hf_config import (
+    CONFIG_FILE,
+    HFConfigError,
+    arch_differences,
+    describe_differences,
+    read_hf_config,
+)
 from moeplane.api.layout import resolve_group
 from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
 
@@ -47,13 +57,41 @@ def _arch_or_none(spec: MoEDeploymentSpec) -> ModelArch | None:
 def _model_problems(spec: MoEDeploymentSpec) -> list[Problem]:
     model = spec.model
     problems = []
-    if model.preset is None and model.architecture is None:
-        problems.append(Problem("spec.model", "set one of preset or architecture (neither is set)"))
+    checkpoint = model.local_checkpoint_dir() if model.weights.format is WeightsFormat.SAFETENSORS else None
+    if model.preset is None and model.architecture is None and checkpoint is None:
+        problems.append(Problem("spec.model", NO_ARCH_MESSAGE))
     elif model.preset is not None and model.architecture is not None:
         problems.append(Problem("spec.model", "set only one of preset or architecture (both are set)"))
     if model.weights.format is WeightsFormat.SAFETENSORS and model.weights.uri is None:
         problems.append(Problem("spec.model.weights.uri", "is required when format is safetensors"))
+    if checkpoint is not None:
+        problems += _checkpoint_problems(spec, checkpoint)
     return problems
+
+
+def _checkpoint_problems(spec: MoEDeploymentSpec, directory: str) -> list[Problem]:
+    """A local checkpoint's config.json against the preset or architecture the manifest names."""
+    model = spec.model
+    if not Path(directory, CONFIG_FILE).is_file():
+        if model.preset is None and model.architecture is None:
+            return [Problem("spec.model.weights.uri", f"{directory} has no readable {CONFIG_FILE}")]
+        return []  # not visible here (e.g. baked into the image): checked when the weights load
+    try:
+        actual = read_hf_config(directory).arch
+    except HFConfigError as exc:
+        return [Problem("spec.model.weights.uri", str(exc))]
+    if model.preset is None and model.architecture is None:
+        return []
+    if model.preset is not None and model.architecture is not None:
+        return []  # reported above
+    diffs = arch_differences(model.resolve_arch(), actual)
+    if not diffs:
+        return []
+    named = f"preset {model.preset.value}" if model.preset is not None else "architecture"
+    return [Problem(
+        "spec.model",
+        f"{named} differs from {Path(directory, CONFIG_FILE)}: {describe_differences(diffs)}",
+    )]
 
 
 def _pool_problems(

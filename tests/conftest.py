@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.checkpoint_fixtures import hf_checkpoint  # noqa: F401  (a shared session fixture)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:

@@ -129,7 +129,8 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
     ("both-preset-and-architecture", TINY, {"spec.model.architecture": tiny_arch()},
      ["spec.model: set only one of preset or architecture (both are set)"], "same", False),
     ("neither-preset-nor-architecture", TINY, {"spec.model.preset": DELETE},
-     ["spec.model: set one of preset or architecture (neither is set)"], "same", False),
+     ["spec.model: set one of preset or architecture (neither is set), or a local checkpoint directory as "
+      "weights.uri"], "same", False),
     ("safetensors-without-uri", TINY, {"spec.model.weights": {"format": "safetensors"}},
      ["spec.model.weights.uri: is required when format is safetensors"], "same", False),
     ("gpu-budget-too-small", R1, {"spec.planner.gpuBudgetNodes": 20},

@@ -1,18 +1,23 @@
 """The chat template: messages -> one prompt string, ending where the assistant's reply begins.
 
-Each message is rendered as `<|role|>\\n{content}\\n` and the prompt ends with `<|assistant|>\\n`.
-Models with a tokenizer-defined template would render theirs here instead; the built-in byte
-tokenizer has none, so this plain, unambiguous form is the template for it.
+The tokenizer renders it (`Tokenizer.apply_chat_template`, `moeplane.workers.model`): a
+checkpoint's own jinja template exactly as transformers renders it, or for the built-in byte
+tokenizer the plain form `<|role|>\\n{content}\\n` ... `<|assistant|>\\n`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from moeplane.workers.frontend.requests import ChatMessage, ChatRole
+from moeplane.workers.frontend.requests import ChatMessage
+from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer
 
 
-def render_chat(messages: Sequence[ChatMessage]) -> str:
-    parts = [f"<|{m.role}|>\n{m.content}\n" for m in messages]
-    parts.append(f"<|{ChatRole.ASSISTANT}|>\n")
-    return "".join(parts)
+def render_chat(
+    messages: Sequence[ChatMessage], tokenizer: Tokenizer | None = None, add_generation_prompt: bool = True,
+    **kwargs: Any,
+) -> str:
+    """The prompt for `messages` (default tokenizer: the byte tokenizer's plain form)."""
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
+    return tok.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, **kwargs)

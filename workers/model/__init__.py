@@ -4,7 +4,9 @@ Serving interface (what prefill/decode engines build on):
 
 - `EPModelRunner(arch, weights, placement=None, comm=None, device="cpu", dtype=torch.float32)`:
   one rank's model as an ordinary in-process object; host it in your own Ray actor. `weights` is
-  an int seed (`RandomWeights`) or a `WeightSource` (`SafetensorsWeights(path)`). `comm` is an
+  an int seed (`RandomWeights`) or a `WeightSource` (`SafetensorsWeights(directory)`: a Hugging
+  Face checkpoint, sharded, memory-mapped, each rank reading only its own experts, FP8
+  dequantised, its config.json checked against `arch`). `comm` is an
   `EPComm` (`EPComm.init(rank, world_size, "tcp://host:port", device, timeout_s)`); None means a
   one-rank group.
 - `runner.allocate_kv_cache(num_blocks, block_size)` (or `allocate_kv_cache(arch, num_blocks,
@@ -29,10 +31,20 @@ Serving interface (what prefill/decode engines build on):
   rank, moves expert weights between ranks and switches those layers' maps.
 - `SkewedWeights(source, arch, RoutingSkew(hot_experts, bias))` raises chosen experts' router
   correction bias: a controlled hot-expert load over any checkpoint.
-- `tokenizer_for(arch)` -> a `Tokenizer` (byte-level for `tiny`).
-- `reference_logits(arch, state_dict, input_ids)` is the single-process definition of correct.
+- `resolve_checkpoint(location)` -> the checkpoint directory on this node (local path, pvc://,
+  hf:// through the Hugging Face cache); `read_hf_config(directory).arch` (`moeplane.api.hf_config`)
+  is its `ModelArch`.
+- `load_tokenizer(location | "bytes", arch)` -> a `Tokenizer` (the checkpoint's, or byte-level for
+  `tiny`; `tokenizer_for(arch)` is the byte one): encode/decode, EOS ids, token strings and
+  `apply_chat_template` exactly as transformers.
+- `runner.mtp` / `runner.forward_mtp(...)`: DeepSeek-V3's MTP layer when the checkpoint has it;
+  never part of `forward`.
+- `reference_logits(arch, state_dict, input_ids)` is the single-process definition of correct; it
+  and the runner equal transformers' DeepseekV3ForCausalLM / Qwen3MoeForCausalLM.
 """
 
+from moeplane.workers.model.checkpoint import CheckpointError, resolve_checkpoint
+from moeplane.workers.model.hf_tokenizer import HFTokenizer
 from moeplane.workers.model.metadata import (
     AttentionMetadata,
     MetadataError,
@@ -43,13 +55,15 @@ from moeplane.workers.model.metadata import (
     prefill_metadata,
 )
 from moeplane.workers.model.runner import EPModelRunner, empty_metadata
-from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer, tokenizer_for
+from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_for
 from moeplane.workers.model.weights import RandomWeights, SafetensorsWeights, StateDictWeights, WeightSource
 
 __all__ = [
     "AttentionMetadata",
     "ByteTokenizer",
+    "CheckpointError",
     "EPModelRunner",
+    "HFTokenizer",
     "MetadataError",
     "RandomWeights",
     "SafetensorsWeights",
@@ -61,6 +75,8 @@ __all__ = [
     "build_metadata",
     "empty_metadata",
     "kv_cache_bytes_per_block",
+    "load_tokenizer",
     "prefill_metadata",
+    "resolve_checkpoint",
     "tokenizer_for",
 ]

@@ -1,10 +1,12 @@
 """Data-parallel attention over a paged KV cache: DeepSeek MLA and Qwen3-style GQA.
 
-Both modules take the flat step batch `x [T, hidden]` with its `AttentionMetadata` and an
-optional cache tensor of this layer ([num_blocks, block_size, kv_elems]). With a cache, the new
-tokens' KV is written at `slot_mapping` and each sequence attends over its whole cached context
-through its block table; without one (a cache-less prefill), each sequence attends over its own
-new tokens. Either way a query at position p sees context positions 0..p.
+Both mirror transformers' DeepseekV3Attention / Qwen3MoeAttention (biases, YaRN rope and MLA's
+mscale-corrected softmax scale included). Both modules take the flat step batch `x [T, hidden]`
+with its `AttentionMetadata` and an optional cache tensor of this layer ([num_blocks, block_size,
+kv_elems]). With a cache, the new tokens' KV is written at `slot_mapping` and each sequence
+attends over its whole cached context through its block table; without one (a cache-less
+prefill), each sequence attends over its own new tokens. Either way a query at position p sees
+context positions 0..p.
 
 MLA caches the normalised compressed latent (kv_lora_rank) and the rotated shared key
 (qk_rope_head_dim) per token, and expands the latent with `kv_b_proj` at attention time.
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import torch
 from moeplane.api.arch import AttentionKind, ModelArch
-from moeplane.workers.model.layers import RMSNorm, apply_rope
+from moeplane.workers.model.layers import RMSNorm
 from moeplane.workers.model.metadata import AttentionMetadata, MetadataError, gather_context, pad_new_tokens
+from moeplane.workers.model.rope import Rope, gqa_softmax_scale, mla_softmax_scale
 from torch import nn
 
 
@@ -77,35 +80,36 @@ class MLAAttention(nn.Module):
 
     def __init__(self, arch: ModelArch) -> None:
         super().__init__()
-        h, n = arch.hidden_size, arch.num_attention_heads
+        h, n, bias = arch.hidden_size, arch.num_attention_heads, arch.attention_bias
         self.num_heads = n
         self.nope, self.rope, self.v_dim = arch.qk_nope_head_dim, arch.qk_rope_head_dim, arch.v_head_dim
         self.kv_lora_rank = arch.kv_lora_rank
-        self.rope_theta = arch.rope_theta
+        self.rotary = Rope.for_arch(arch, self.rope, interleaved=arch.rope_interleave)
         qk = self.nope + self.rope
         self.q_lora_rank = arch.q_lora_rank
+        # Biases where transformers' DeepseekV3Attention puts them (q_proj and q_b_proj have none).
         if arch.q_lora_rank:
-            self.q_a_proj = nn.Linear(h, arch.q_lora_rank, bias=False)
+            self.q_a_proj = nn.Linear(h, arch.q_lora_rank, bias=bias)
             self.q_a_layernorm = RMSNorm(arch.q_lora_rank, arch.rms_norm_eps)
             self.q_b_proj = nn.Linear(arch.q_lora_rank, n * qk, bias=False)
         else:
             self.q_proj = nn.Linear(h, n * qk, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(h, arch.kv_lora_rank + self.rope, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(h, arch.kv_lora_rank + self.rope, bias=bias)
         self.kv_a_layernorm = RMSNorm(arch.kv_lora_rank, arch.rms_norm_eps)
         self.kv_b_proj = nn.Linear(arch.kv_lora_rank, n * (self.nope + self.v_dim), bias=False)
-        self.o_proj = nn.Linear(n * self.v_dim, h, bias=False)
-        self.scale = qk**-0.5
+        self.o_proj = nn.Linear(n * self.v_dim, h, bias=bias)
+        self.scale = mla_softmax_scale(arch)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache: torch.Tensor | None) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; writes [T, kv_lora_rank + rope] latents into the cache."""
         t = x.shape[0]
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_lora_rank else self.q_proj(x)
         q = q.view(t, self.num_heads, self.nope + self.rope)
-        q_pe = apply_rope(q[..., self.nope :], meta.positions, self.rope_theta, interleaved=True)
+        q_pe = self.rotary.apply(q[..., self.nope :], meta.positions)
         q = torch.cat((q[..., : self.nope], q_pe), dim=-1)
         ckv = self.kv_a_proj_with_mqa(x)
         latent = self.kv_a_layernorm(ckv[:, : self.kv_lora_rank])
-        k_pe = apply_rope(ckv[:, None, self.kv_lora_rank :], meta.positions, self.rope_theta, True)
+        k_pe = self.rotary.apply(ckv[:, None, self.kv_lora_rank :], meta.positions)
         ctx, valid = _context(torch.cat((latent, k_pe[:, 0]), dim=-1), meta, cache)
         b, c = ctx.shape[:2]
         kv = self.kv_b_proj(ctx[..., : self.kv_lora_rank]).view(b, c, self.num_heads, self.nope + self.v_dim)
@@ -121,23 +125,22 @@ class GQAAttention(nn.Module):
     def __init__(self, arch: ModelArch) -> None:
         super().__init__()
         h, n, kvh, d = arch.hidden_size, arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+        bias = arch.attention_bias
         self.num_heads, self.num_kv_heads, self.head_dim = n, kvh, d
-        self.rope_theta = arch.rope_theta
-        self.q_proj = nn.Linear(h, n * d, bias=False)
-        self.k_proj = nn.Linear(h, kvh * d, bias=False)
-        self.v_proj = nn.Linear(h, kvh * d, bias=False)
-        self.o_proj = nn.Linear(n * d, h, bias=False)
+        self.rotary = Rope.for_arch(arch, d, interleaved=False)
+        self.q_proj = nn.Linear(h, n * d, bias=bias)
+        self.k_proj = nn.Linear(h, kvh * d, bias=bias)
+        self.v_proj = nn.Linear(h, kvh * d, bias=bias)
+        self.o_proj = nn.Linear(n * d, h, bias=bias)
         self.q_norm = RMSNorm(d, arch.rms_norm_eps)
         self.k_norm = RMSNorm(d, arch.rms_norm_eps)
-        self.scale = d**-0.5
+        self.scale = gqa_softmax_scale(arch)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache: torch.Tensor | None) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; writes [T, 2 * kv_heads * head_dim] (K then V) into the cache."""
         t, kvh, d = x.shape[0], self.num_kv_heads, self.head_dim
-        q = apply_rope(self.q_norm(self.q_proj(x).view(t, self.num_heads, d)), meta.positions,
-                       self.rope_theta, interleaved=False)
-        k = apply_rope(self.k_norm(self.k_proj(x).view(t, kvh, d)), meta.positions,
-                       self.rope_theta, interleaved=False)
+        q = self.rotary.apply(self.q_norm(self.q_proj(x).view(t, self.num_heads, d)), meta.positions)
+        k = self.rotary.apply(self.k_norm(self.k_proj(x).view(t, kvh, d)), meta.positions)
         v = self.v_proj(x)
         ctx, valid = _context(torch.cat((k.reshape(t, kvh * d), v), dim=-1), meta, cache)
         b, c = ctx.shape[:2]

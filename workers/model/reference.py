@@ -13,9 +13,15 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from moeplane.api.arch import AttentionKind, ModelArch, RouterScoring
-from moeplane.workers.model.layers import apply_rope, rms_norm, swiglu
+from moeplane.workers.model.layers import rms_norm, swiglu
+from moeplane.workers.model.rope import Rope, gqa_softmax_scale, mla_softmax_scale
 
 Weights = Mapping[str, torch.Tensor]
+
+
+def _linear(w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
+    """x @ W.T (+ bias when the checkpoint has `name.bias`)."""
+    return F.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
 
 
 def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -31,35 +37,36 @@ def _mla(arch: ModelArch, w: Weights, p: str, x: torch.Tensor, pos: torch.Tensor
     n, vd = arch.num_attention_heads, arch.v_head_dim
     nope, rope = arch.qk_nope_head_dim, arch.qk_rope_head_dim
     eps, length = arch.rms_norm_eps, x.shape[0]
+    rotary = Rope.for_arch(arch, rope, interleaved=arch.rope_interleave)
     if arch.q_lora_rank:
-        q = F.linear(rms_norm(F.linear(x, w[f"{p}.q_a_proj.weight"]), w[f"{p}.q_a_layernorm.weight"], eps),
+        q = F.linear(rms_norm(_linear(w, f"{p}.q_a_proj", x), w[f"{p}.q_a_layernorm.weight"], eps),
                      w[f"{p}.q_b_proj.weight"])
     else:
         q = F.linear(x, w[f"{p}.q_proj.weight"])
     q = q.view(length, n, nope + rope)
-    ckv = F.linear(x, w[f"{p}.kv_a_proj_with_mqa.weight"])
+    ckv = _linear(w, f"{p}.kv_a_proj_with_mqa", x)
     c, k_pe = ckv[:, : arch.kv_lora_rank], ckv[:, arch.kv_lora_rank :]
     kv = F.linear(rms_norm(c, w[f"{p}.kv_a_layernorm.weight"], eps), w[f"{p}.kv_b_proj.weight"])
     kv = kv.view(length, n, nope + vd)
-    q_pe = apply_rope(q[..., nope:], pos, arch.rope_theta, interleaved=True)
-    k_pe = apply_rope(k_pe.view(length, 1, rope), pos, arch.rope_theta, interleaved=True)
+    q_pe = rotary.apply(q[..., nope:], pos)
+    k_pe = rotary.apply(k_pe.view(length, 1, rope), pos)
     qf = torch.cat((q[..., :nope], q_pe), -1)
     kf = torch.cat((kv[..., :nope], k_pe.expand(length, n, rope)), -1)
-    out = _causal_attention(qf, kf, kv[..., nope:], (nope + rope) ** -0.5)
-    return F.linear(out.reshape(length, n * vd), w[f"{p}.o_proj.weight"])
+    out = _causal_attention(qf, kf, kv[..., nope:], mla_softmax_scale(arch))
+    return _linear(w, f"{p}.o_proj", out.reshape(length, n * vd))
 
 
 def _gqa(arch: ModelArch, w: Weights, p: str, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     n, kvh, d = arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
     eps, length = arch.rms_norm_eps, x.shape[0]
-    q = rms_norm(F.linear(x, w[f"{p}.q_proj.weight"]).view(length, n, d), w[f"{p}.q_norm.weight"], eps)
-    k = rms_norm(F.linear(x, w[f"{p}.k_proj.weight"]).view(length, kvh, d), w[f"{p}.k_norm.weight"], eps)
-    v = F.linear(x, w[f"{p}.v_proj.weight"]).view(length, kvh, d)
-    q = apply_rope(q, pos, arch.rope_theta, interleaved=False)
-    k = apply_rope(k, pos, arch.rope_theta, interleaved=False)
+    rotary = Rope.for_arch(arch, d, interleaved=False)
+    q = rms_norm(_linear(w, f"{p}.q_proj", x).view(length, n, d), w[f"{p}.q_norm.weight"], eps)
+    k = rms_norm(_linear(w, f"{p}.k_proj", x).view(length, kvh, d), w[f"{p}.k_norm.weight"], eps)
+    v = _linear(w, f"{p}.v_proj", x).view(length, kvh, d)
+    q, k = rotary.apply(q, pos), rotary.apply(k, pos)
     k, v = k.repeat_interleave(n // kvh, dim=1), v.repeat_interleave(n // kvh, dim=1)
-    out = _causal_attention(q, k, v, d**-0.5)
-    return F.linear(out.reshape(length, n * d), w[f"{p}.o_proj.weight"])
+    out = _causal_attention(q, k, v, gqa_softmax_scale(arch))
+    return _linear(w, f"{p}.o_proj", out.reshape(length, n * d))
 
 
 def reference_route(
@@ -82,8 +89,9 @@ def reference_route(
         tmp = for_choice.masked_fill(~score_mask.bool(), float("-inf"))
         topk_idx = torch.topk(tmp, k=k, dim=-1)[1]
         topk_weight = scores.gather(1, topk_idx)
-    if k > 1 and arch.norm_topk_prob:
-        topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
+    if arch.norm_topk_prob:  # Qwen3: no epsilon; DeepSeek-V3: + 1e-20, even for top-1
+        eps = 0.0 if arch.scoring is RouterScoring.SOFTMAX else 1e-20
+        topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + eps)
     return topk_idx, topk_weight * arch.routed_scaling_factor
 
 
@@ -119,7 +127,7 @@ def reference_hidden(arch: ModelArch, w: Weights, input_ids: torch.Tensor) -> to
         attn = _mla if arch.attention is AttentionKind.MLA else _gqa
         h = h + attn(arch, w, f"{p}.self_attn", x, pos)
         x = rms_norm(h, w[f"{p}.post_attention_layernorm.weight"], eps)
-        if i < arch.first_k_dense_layers:
+        if not arch.is_moe_layer(i):
             pm = f"{p}.mlp"
             h = h + _mlp(w, pm, x)
         else:
@@ -130,7 +138,8 @@ def reference_hidden(arch: ModelArch, w: Weights, input_ids: torch.Tensor) -> to
 @torch.no_grad()
 def reference_logits(arch: ModelArch, w: Weights, input_ids: torch.Tensor) -> torch.Tensor:
     """input_ids [L] int64 -> fp32 logits [L, vocab] at every position."""
-    return F.linear(reference_hidden(arch, w, input_ids), w["lm_head.weight"]).float()
+    head = w["model.embed_tokens.weight"] if arch.tie_word_embeddings else w["lm_head.weight"]
+    return F.linear(reference_hidden(arch, w, input_ids), head).float()
 
 
 @torch.no_grad()

@@ -50,21 +50,23 @@ def route(
     if cfg.scoring is RouterScoring.SOFTMAX:
         scores = torch.softmax(logits.float(), dim=-1)
         weights, ids = torch.topk(scores, cfg.top_k, dim=-1)
-    else:
-        scores = logits.float().sigmoid()
-        choice = scores if bias is None else scores + bias.float().unsqueeze(0)
-        if cfg.n_group > 1:
-            per_group = cfg.num_experts // cfg.n_group
-            grouped = choice.view(num_tokens, cfg.n_group, per_group)
-            group_scores = grouped.topk(min(2, per_group), dim=-1).values.sum(-1)  # [T, n_group]
-            group_idx = group_scores.topk(cfg.topk_group, dim=-1).indices
-            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_idx, True)
-            expert_mask = group_mask.unsqueeze(-1).expand(-1, -1, per_group)
-            expert_mask = expert_mask.reshape(num_tokens, cfg.num_experts)
-            choice = choice.masked_fill(~expert_mask, float("-inf"))
-        ids = torch.topk(choice, cfg.top_k, dim=-1).indices
-        weights = scores.gather(1, ids)
-    if cfg.top_k > 1 and cfg.norm_topk_prob:
+        if cfg.norm_topk_prob:  # Qwen3MoeTopKRouter: no epsilon
+            weights = weights / weights.sum(-1, keepdim=True)
+        return ids, weights * cfg.routed_scaling_factor
+    scores = logits.float().sigmoid()
+    choice = scores if bias is None else scores + bias.float().unsqueeze(0)
+    if cfg.n_group > 1:
+        per_group = cfg.num_experts // cfg.n_group
+        grouped = choice.view(num_tokens, cfg.n_group, per_group)
+        group_scores = grouped.topk(min(2, per_group), dim=-1).values.sum(-1)  # [T, n_group]
+        group_idx = group_scores.topk(cfg.topk_group, dim=-1).indices
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_idx, True)
+        expert_mask = group_mask.unsqueeze(-1).expand(-1, -1, per_group)
+        expert_mask = expert_mask.reshape(num_tokens, cfg.num_experts)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    ids = torch.topk(choice, cfg.top_k, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if cfg.norm_topk_prob:  # DeepseekV3TopkRouter: even for top-1
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
     return ids, weights * cfg.routed_scaling_factor
 

@@ -19,13 +19,16 @@ from moeplane.workers.ep.replicas import LayerPlacement
 from moeplane.workers.eplb.counter import ExpertLoadCounter, LoadWindow
 from moeplane.workers.eplb.mover import commit_step, stage_step
 from moeplane.workers.eplb.moves import MovePlan, plan_moves
+from moeplane.workers.model.fp8 import fp8_gemm_available, swap_in_fp8_linears
 from moeplane.workers.model.metadata import AttentionMetadata, allocate_kv_cache, build_metadata
 from moeplane.workers.model.moe import MoEBlock
+from moeplane.workers.model.mtp import has_mtp_weights, load_mtp_layers
 from moeplane.workers.model.profiling import PhaseTimer
 from moeplane.workers.model.router import Router
 from moeplane.workers.model.transformer import MoETransformer, load_local_experts, load_replicated
 from moeplane.workers.model.weights import RandomWeights, WeightSource
 from moeplane.workers.placement import Placement, PlacementError
+from torch import nn
 
 
 def empty_metadata(device: torch.device | str = "cpu") -> AttentionMetadata:
@@ -83,6 +86,9 @@ class EPModelRunner:
         self.placement = placement
         self.slots_per_rank = placement.slots_per_rank(self.comm.world_size)
         self.layer_placements = self._layer_placements(placement)
+        check_arch = getattr(self.source, "check_arch", None)
+        if check_arch is not None:  # a checkpoint with a config.json: refuse another model's
+            check_arch(arch)
         model = MoETransformer(arch, self.slots_per_rank).to(dtype)
         for module in model.modules():
             if isinstance(module, Router):  # routing decisions stay in fp32, as in DeepSeek-V3
@@ -90,11 +96,40 @@ class EPModelRunner:
         load_replicated(model, self.source)
         load_local_experts(model, self.source, self.layer_placements)
         self.model = model.to(self.device).eval()
+        self.num_fp8_linears = self._keep_fp8(self.model)
+        # DeepSeek-V3's MTP layer, when the checkpoint has it: loaded, never run by `forward`.
+        self.mtp: nn.ModuleList | None = None
+        self.mtp_placement: LayerPlacement | None = None
+        if has_mtp_weights(arch, self.source):
+            self.mtp_placement = self.layer_placements[-1]
+            mtp = load_mtp_layers(arch, self.source, self.slots_per_rank, self.mtp_placement).to(dtype)
+            for module in mtp.modules():
+                if isinstance(module, Router):
+                    module.float()
+            self.mtp = mtp.to(self.device).eval()
+            self._keep_fp8(self.mtp)
         self.expert_load = torch.zeros(
             arch.num_moe_layers, self.slots_per_rank, dtype=torch.int64, device=self.device
         )
         self.load_counter: ExpertLoadCounter | None = None
         self._switch: _Switch | None = None
+
+    def _keep_fp8(self, module: nn.Module) -> int:
+        """On a GPU with block-scaled FP8 GEMMs, swap the linears the checkpoint stores in FP8 for
+        `Fp8Linear`s (routed experts stay dequantised: the grouped GEMM is not FP8)."""
+        fp8_weight = getattr(self.source, "fp8_weight", None)
+        if fp8_weight is None or not fp8_gemm_available(str(self.device)):
+            return 0
+        names = [f"{n}.weight" for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+        found = {n: pair for n in names if (pair := fp8_weight(self._stored_name(module, n))) is not None}
+        return swap_in_fp8_linears(module, found)
+
+    def _stored_name(self, module: nn.Module, name: str) -> str:
+        if isinstance(module, MoETransformer):
+            return name
+        index, _, rest = name.partition(".")  # an MTP ModuleList: "0.block.self_attn.o_proj.weight"
+        layer = self.arch.num_layers + int(index)
+        return f"model.layers.{layer}.{rest.removeprefix('block.')}"
 
     @property
     def rank(self) -> int:
@@ -151,6 +186,28 @@ class EPModelRunner:
     ) -> torch.Tensor:
         """input_ids [T] int64 -> fp32 logits [N, vocab] of the tokens at `meta.logits_indices`."""
         hidden = self.forward_hidden(input_ids, meta, kv_cache, timer)
+        return self.model.logits(hidden[meta.logits_indices])
+
+    @torch.inference_mode()
+    def forward_mtp(
+        self,
+        input_ids: torch.Tensor,
+        previous_hidden: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: torch.Tensor | None = None,
+        depth: int = 0,
+    ) -> torch.Tensor:
+        """The MTP draft step (never part of `forward`): the next tokens [T] and the main model's
+        final hidden states [T, hidden] at the same positions -> fp32 draft logits
+        [N, vocab] at `meta.logits_indices`. `kv_cache` is the MTP layer's own cache tensor.
+        Every rank calls it together (its MoE layer runs collectives)."""
+        if self.mtp is None or self.mtp_placement is None:
+            raise RuntimeError(f"{self.arch.name}: the checkpoint has no MTP layer")
+        layer = self.mtp[depth]
+        hidden = layer.forward_hidden(  # type: ignore[operator]
+            self.model, input_ids.to(self.device), previous_hidden, meta, kv_cache, self.mtp_placement,
+            self.comm,
+        )
         return self.model.logits(hidden[meta.logits_indices])
 
     def take_expert_load(self) -> torch.Tensor:

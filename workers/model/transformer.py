@@ -30,7 +30,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.self_attn: MLAAttention | GQAAttention = make_attention(arch)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.is_moe = index >= arch.first_k_dense_layers
+        self.is_moe = arch.is_moe_layer(index)
         self.mlp: MoEBlock | DenseMLP = (
             MoEBlock(arch, slots_per_rank) if self.is_moe
             else DenseMLP(arch.hidden_size, arch.dense_intermediate_size)
@@ -53,6 +53,7 @@ class MoETransformer(nn.Module):
         self.arch = arch
         self.model = Backbone(arch, slots_per_rank)
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        self.moe_index = {layer: m for m, layer in enumerate(arch.moe_layer_indices)}
 
     def decoder_layers(self) -> list[DecoderLayer]:
         return [cast(DecoderLayer, layer) for layer in self.model.layers]
@@ -81,7 +82,6 @@ class MoETransformer(nn.Module):
             raise MetadataError(f"{input_ids.shape[0]} input ids but metadata for {meta.num_tokens} tokens")
         if kv_cache is not None and len(kv_cache) != len(self.model.layers):
             raise MetadataError(f"kv_cache has {len(kv_cache)} layers, the model {len(self.model.layers)}")
-        first_moe = self.arch.first_k_dense_layers
         h = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.decoder_layers()):
             with maybe_phase(timer, "attention"):
@@ -89,8 +89,8 @@ class MoETransformer(nn.Module):
                 h = h + layer.self_attn(layer.input_layernorm(h), meta, cache)
                 x = layer.post_attention_layernorm(h)
             if isinstance(layer.mlp, MoEBlock):
-                load = None if expert_load is None else expert_load[i - first_moe]
-                m = i - first_moe
+                m = self.moe_index[i]
+                load = None if expert_load is None else expert_load[m]
                 h = h + layer.mlp(x, placements[m], comm, timer, load, recorder, m)
             else:
                 with maybe_phase(timer, "dense_mlp"):
@@ -104,12 +104,15 @@ class MoETransformer(nn.Module):
 
 def load_replicated(model: MoETransformer, source: WeightSource) -> None:
     """Copy every tensor except the routed experts from `source` (shapes checked; each tensor
-    takes its parameter's dtype and device)."""
+    takes its parameter's dtype and device). A tied LM head reads the embedding."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".mlp.experts." in name:
                 continue
-            param.copy_(check_shape(name, source.get(name), tuple(param.shape)))
+            stored = name
+            if name == "lm_head.weight" and model.arch.tie_word_embeddings:
+                stored = "model.embed_tokens.weight"
+            param.copy_(check_shape(stored, source.get(stored), tuple(param.shape), source))
 
 
 def load_local_experts(
@@ -119,16 +122,23 @@ def load_local_experts(
 
     Only those experts' tensors are read from `source`.
     """
-    arch = model.arch
+    for i, layer in enumerate(model.decoder_layers()):
+        if isinstance(layer.mlp, MoEBlock):
+            load_block_experts(model.arch, layer.mlp, i, source, placements[model.moe_index[i]])
+
+
+def load_block_experts(
+    arch: ModelArch, block: MoEBlock, layer: int, source: WeightSource, placement: LayerPlacement
+) -> None:
+    """Fill one MoE block's local slots with decoder layer `layer`'s experts per `placement`."""
     inter, hidden = arch.moe_intermediate_size, arch.hidden_size
+    experts = block.experts
     with torch.no_grad():
-        for i, layer in enumerate(model.decoder_layers()):
-            if not isinstance(layer.mlp, MoEBlock):
-                continue
-            experts = layer.mlp.experts
-            for slot, e in enumerate(placements[i - arch.first_k_dense_layers].local_experts.tolist()):
-                gate = check_shape(n := expert_weight_name(i, e, "gate_proj"), source.get(n), (inter, hidden))
-                up = check_shape(n := expert_weight_name(i, e, "up_proj"), source.get(n), (inter, hidden))
-                down = check_shape(n := expert_weight_name(i, e, "down_proj"), source.get(n), (hidden, inter))
-                experts.w13[slot].copy_(torch.cat((gate, up), 0))
-                experts.w2[slot].copy_(down)
+        for slot, e in enumerate(placement.local_experts.tolist()):
+            gate, up, down = (
+                check_shape(n := expert_weight_name(layer, e, proj), source.get(n), shape, source)
+                for proj, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)),
+                                    ("down_proj", (hidden, inter)))
+            )
+            experts.w13[slot].copy_(torch.cat((gate, up), 0))
+            experts.w2[slot].copy_(down)

@@ -4,7 +4,8 @@ A `WeightSource` hands out tensors by name; an EP rank asks only for the shared 
 own experts' (`model.layers.{i}.mlp.experts.{e}.gate_proj.weight`, ...), so a safetensors
 checkpoint is read selectively (safetensors reads a tensor's bytes only when it is asked for).
 `RandomWeights` derives every tensor from (seed, name) alone, so any rank builds exactly the
-experts the reference builds. FP8 block-scaled checkpoints (`weight_scale_inv`) are not read.
+experts the reference builds. `SafetensorsWeights` (in `hf_weights`, re-exported here) reads a
+Hugging Face checkpoint directory: sharded, memory-mapped, dtype-checked, FP8 dequantised.
 """
 
 from __future__ import annotations
@@ -17,15 +18,25 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from moeplane.api.arch import AttentionKind, ModelArch, RouterScoring
-from safetensors import safe_open
+from moeplane.workers.model.hf_weights import INDEX_FILE, SafetensorsWeights, WeightError
 from safetensors.torch import save_file
 
-INDEX_FILE = "model.safetensors.index.json"
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 
-
-class WeightError(ValueError):
-    """A tensor is missing from a checkpoint or has the wrong shape."""
+__all__ = [
+    "INDEX_FILE",
+    "RandomWeights",
+    "SafetensorsWeights",
+    "StateDictWeights",
+    "WeightError",
+    "WeightSource",
+    "check_shape",
+    "expert_weight_name",
+    "full_state_dict",
+    "mtp_weight_shapes",
+    "save_checkpoint",
+    "weight_shapes",
+]
 
 
 def expert_weight_name(layer: int, expert: int, proj: str) -> str:
@@ -36,55 +47,87 @@ def _attention_shapes(arch: ModelArch, p: str) -> dict[str, tuple[int, ...]]:
     h, n = arch.hidden_size, arch.num_attention_heads
     if arch.attention is AttentionKind.GQA:
         d, kvh = arch.head_dim, arch.num_kv_heads
-        return {
+        shapes = {
             f"{p}.q_proj.weight": (n * d, h), f"{p}.k_proj.weight": (kvh * d, h),
             f"{p}.v_proj.weight": (kvh * d, h), f"{p}.o_proj.weight": (h, n * d),
             f"{p}.q_norm.weight": (d,), f"{p}.k_norm.weight": (d,),
         }
+        if arch.attention_bias:
+            shapes.update({f"{p}.q_proj.bias": (n * d,), f"{p}.k_proj.bias": (kvh * d,),
+                           f"{p}.v_proj.bias": (kvh * d,), f"{p}.o_proj.bias": (h,)})
+        return shapes
     qk = arch.qk_nope_head_dim + arch.qk_rope_head_dim
-    shapes: dict[str, tuple[int, ...]] = {}
+    kv_a = arch.kv_lora_rank + arch.qk_rope_head_dim
+    shapes = {}
     if arch.q_lora_rank:
         shapes[f"{p}.q_a_proj.weight"] = (arch.q_lora_rank, h)
         shapes[f"{p}.q_a_layernorm.weight"] = (arch.q_lora_rank,)
         shapes[f"{p}.q_b_proj.weight"] = (n * qk, arch.q_lora_rank)
+        if arch.attention_bias:
+            shapes[f"{p}.q_a_proj.bias"] = (arch.q_lora_rank,)
     else:
         shapes[f"{p}.q_proj.weight"] = (n * qk, h)
-    shapes[f"{p}.kv_a_proj_with_mqa.weight"] = (arch.kv_lora_rank + arch.qk_rope_head_dim, h)
+    shapes[f"{p}.kv_a_proj_with_mqa.weight"] = (kv_a, h)
     shapes[f"{p}.kv_a_layernorm.weight"] = (arch.kv_lora_rank,)
     shapes[f"{p}.kv_b_proj.weight"] = (n * (arch.qk_nope_head_dim + arch.v_head_dim), arch.kv_lora_rank)
     shapes[f"{p}.o_proj.weight"] = (h, n * arch.v_head_dim)
+    if arch.attention_bias:
+        shapes[f"{p}.kv_a_proj_with_mqa.bias"] = (kv_a,)
+        shapes[f"{p}.o_proj.bias"] = (h,)
+    return shapes
+
+
+def _layer_shapes(arch: ModelArch, i: int, include_routed_experts: bool) -> dict[str, tuple[int, ...]]:
+    h, inter = arch.hidden_size, arch.moe_intermediate_size
+    p = f"model.layers.{i}"
+    shapes: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (h,)}
+    shapes.update(_attention_shapes(arch, f"{p}.self_attn"))
+    shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
+    if not arch.is_moe_layer(i):
+        d = arch.dense_intermediate_size
+        shapes.update({f"{p}.mlp.gate_proj.weight": (d, h), f"{p}.mlp.up_proj.weight": (d, h),
+                       f"{p}.mlp.down_proj.weight": (h, d)})
+        return shapes
+    shapes[f"{p}.mlp.gate.weight"] = (arch.num_routed_experts, h)
+    if arch.scoring is RouterScoring.SIGMOID:
+        shapes[f"{p}.mlp.gate.e_score_correction_bias"] = (arch.num_routed_experts,)
+    if arch.num_shared_experts:
+        s = inter * arch.num_shared_experts
+        shapes.update({f"{p}.mlp.shared_experts.gate_proj.weight": (s, h),
+                       f"{p}.mlp.shared_experts.up_proj.weight": (s, h),
+                       f"{p}.mlp.shared_experts.down_proj.weight": (h, s)})
+    if include_routed_experts:
+        for e in range(arch.num_routed_experts):
+            shapes[expert_weight_name(i, e, "gate_proj")] = (inter, h)
+            shapes[expert_weight_name(i, e, "up_proj")] = (inter, h)
+            shapes[expert_weight_name(i, e, "down_proj")] = (h, inter)
     return shapes
 
 
 def weight_shapes(arch: ModelArch, include_routed_experts: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the full model by Hugging Face name, with its shape."""
-    h, v, inter = arch.hidden_size, arch.vocab_size, arch.moe_intermediate_size
+    """Every tensor of the main model (no MTP layers) by Hugging Face name, with its shape."""
+    h, v = arch.hidden_size, arch.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
     for i in range(arch.num_layers):
-        p = f"model.layers.{i}"
-        shapes[f"{p}.input_layernorm.weight"] = (h,)
-        shapes.update(_attention_shapes(arch, f"{p}.self_attn"))
-        shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
-        if i < arch.first_k_dense_layers:
-            d = arch.dense_intermediate_size
-            shapes.update({f"{p}.mlp.gate_proj.weight": (d, h), f"{p}.mlp.up_proj.weight": (d, h),
-                           f"{p}.mlp.down_proj.weight": (h, d)})
-            continue
-        shapes[f"{p}.mlp.gate.weight"] = (arch.num_routed_experts, h)
-        if arch.scoring is RouterScoring.SIGMOID:
-            shapes[f"{p}.mlp.gate.e_score_correction_bias"] = (arch.num_routed_experts,)
-        if arch.num_shared_experts:
-            s = inter * arch.num_shared_experts
-            shapes.update({f"{p}.mlp.shared_experts.gate_proj.weight": (s, h),
-                           f"{p}.mlp.shared_experts.up_proj.weight": (s, h),
-                           f"{p}.mlp.shared_experts.down_proj.weight": (h, s)})
-        if include_routed_experts:
-            for e in range(arch.num_routed_experts):
-                shapes[expert_weight_name(i, e, "gate_proj")] = (inter, h)
-                shapes[expert_weight_name(i, e, "up_proj")] = (inter, h)
-                shapes[expert_weight_name(i, e, "down_proj")] = (h, inter)
+        shapes.update(_layer_shapes(arch, i, include_routed_experts))
     shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
+    if not arch.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def mtp_weight_shapes(arch: ModelArch, include_routed_experts: bool = True) -> dict[str, tuple[int, ...]]:
+    """DeepSeek-V3's multi-token-prediction layers (`model.layers.{num_layers + k}`): a MoE decoder
+    layer plus enorm, hnorm, eh_proj and shared_head.norm. The embedding and head are the main
+    model's (DeepSeek's layer copies of them are identical and are not read)."""
+    h = arch.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in range(arch.num_nextn_predict_layers):
+        i = arch.num_layers + k
+        p = f"model.layers.{i}"
+        shapes.update({f"{p}.enorm.weight": (h,), f"{p}.hnorm.weight": (h,),
+                       f"{p}.eh_proj.weight": (h, 2 * h), f"{p}.shared_head.norm.weight": (h,)})
+        shapes.update(_layer_shapes(arch, i, include_routed_experts))
     return shapes
 
 
@@ -111,11 +154,18 @@ class RandomWeights:
 
     def shape(self, name: str) -> tuple[int, ...]:
         if self._shapes is None:
-            self._shapes = weight_shapes(self.arch)
+            self._shapes = {**weight_shapes(self.arch), **mtp_weight_shapes(self.arch)}
         try:
             return self._shapes[name]
         except KeyError:
             raise WeightError(f"{name!r} is not a tensor of {self.arch.name}") from None
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.shape(str(name))
+        except WeightError:
+            return False
+        return True
 
     def get(self, name: str) -> torch.Tensor:
         shape = self.shape(name)
@@ -124,7 +174,7 @@ class RandomWeights:
         noise = torch.randn(shape, generator=gen)
         if name.endswith("norm.weight"):
             return 1.0 + 0.1 * noise
-        if name.endswith("e_score_correction_bias"):
+        if name.endswith("e_score_correction_bias") or name.endswith(".bias"):
             return 0.1 * noise
         if name == "model.embed_tokens.weight":
             return noise
@@ -137,58 +187,14 @@ class StateDictWeights:
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.tensors = dict(tensors)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
     def get(self, name: str) -> torch.Tensor:
         try:
             return self.tensors[name]
         except KeyError:
             raise WeightError(f"{name!r} is missing from the state dict") from None
-
-
-class SafetensorsWeights:
-    """A safetensors checkpoint: one file, or a directory of shards (with or without an index).
-
-    `names_read` records which tensors were actually read, so callers can check that an EP rank
-    touched only its own experts.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.names_read: set[str] = set()
-        self._where: dict[str, Path] | None = None
-        self._handles: dict[Path, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "names_read": set(), "_where": None, "_handles": {}}
-
-    def _locate(self) -> dict[str, Path]:
-        if self._where is not None:
-            return self._where
-        if self.path.is_file():
-            files = [self.path]
-        elif (self.path / INDEX_FILE).is_file():
-            weight_map = json.loads((self.path / INDEX_FILE).read_text())["weight_map"]
-            self._where = {name: self.path / f for name, f in weight_map.items()}
-            return self._where
-        else:
-            files = sorted(self.path.glob("*.safetensors"))
-            if not files:
-                raise WeightError(f"no .safetensors files at {self.path}")
-        where: dict[str, Path] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt") as handle:
-                where.update(dict.fromkeys(handle.keys(), f))
-        self._where = where
-        return where
-
-    def get(self, name: str) -> torch.Tensor:
-        where = self._locate()
-        if name not in where:
-            raise WeightError(f"tensor {name!r} is not in the checkpoint at {self.path}")
-        f = where[name]
-        if f not in self._handles:
-            self._handles[f] = safe_open(str(f), framework="pt")
-        self.names_read.add(name)
-        return self._handles[f].get_tensor(name)
 
 
 def save_checkpoint(
@@ -224,7 +230,13 @@ def full_state_dict(arch: ModelArch, source: WeightSource) -> dict[str, torch.Te
     return {name: source.get(name) for name in weight_shapes(arch)}
 
 
-def check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def check_shape(
+    name: str, tensor: torch.Tensor, shape: tuple[int, ...], source: WeightSource | None = None
+) -> torch.Tensor:
+    """`tensor` if it has `shape`; else a WeightError naming the tensor (and its file, when the
+    source knows it)."""
     if tuple(tensor.shape) != tuple(shape):
-        raise WeightError(f"{name}: checkpoint shape {tuple(tensor.shape)}, model expects {tuple(shape)}")
+        where = getattr(source, "where", None)
+        at = f" in {where(name)}" if where is not None else ""
+        raise WeightError(f"{name}{at}: checkpoint shape {tuple(tensor.shape)}, model expects {tuple(shape)}")
     return tensor

@@ -17,7 +17,14 @@ from moeplane.workers.kv.frames import DEFAULT_CHUNK_BYTES
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport, run_expiry
 from moeplane.workers.kv.layout import KVBackend
 from moeplane.workers.kv.transport import KVTransport
-from moeplane.workers.model import EPModelRunner, WeightSource, tokenizer_for
+from moeplane.workers.model import (
+    EPModelRunner,
+    SafetensorsWeights,
+    Tokenizer,
+    WeightSource,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 from moeplane.workers.net import free_port
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.engine import EngineConfig, RankEngine, RankStats, StepInput, StepResult
@@ -26,10 +33,16 @@ from moeplane.workers.serving.loop import LoopThread
 
 @dataclass(frozen=True)
 class RankSpec:
-    """Everything a rank needs to start; the same for every rank of a group."""
+    """Everything a rank needs to start; the same for every rank of a group.
+
+    `weights` is a seed, a `WeightSource`, or a checkpoint location (a local path, pvc://CLAIM/PATH
+    or hf://ORG/REPO[@REV]) that each rank resolves on its own node and reads its own experts
+    from. `tokenizer` is a location or "bytes"; None means the checkpoint's own tokenizer when
+    `weights` is a location, else the byte tokenizer (tiny).
+    """
 
     arch: ModelArch
-    weights: WeightSource | int
+    weights: WeightSource | int | str
     engine: EngineConfig
     placement: Placement | None = None
     device: str = "cpu"
@@ -42,6 +55,20 @@ class RankSpec:
     security: GrpcSecurity = field(default_factory=GrpcSecurity)
     collective_timeout_s: float = 120.0
     torch_threads: int = 1
+    tokenizer: str | None = None
+
+    def weight_source(self) -> WeightSource | int:
+        """The weights as the runner takes them (a location resolved on this node)."""
+        if isinstance(self.weights, str):
+            return SafetensorsWeights(resolve_checkpoint(self.weights))
+        return self.weights
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The tokenizer for stop strings and EOS (resolved on this node)."""
+        location = self.tokenizer
+        if location is None and isinstance(self.weights, str):
+            location = self.weights
+        return load_tokenizer(location, self.arch)
 
 
 def make_transport(spec: RankSpec) -> KVTransport:
@@ -78,13 +105,13 @@ class RankWorker:
         torch.set_num_threads(spec.torch_threads)
         device = "cuda:0" if spec.device == "cuda" else spec.device  # Ray shows one GPU as 0
         comm = EPComm.init(self.rank, self.world_size, init_method, device, spec.collective_timeout_s)
-        runner = EPModelRunner(spec.arch, spec.weights, spec.placement, comm, device, spec.dtype)
+        runner = EPModelRunner(spec.arch, spec.weight_source(), spec.placement, comm, device, spec.dtype)
         cache = runner.allocate_kv_cache(spec.engine.num_blocks, spec.engine.block_size)
         self.loop = LoopThread(name=f"moeplane-kv-rank{self.rank}")
         transport = make_transport(spec)
         self.loop.run(transport.start())
         self._expiry = self.loop.submit(run_expiry(transport))
-        self.engine = RankEngine(spec.engine, runner, cache, tokenizer_for(spec.arch), transport, self.loop)
+        self.engine = RankEngine(spec.engine, runner, cache, spec.load_tokenizer(), transport, self.loop)
         return transport.address
 
     def _engine(self) -> RankEngine:

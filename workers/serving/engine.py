@@ -129,6 +129,8 @@ class RankEngine:
         self.runner = runner
         self.kv_cache = kv_cache
         self.tokenizer = tokenizer
+        # Every id that ends a sequence (a checkpoint may have several: generation_config.json).
+        self._eos_ids: frozenset[int] = frozenset(getattr(tokenizer, "eos_ids", None) or {tokenizer.eos_id})
         self.transport = transport
         self.loop = loop
         self.blocks = BlockManager(config.num_blocks, config.block_size)
@@ -229,7 +231,7 @@ class RankEngine:
     def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str]:
         stream = self._texts[seq.request_id]
         output = seq.output_token_ids
-        if token == self.tokenizer.eos_id and not seq.sampling.ignore_eos:
+        if token in self._eos_ids and not seq.sampling.ignore_eos:
             return FinishReason.STOP, stream.flush(output)
         delta = stream.update(output)
         if delta.stopped:

@@ -16,7 +16,12 @@ def test_utf8_round_trip_with_bos_and_dropped_specials() -> None:
     ids = tok.encode("héllo ✓")
     assert ids[0] == tok.bos_id and max(ids[1:]) < 256
     assert tok.decode([*ids, tok.eos_id, tok.pad_id]) == "héllo ✓"
-    assert tok.encode("a", add_bos=False) == [97]
+    assert tok.encode("a", add_special_tokens=False) == [97] == tok.encode("a", add_bos=False)
+    assert tok.eos_ids == {tok.eos_id}
+    assert tok.decode([tok.bos_id, 104, 105], skip_special_tokens=False) == "<|bos|>hi"
+    assert tok.convert_ids_to_tokens([104, 0xC3, tok.eos_id]) == ["h", "bytes:\\xc3", "<|eos|>"]
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert chat == "<|user|>\nhi\n<|assistant|>\n"
 
 
 def test_out_of_vocab_ids_and_big_vocabularies_are_errors() -> None:
