@@ -13,6 +13,7 @@ from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
 from moeplane.api.errors import Problem, SpecInvalid
 from moeplane.api.hardware import HardwareSpec
 from moeplane.api.layout import resolve_group
+from moeplane.api.podchecks import pod_problems
 from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
 
 GB = 1e9
@@ -34,6 +35,7 @@ def validate_spec(spec: MoEDeploymentSpec) -> list[Problem]:
         problems += _pool_problems(f"spec.{role.value}", spec.pool(role), role, arch, hw)
     problems += _eplb_problems(spec)
     problems += _planner_problems(spec, hw)
+    problems += pod_problems(spec)
     return problems
 
 

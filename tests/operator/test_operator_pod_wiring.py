@@ -120,28 +120,49 @@ def _source(module: str) -> str:
     return Path(spec.origin).read_text()
 
 
+# Read by libraries in the pods, not by moeplane's code: huggingface_hub, NCCL, Gloo, UCX.
+LIBRARY_ENV = {
+    "HF_HOME", "HF_HUB_OFFLINE", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX", "NCCL_SOCKET_IFNAME",
+    "GLOO_SOCKET_IFNAME", "UCX_NET_DEVICES",
+}  # fmt: skip
+
+
 def test_every_env_var_set_is_one_the_workers_read() -> None:
     dep = deployment()
+    rdma = {"resourceName": "rdma/hca", "hcas": ["mlx5_0"], "gidIndex": 3, "socketInterface": "eth0"}
+    dep = dep.model_copy(
+        update={"spec": dep.spec.model_copy(update={"hardware": dep.spec.hardware.model_validate(
+            {**dep.spec.hardware.to_wire(), "rdma": rdma})})}
+    )
+    locations = _source("moeplane.api.locations")
     readers = {
         POOL_CONTAINER: _source("moeplane.workers.pool.settings") + _source("moeplane.workers.pool.main"),
         "frontend": _source("moeplane.workers.frontend.main"),
+        WORKER_CONTAINER: "",
     }
     rc = raycluster(dep, Role.DECODE)
+    worker = container(rc["spec"]["workerGroupSpecs"][0]["template"]["spec"], WORKER_CONTAINER)
     pods = {
         POOL_CONTAINER: container(rc["spec"]["headGroupSpec"]["template"]["spec"], POOL_CONTAINER),
         "frontend": build_frontend_deployment(dep, "deepseek-r1", "default", CONFIG)["spec"]["template"][
             "spec"
         ]["containers"][0],
+        WORKER_CONTAINER: worker,
     }
     for name, c in pods.items():
         for var in env_of(c):
-            assert f'"{var}"' in readers[name], f"{name} sets {var}, which nothing in moeplane reads"
-        assert {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"} <= set(env_of(c))
-    # The Ray head and the workers run Ray only: the ranks get their settings from the driver.
+            if var in LIBRARY_ENV:
+                continue
+            read = f'"{var}"' in readers[name] + locations
+            assert read, f"{name} sets {var}, which nothing in moeplane reads"
+    for name in (POOL_CONTAINER, "frontend"):
+        needed = {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"}
+        assert needed <= set(env_of(pods[name]))
+    # The ranks get their settings from the driver through Ray; the worker's env is the pod's
+    # volume root and the fabric's (NCCL/Gloo/UCX), which the rank processes inherit.
+    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV - {"HF_HOME", "HF_HUB_OFFLINE"}
     assert "env" not in container(rc["spec"]["headGroupSpec"]["template"]["spec"], HEAD_CONTAINER)
-    worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
-    assert "env" not in container(worker, WORKER_CONTAINER)
-    assert "ports" not in container(worker, WORKER_CONTAINER)  # ephemeral, advertised in Redis
+    assert "ports" not in worker  # ephemeral, advertised in Redis
 
 
 def test_secrets_are_referenced_never_inlined() -> None:
