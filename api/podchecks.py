@@ -366,7 +366,10 @@ def _resource_problems(
                 problems.append(Problem(f"{path}.{part}.{name}", str(exc)))
     if shm_size is None or problems:
         return problems
-    shm = parse_quantity(shm_size)
+    try:
+        shm = parse_quantity(shm_size)
+    except QuantityError:
+        return problems  # reported at pod.shmSize
     request = parsed.get("requests", {}).get("memory")
     limit = parsed.get("limits", {}).get("memory")
     if request is not None and request < shm:

@@ -15,8 +15,14 @@ Paths inside every pod the operator makes:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from moeplane.api.enums import KvTransferBackend
 from moeplane.api.locations import DEFAULT_VOLUME_ROOT, HF_HOME_MOUNT_PATH, VOLUME_ROOT_ENV
-from moeplane.api.podtemplate import RdmaSpec
+from moeplane.api.podtemplate import MooncakeProtocol, MooncakeSpec, RdmaSpec
+
+if TYPE_CHECKING:
+    from moeplane.api.spec import MoEDeploymentSpec
 
 # ---- paths ----------------------------------------------------------------------------------------
 ENGINE_DIR = "/etc/moeplane/engine"
@@ -79,6 +85,18 @@ def rdma_env(rdma: RdmaSpec) -> list[tuple[str, str]]:
         out.append(("NCCL_SOCKET_IFNAME", rdma.socket_interface))
         out.append(("GLOO_SOCKET_IFNAME", rdma.socket_interface))
     return out
+
+
+def mooncake_settings(spec: MoEDeploymentSpec) -> MooncakeSpec | None:
+    """What the ranks give Mooncake's transfer engine (None: another backend): the spec's
+    `kvTransfer.mooncake`, an rdma transport's devices defaulting to `hardware.rdma.hcas`."""
+    if spec.kv_transfer.backend is not KvTransferBackend.MOONCAKE:
+        return None
+    mooncake = spec.kv_transfer.mooncake or MooncakeSpec()
+    rdma = spec.hardware.rdma
+    if mooncake.protocol is MooncakeProtocol.RDMA and not mooncake.device_name and rdma and rdma.hcas:
+        return mooncake.model_copy(update={"device_name": ",".join(rdma.hcas)})
+    return mooncake
 
 
 def reserved_env(rdma: RdmaSpec | None) -> frozenset[str]:
