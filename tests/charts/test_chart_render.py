@@ -245,8 +245,12 @@ def test_namespaced_operator_with_peering() -> None:
     # Namespaced permissions are bound in the served namespaces only.
     bindings = {(m.namespace, m.name) for m in pick(manifests, "RoleBinding")}
     assert bindings == {
-        (ns, name) for ns in ("llm-prod", "llm-staging") for name in ("mp-operator", "mp-planner")
+        (ns, name)
+        for ns in ("llm-prod", "llm-staging")
+        for name in ("mp-operator", "mp-planner", "mp-uninstall")
     }
+    roles = {(m.namespace, m.name) for m in pick(manifests, "Role")}
+    assert roles == bindings
     assert {m.name for m in pick(manifests, "ClusterRoleBinding")} == {"mp-operator-cluster"}
 
     # Kopf's peering CRDs (kept on uninstall) and one KopfPeering per namespace, as hooks.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis
 import torch
 from moeplane.api.enums import Role
-from moeplane.api.keys import DeploymentKeys
+from moeplane.api.keys import BALANCEDNESS_FIELD, PLACEMENT_VERSION_FIELD, DeploymentKeys
 from moeplane.workers.eplb.codec import (
     CodecError,
     decode_matrix,
@@ -34,11 +34,12 @@ from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
-# Set the placement only if it is newer than the stored one. KEYS[1] hash; ARGV version, data, at_s.
+# Set the placement only if it is newer than the stored one. KEYS[1] hash; ARGV version, data, at_s,
+# and the name of the version field.
 _CAS_PLACEMENT = """
-local current = redis.call('HGET', KEYS[1], 'version')
+local current = redis.call('HGET', KEYS[1], ARGV[4])
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2], 'at_s', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[1], 'data', ARGV[2], 'at_s', ARGV[3])
 return 1
 """
 
@@ -195,7 +196,7 @@ class EplbStore:
         at_s = time.time() if now_s is None else now_s
         stored = self._cas(
             keys=[self.keys.placement(self.role.value)],
-            args=[placement.version, encode_placement(placement), json.dumps(at_s)],
+            args=[placement.version, encode_placement(placement), json.dumps(at_s), PLACEMENT_VERSION_FIELD],
         )
         return bool(stored)
 
@@ -207,7 +208,7 @@ class EplbStore:
         self.client.hset(
             self.keys.placement(self.role.value),
             mapping={
-                "balancedness": repr(float(balancedness)),
+                BALANCEDNESS_FIELD: repr(float(balancedness)),
                 "balancedness_version": str(int(placement_version)),
                 "balancedness_at_s": repr(at_s),
             },
@@ -216,7 +217,7 @@ class EplbStore:
     def read_status(self) -> PoolEplbStatus:
         fields = self.client.hmget(
             self.keys.placement(self.role.value),
-            ["version", "balancedness", "balancedness_version", "balancedness_at_s"],
+            [PLACEMENT_VERSION_FIELD, BALANCEDNESS_FIELD, "balancedness_version", "balancedness_at_s"],
         )
         version, value, measured_version, at_s = (
             None if f is None else _as_bytes(f).decode() for f in fields
