@@ -32,7 +32,7 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
-_SUFFIX = {
+_SUFFIX: dict[str, Decimal | int] = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
     "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -64,7 +64,7 @@ def parse_quantity(value: object) -> Decimal:
     try:
         if suffix[:1] in ("e", "E"):
             return number * Decimal(10) ** int(suffix[1:])
-        return number * Decimal(_SUFFIX[suffix])
+        return number * Decimal(_SUFFIX[suffix])  # an int or a Decimal already
     except (InvalidOperation, KeyError) as exc:
         raise QuantityError(f"{value!r} is not a Kubernetes quantity") from exc
 

@@ -61,22 +61,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cleanup_cli.register(subparsers)
 
 
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    """The operator's configuration from its parsed flags; ConfigError names a bad one."""
+    extra = {"image": args.image} if args.image else {}
+    return OperatorConfig(
+        namespaces=tuple(args.namespaces),
+        standalone=args.peering is None,
+        peering_name=args.peering or "moeplane",
+        liveness_endpoint=None if args.liveness == "none" else args.liveness,
+        redis_url=args.redis_url,
+        resync_s=args.resync_seconds,
+        wait_s=args.wait_seconds,
+        image_pull_secrets=tuple(args.image_pull_secrets),
+        **extra,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from moeplane.operator.runner import configure_logging, run_operator
 
     try:
-        extra = {"image": args.image} if args.image else {}
-        config = OperatorConfig(
-            namespaces=tuple(args.namespaces),
-            standalone=args.peering is None,
-            peering_name=args.peering or "moeplane",
-            liveness_endpoint=None if args.liveness == "none" else args.liveness,
-            redis_url=args.redis_url,
-            resync_s=args.resync_seconds,
-            wait_s=args.wait_seconds,
-            image_pull_secrets=tuple(args.image_pull_secrets),
-            **extra,
-        )
+        config = config_from_args(args)
     except ConfigError as exc:
         print(f"moeplane operator: {exc}", file=sys.stderr)
         return 2
