@@ -269,7 +269,7 @@ def pool_crd() -> dict[str, Any]:
             _column("EP", ".spec.layout.expertParallel", "integer"),
             _column("Nodes/Group", ".spec.layout.nodesPerGroup", "integer"),
             _column("Desired", ".spec.replicas", "integer"),
-            _column("Ready", ".status.readyReplicas", "integer"),
+            _column("Ready", ".status.readyGroups", "integer"),
             _AGE,
         ],
     )

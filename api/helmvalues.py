@@ -207,6 +207,27 @@ class RbacValues(ApiModel):
     )
 
 
+class UninstallValues(ApiModel):
+    """`helm uninstall`'s pre-delete hook: a Job that deletes the MoEDeployments the operator serves
+    while it still runs, so their finalizers complete, and waits for them."""
+
+    delete_deployments: bool = Field(
+        True,
+        description="Run the hook. Without it, delete the MoEDeployments before uninstalling, or they "
+        "wait on their finalizer (then: `moeplane cleanup -n NAMESPACE NAME`).",
+    )
+    timeout_seconds: int = Field(
+        300, ge=10, description="How long the hook waits for them to be gone before it fails."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        description="Kubernetes ResourceRequirements of the hook's container.",
+    )
+
+
 class DeploymentValues(ApiModel):
     """A MoEDeployment created with the release."""
 
@@ -230,7 +251,11 @@ class ChartValues(ApiModel):
         default_factory=lambda: ImageValues(repository="ghcr.io/moeplane/moeplane-worker"),
         description="Default image of the workers and frontends the operator creates (CUDA torch).",
     )
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of image pull Secrets.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of image pull Secrets: of the chart's pods, and of every pod the operator "
+        "makes (there they must exist in each MoEDeployment's namespace too).",
+    )
     pod_security_context: dict[str, Any] = Field(
         default_factory=lambda: {
             "runAsNonRoot": True,
@@ -256,6 +281,9 @@ class ChartValues(ApiModel):
         default_factory=NetworkPolicyValues, description="NetworkPolicies."
     )
     rbac: RbacValues = Field(default_factory=RbacValues, description="RBAC.")
+    uninstall: UninstallValues = Field(
+        default_factory=UninstallValues, description="The pre-delete hook of `helm uninstall`."
+    )
     deployments: list[DeploymentValues] = Field(
         default_factory=list,
         description="MoEDeployments to create with the release (the examples/ manifests' spec fits here).",

@@ -35,6 +35,14 @@ from moeplane.api.hardware import HardwarePreset, HardwareSpec, hardware_preset
 from moeplane.api.hf_config import read_hf_config
 from moeplane.api.layout import GroupLayout
 from moeplane.api.locations import LocationError, LocationKind, parse_location
+from moeplane.api.podtemplate import (
+    HfCacheSpec,
+    ModelStorage,
+    MooncakeSpec,
+    PodOverrides,
+    PoolPodOverrides,
+    RdmaSpec,
+)
 from moeplane.api.presets import ModelPreset, model_preset
 from moeplane.api.status import Condition, MoEDeploymentStatus
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -57,8 +65,10 @@ class WeightsSpec(ApiModel):
         None,
         min_length=1,
         description="Location of the Hugging Face checkpoint directory (config.json, safetensors, "
-        "tokenizer): a local path, pvc://CLAIM/PATH or hf://ORG/REPO[@REVISION]. Required for "
-        "safetensors. With a local path and no preset or architecture, config.json names the model.",
+        "tokenizer): an absolute path (in Kubernetes: baked into the image), pvc://CLAIM/PATH (the "
+        "claim is mounted read-only into every pod) or hf://ORG/REPO[@REVISION] (fetched into "
+        "spec.model.hfCache by an init container). Required for safetensors. With a local path and "
+        "no preset or architecture, config.json names the model.",
     )
     seed: int = Field(0, ge=0, description="Seed of the random initialisation (format random).")
 
@@ -76,8 +86,13 @@ class ModelSpec(ApiModel):
     tokenizer: str | None = Field(
         None,
         min_length=1,
-        description="Tokenizer location (path or Hugging Face repo id); defaults to the weights' "
+        description="Tokenizer location, in the forms of weights.uri; defaults to the weights' "
         "location. `bytes` selects the byte-level tokenizer of the tiny model.",
+    )
+    hf_cache: HfCacheSpec | None = Field(
+        None,
+        description="The Hugging Face cache of hf:// locations in Kubernetes: a PersistentVolumeClaim, "
+        "or (unset) an emptyDir per pod.",
     )
     served_model_name: str | None = Field(
         None,
@@ -127,10 +142,10 @@ class HardwareConfig(ApiModel):
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", min_length=1, description="Extended resource name of one GPU."
     )
-    rdma_resource_name: str | None = Field(
+    rdma: RdmaSpec | None = Field(
         None,
-        min_length=1,
-        description="Extended resource name of an RDMA NIC (e.g. rdma/hca), requested once per GPU.",
+        description="The RDMA fabric of the worker pods: the NIC resource, IPC_LOCK, and the NCCL/UCX "
+        "env a multi-node EP group needs.",
     )
 
     def figures(self) -> HardwareSpec:
@@ -165,7 +180,9 @@ class PoolSpec(ApiModel):
         description="Extra expert slots per layer for replicas of hot experts. (routed experts + "
         "redundantExperts) must be divisible by expertParallel.",
     )
-    replicas: int = Field(1, ge=0, description="EP groups to run now.")
+    replicas: int = Field(
+        1, ge=0, description="EP groups to run now (the MoEPool's scale subresource counts groups)."
+    )
     min_replicas: int = Field(1, ge=0, description="Fewest EP groups the planner may scale to.")
     max_replicas: int | None = Field(
         None, ge=0, description="Most EP groups the planner may scale to; unbounded if unset."
@@ -186,12 +203,20 @@ class PoolSpec(ApiModel):
     image: str | None = Field(None, min_length=1, description="Container image; overrides spec.image.")
     resources: dict[str, Any] | None = Field(
         None,
-        description="Kubernetes ResourceRequirements of the worker container (CPU, memory...). "
-        "GPU and RDMA requests are added from the layout.",
+        description="Kubernetes ResourceRequirements of the worker container (CPU, memory...), "
+        "merged over the defaults sized for /dev/shm. GPU and RDMA requests are added from the layout.",
     )
     node_selector: dict[str, str] | None = Field(None, description="Node selector of the pods.")
     tolerations: list[dict[str, Any]] | None = Field(None, description="Kubernetes tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="Kubernetes affinity.")
+    topology_key: str | None = Field(
+        None,
+        min_length=1,
+        description="Node label (e.g. a rack or NVLink-clique label) whose value every host of one "
+        "EP group shares: pod affinity on KubeRay's replica-group label (KubeRay >= 1.6, "
+        "Kubernetes >= 1.31).",
+    )
+    pod: PoolPodOverrides | None = Field(None, description="Pod-template fields of the pool's pods.")
 
     @property
     def attention_dp_size(self) -> int:
@@ -248,6 +273,9 @@ class KvTransferSpec(ApiModel):
     lease_seconds: float = Field(
         30.0, gt=0, description="Prefill frees a request's KV blocks after this if decode never acks."
     )
+    mooncake: MooncakeSpec | None = Field(
+        None, description="Mooncake's transport and devices (backend mooncake; default tcp)."
+    )
 
 
 class SlaSpec(ApiModel):
@@ -293,6 +321,7 @@ class FrontendSpec(ApiModel):
     replicas: int = Field(1, ge=1, description="Frontend pods.")
     image: str | None = Field(None, min_length=1, description="Container image; overrides spec.image.")
     resources: dict[str, Any] | None = Field(None, description="Kubernetes ResourceRequirements.")
+    pod: PodOverrides | None = Field(None, description="Pod-template fields of the frontend's pods.")
 
 
 class MoEDeploymentSpec(ApiModel):
@@ -331,15 +360,18 @@ class MoEPoolSpec(ApiModel):
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", min_length=1, description="Extended resource name of one GPU."
     )
-    rdma_resource_name: str | None = Field(
-        None, min_length=1, description="Extended resource name of an RDMA NIC, one per GPU."
-    )
+    rdma: RdmaSpec | None = Field(None, description="The deployment's spec.hardware.rdma.")
     resources: dict[str, Any] | None = Field(
         None, description="Kubernetes ResourceRequirements of the worker container."
     )
     node_selector: dict[str, str] | None = Field(None, description="Node selector of the pods.")
     tolerations: list[dict[str, Any]] | None = Field(None, description="Kubernetes tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="Kubernetes affinity.")
+    topology_key: str | None = Field(None, min_length=1, description="The pool's topologyKey.")
+    pod: PoolPodOverrides | None = Field(None, description="Pod-template fields of the pool's pods.")
+    storage: ModelStorage | None = Field(
+        None, description="The model locations the pods mount (weights, tokenizer, Hugging Face cache)."
+    )
     eplb_load_file: str | None = Field(
         None,
         min_length=1,
@@ -357,13 +389,22 @@ class MoEPoolSpec(ApiModel):
 class MoEPoolStatus(ApiModel):
     """Observed state of a pool; `replicas` and `selector` serve the scale subresource."""
 
-    replicas: int = Field(0, ge=0, description="EP groups that exist.")
-    ready_replicas: int = Field(0, ge=0, description="EP groups with every worker ready.")
+    replicas: int = Field(
+        0, ge=0, description="EP groups of the current revision (the scale subresource's count)."
+    )
+    ready_groups: int = Field(0, ge=0, description="EP groups with every worker ready, over all revisions.")
     ready_workers: int = Field(0, ge=0, description="Ready worker pods over all groups.")
     selector: str = Field("", description="Label selector of the pool's pods (for HPA/KEDA).")
     observed_generation: int | None = Field(None, ge=0, description="The spec generation observed.")
-    placement_version: int | None = Field(None, ge=0, description="Expert placement version served.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    placement_version: int | None = Field(
+        None, ge=0, description="Version of the expert placement the pool serves with (EPLB store)."
+    )
+    balancedness: float | None = Field(
+        None, ge=0, le=1, description="Mean/max per-GPU token load in the last EPLB window."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded and Invalid."
+    )
 
 
 # ---- top-level objects ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from moeplane.api.hf_config import (
     read_hf_config,
 )
 from moeplane.api.layout import resolve_group
+from moeplane.api.podchecks import pod_problems
 from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
 
 GB = 1e9
@@ -44,6 +45,7 @@ def validate_spec(spec: MoEDeploymentSpec) -> list[Problem]:
         problems += _pool_problems(f"spec.{role.value}", spec.pool(role), role, arch, hw)
     problems += _eplb_problems(spec)
     problems += _planner_problems(spec, hw)
+    problems += pod_problems(spec)
     return problems
 
 

@@ -24,13 +24,23 @@ class OperatorConfig:
     image: str = "ghcr.io/moeplane/moeplane:0.1.0"  # default image of workers and the frontend
     ray_version: str = "2.40.0"
     frontend_port: int = 8000
-    shm_size: str = "64Gi"  # /dev/shm of each worker pod (NCCL and Ray's object store)
+    # Referenced by every pod the operator makes (the chart's imagePullSecrets); a pull Secret is
+    # namespaced, so each must exist in the MoEDeployments' namespaces too.
+    image_pull_secrets: tuple[str, ...] = ()
     head_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
     )
     # The `moeplane pool` sidecar of each Ray head: the groups' control services and registry.
     pool_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+    )
+    # The frontend (tokenizer, HTTP, routing); spec.frontend.resources is merged over it.
+    frontend_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+    )
+    # The init container that fills the Hugging Face cache (hf:// locations).
+    fetch_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}}
     )
 
     def __post_init__(self) -> None:

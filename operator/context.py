@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import kopf
+from moeplane.api.enums import Role
 from moeplane.operator import names
 from moeplane.operator.config import OperatorConfig
 from moeplane.operator.diffing import DEFAULT_POLICY, Action, ChildPolicy, Create, Delete, Patch, plan_child
 from moeplane.operator.kinds import RAYCLUSTER, Kind
 from moeplane.operator.kube import ApiError, KubeApi
+from moeplane.operator.status import EplbReading
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (plural, namespace, name)
@@ -41,6 +43,10 @@ class ChildCache(Protocol):
 
 class EventSink(Protocol):
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+
+class EplbSource(Protocol):
+    async def read(self, namespace: str, deployment: str, role: Role) -> EplbReading | None: ...
 
 
 class _Cached:
@@ -106,6 +112,10 @@ class Context:
     # Invalid-spec messages already posted as Events, per object: a handler and the timer may both
     # see a body from before the status write, and the Event must still be posted once.
     reported: dict[Key, str] = field(default_factory=dict)
+    # Reads each pool's EPLB state from Redis for its status; None without a Redis.
+    eplb: EplbSource | None = None
+    # The Secret patch last written per (namespace, name): Secrets are written, never read back.
+    secrets_written: dict[tuple[str, str], str] = field(default_factory=dict)
     _written: dict[Key, Obj | None] = field(default_factory=dict)
 
     def lookup(self, kind: Kind, namespace: str, name: str) -> Mapping[str, Any] | None:

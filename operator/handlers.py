@@ -30,6 +30,7 @@ from moeplane.operator.context import (
     index_id,
     snapshot,
 )
+from moeplane.operator.eplb_status import EplbReader
 from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, Kind
 from moeplane.operator.kube import ApiError, HttpKubeApi, KubeApi
 from moeplane.operator.reconcile import Outcome, reconcile_deployment, reconcile_pool
@@ -46,6 +47,8 @@ class OperatorState:
         self.counters = Counters()
         self.reported: dict[tuple[str, str, str], str] = {}
         self._api = api
+        self.eplb = EplbReader(config.redis_url) if config.redis_url else None
+        self.secrets_written: dict[tuple[str, str], str] = {}
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
         if self._api is None or isinstance(self._api, HttpKubeApi):
@@ -74,11 +77,15 @@ class OperatorState:
             locks=self.locks,
             counters=self.counters,
             reported=self.reported,
+            eplb=self.eplb,
+            secrets_written=self.secrets_written,
         )
 
     async def close(self) -> None:
         if isinstance(self._api, HttpKubeApi):
             await self._api.close()
+        if self.eplb is not None:
+            await self.eplb.close()
 
 
 def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -218,17 +225,9 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
             state.warn_once(body, "KindNotServed", str(exc))
             raise kopf.TemporaryError(str(exc), delay=4 * config.wait_s) from exc
         # A deployment's pool has its status refreshed by the deployment's reconcile (which waits,
-        # and resyncs); only a pool made by hand waits here, so 100 deployments do not mean 300
-        # retry loops.
-        owned = any(
-            ref.get("kind") == MOEDEPLOYMENT.kind
-            for ref in body.get("metadata", {}).get("ownerReferences") or ()
-        )
-        if not summary.ready and not owned:
-            raise kopf.TemporaryError(
-                f"waiting for RayClusters: {summary.ready_groups}/{summary.desired_groups} EP groups ready",
-                delay=config.wait_s,
-            )
+        # and resyncs), so 100 deployments do not mean 300 retry loops here. A pool made by hand is
+        # refused with an Event and its status (reconcile_pool): nothing to wait for either.
+        del summary
 
     return registry
 

@@ -50,6 +50,5 @@ EVENT = Kind("", "v1", "events", "Event")
 CHILD_KINDS: tuple[Kind, ...] = (MOEPOOL, RAYCLUSTER, CONFIGMAP, SERVICE, DEPLOYMENT, SECRET)
 # Children read from kopf's watch cache. RayClusters are not: their status decides readiness, so
 # each pool reconcile lists them fresh (one request) rather than trusting a cache that can lag.
-# Secrets are watched only with the operator's managed-by label selector (server-side), so the
-# cache never holds a Secret the operator did not make.
-CACHED_KINDS: tuple[Kind, ...] = (MOEPOOL, CONFIGMAP, SERVICE, DEPLOYMENT, SECRET)
+# Secrets are not watched either: the operator creates and patches its own and reads none.
+CACHED_KINDS: tuple[Kind, ...] = (MOEPOOL, CONFIGMAP, SERVICE, DEPLOYMENT)

@@ -1,19 +1,49 @@
-"""What the operator reads back from KubeRay: readiness of the RayClusters of a pool. Pure."""
+"""What the operator reads back from KubeRay: readiness of the RayClusters of a pool. Pure.
+
+Condition types and reasons are KubeRay's own (ray-operator/apis/ray/v1/raycluster_types.go, KubeRay
+v1.6.0; the `ReplicaFailure` reasons from ray-operator/controllers/ray/utils/constant.go). KubeRay
+>= 1.6 writes conditions by default (feature RayClusterStatusConditions). The deprecated
+`status.state` is not read: KubeRay sets it to `ready` once and never clears it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from moeplane.operator import names
 
 
-def _condition(status: Mapping[str, Any], kind: str) -> str | None:
-    for cond in status.get("conditions") or ():
-        if cond.get("type") == kind:
-            return str(cond.get("status"))
-    return None
+class RayClusterCondition(StrEnum):
+    """`RayClusterConditionType` values (raycluster_types.go)."""
+
+    PROVISIONED = "RayClusterProvisioned"  # all pods were ready once; never set back
+    HEAD_POD_READY = "HeadPodReady"  # the head pod's own Ready condition
+    REPLICA_FAILURE = "ReplicaFailure"  # a pod could not be created or deleted
+    SUSPENDING = "RayClusterSuspending"
+    SUSPENDED = "RayClusterSuspended"  # e.g. Kueue has not admitted the RayCluster
+
+
+# Reasons KubeRay gives ReplicaFailure (utils/constant.go: errRayClusterReplicaFailure markers).
+REPLICA_FAILURE_REASONS = (
+    "FailedDeleteAllPods",
+    "FailedDeleteHeadPod",
+    "FailedCreateHeadPod",
+    "FailedDeleteWorkerPod",
+    "FailedCreateWorkerPod",
+)
+HEAD_POD_NOT_FOUND = "HeadPodNotFound"
+
+
+def _find(status: Mapping[str, Any], kind: RayClusterCondition) -> Mapping[str, Any] | None:
+    return next((c for c in status.get("conditions") or () if c.get("type") == kind.value), None)
+
+
+def _true(status: Mapping[str, Any], kind: RayClusterCondition) -> bool:
+    cond = _find(status, kind)
+    return cond is not None and cond.get("status") == "True"
 
 
 @dataclass(frozen=True)
@@ -27,8 +57,9 @@ class RayClusterObservation:
     hosts_per_group: int
     ready_workers: int
     head_ready: bool
-    failure: str | None  # the RayClusterReplicaFailure message, when KubeRay reports one
+    failure: str | None  # KubeRay's ReplicaFailure, "reason: message", when it reports one
     deleting: bool
+    suspended: bool = False  # RayClusterSuspending/Suspended: no pods (Kueue has not admitted it)
 
     @property
     def ready_groups(self) -> int:
@@ -37,7 +68,7 @@ class RayClusterObservation:
         KubeRay counts ready worker pods; a multi-host group is ready only when all its
         `numOfHosts` pods are, so whole groups are ready pods // hosts (never more than asked).
         """
-        if not self.head_ready or self.deleting:
+        if not self.head_ready or self.deleting or self.suspended:
             return 0
         return min(self.replicas, self.ready_workers // max(self.hosts_per_group, 1))
 
@@ -52,19 +83,11 @@ def observe_raycluster(body: Mapping[str, Any]) -> RayClusterObservation:
     status = body.get("status") or {}
     groups = spec.get("workerGroupSpecs") or [{}]
     group = groups[0]
-    head_ready = _condition(status, "HeadPodReady") == "True" or status.get("state") == "ready"
     failure = None
-    if _condition(status, "RayClusterReplicaFailure") == "True":
-        failure = next(
-            (
-                str(c.get("message") or c.get("reason") or "replica failure")
-                for c in status.get("conditions") or ()
-                if c.get("type") == "RayClusterReplicaFailure"
-            ),
-            "replica failure",
-        )
-    elif status.get("state") == "failed":
-        failure = str(status.get("reason") or "RayCluster failed")
+    if _true(status, RayClusterCondition.REPLICA_FAILURE):
+        cond = _find(status, RayClusterCondition.REPLICA_FAILURE) or {}
+        reason, message = str(cond.get("reason") or "ReplicaFailure"), str(cond.get("message") or "")
+        failure = f"{reason}: {message}" if message else reason
     return RayClusterObservation(
         name=str(meta.get("name")),
         uid=str(meta.get("uid", "")),
@@ -72,9 +95,11 @@ def observe_raycluster(body: Mapping[str, Any]) -> RayClusterObservation:
         replicas=int(group.get("replicas") or 0),
         hosts_per_group=int(group.get("numOfHosts") or 1),
         ready_workers=int(status.get("readyWorkerReplicas") or 0),
-        head_ready=head_ready,
+        head_ready=_true(status, RayClusterCondition.HEAD_POD_READY),
         failure=failure,
         deleting=bool(meta.get("deletionTimestamp")),
+        suspended=_true(status, RayClusterCondition.SUSPENDING)
+        or _true(status, RayClusterCondition.SUSPENDED),
     )
 
 
@@ -113,6 +138,10 @@ class PoolObservation:
             and current_ready >= self.desired_groups
             and (self.current is not None and self.current.replicas == self.desired_groups)
         )
+
+    @property
+    def suspended(self) -> bool:
+        return self.current is not None and self.current.suspended
 
     @property
     def failure(self) -> str | None:

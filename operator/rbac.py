@@ -42,6 +42,10 @@ class PolicyRule:
     why: str
     scope: Scope = Scope.NAMESPACED
     when: When = When.ALWAYS
+    # Checked by the API server on the operator's behalf, never called by it (so never recorded):
+    # OwnerReferencesPermissionEnforcement asks for `update` on the owner's finalizers subresource
+    # before it lets a child carry blockOwnerDeletion.
+    admission_only: bool = False
 
     def allows(self, verb: str, group: str, resource: str) -> bool:
         return group in self.api_groups and resource in self.resources and verb in self.verbs
@@ -61,6 +65,7 @@ class PolicyRule:
 # Children the reconcile reads from Kopf's watch cache: watched and listed by Kopf; created and
 # patched (diff-only) by the reconcile, which reads one (`get`) only when its create conflicts
 # with a child the cache has not seen yet. They go away by garbage collection, never by a delete.
+# Secrets are not among them: the operator writes its own and reads none.
 _CACHED_CHILD = ("get", "list", "watch", "create", "patch")
 
 RULES: tuple[PolicyRule, ...] = (
@@ -78,10 +83,19 @@ RULES: tuple[PolicyRule, ...] = (
         "Status is computed from what is observed and patched only when it changed.",
     ),
     PolicyRule(
+        (DOMAIN,),
+        ("moedeployments/finalizers", "moepools/finalizers"),
+        ("update",),
+        "OwnerReferencesPermissionEnforcement: children owned (blockOwnerDeletion) by a "
+        "MoEDeployment or MoEPool.",
+        admission_only=True,
+    ),
+    PolicyRule(
         ("ray.io",),
         ("rayclusters",),
-        ("list", "create", "patch", "delete"),
-        "Each pool's RayClusters are listed fresh, never cached; a rollout deletes old revisions.",
+        ("get", "list", "create", "patch", "delete"),
+        "Each pool's RayClusters are listed fresh, never cached (read back on a create conflict); a "
+        "rollout deletes old revisions.",
     ),
     PolicyRule(
         ("",),
@@ -93,9 +107,9 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         ("",),
         ("secrets",),
-        _CACHED_CHILD,
-        "Each MoEDeployment's Secret (workers' gRPC token, Redis URL); watched only with the "
-        "operator's managed-by label selector.",
+        ("create", "patch"),
+        "Each MoEDeployment's Secret (workers' gRPC token, Redis URL): created, and patched without "
+        "its token; no Secret is ever read.",
     ),
     PolicyRule(
         ("",), ("events",), ("create",), "Events: the Invalid-spec warning and Kopf's handler failures."

@@ -11,10 +11,12 @@ creates or patches only what differs. Run twice on an unchanged world, it writes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import kopf
 from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.hardware import HardwarePreset
@@ -29,9 +31,9 @@ from moeplane.operator.builders.frontend import (
 )
 from moeplane.operator.builders.pools import build_pool, desired_pool_replicas
 from moeplane.operator.builders.raycluster import build_raycluster
-from moeplane.operator.builders.secret import build_deployment_secret, live_grpc_token, new_grpc_token
+from moeplane.operator.builders.secret import build_deployment_secret, new_grpc_token, secret_patch
 from moeplane.operator.context import Context
-from moeplane.operator.diffing import ChildPolicy, Delete
+from moeplane.operator.diffing import ChildPolicy, Delete, with_hash
 from moeplane.operator.kinds import (
     CONFIGMAP,
     DEPLOYMENT,
@@ -41,13 +43,16 @@ from moeplane.operator.kinds import (
     SECRET,
     SERVICE,
 )
+from moeplane.operator.kube import ApiError
 from moeplane.operator.observe import PoolObservation, RayClusterObservation, observe_pool
 from moeplane.operator.status import (
+    EplbReading,
     PoolSummary,
     deployment_status,
     invalid_status,
     now_utc,
     pool_status,
+    refused_pool_status,
     status_patch,
 )
 
@@ -62,9 +67,8 @@ RAYCLUSTER_POLICY = ChildPolicy(
 )
 CONFIGMAP_POLICY = ChildPolicy(prune=(("data",),))
 DEPLOYMENT_POLICY = ChildPolicy(drift=((("spec", "replicas"), ("spec", "replicas")),))
-# The Secret's data is compared directly and kept out of the hash annotation, which every reader
-# of the Secret's metadata sees.
-SECRET_POLICY = ChildPolicy(prune=(("data",),), drift=((("data",), ("data",)),), unhashed=(("data",),))
+# The Secret's data is kept out of the hash annotation, which every reader of its metadata sees.
+SECRET_UNHASHED = (("data",),)
 
 
 @dataclass(frozen=True)
@@ -150,14 +154,27 @@ async def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> Outcome
 
 
 async def _ensure_secret(ctx: Context, body: Mapping[str, Any], name: str, namespace: str) -> None:
-    """The deployment's Secret, with the token it already holds (a new one only when it has none)."""
-
-    def desired(live: Mapping[str, Any] | None) -> dict[str, Any]:
-        token = live_grpc_token(live) or new_grpc_token()
-        return build_deployment_secret(name, namespace, token, ctx.config.redis_url)
-
-    live = ctx.lookup(SECRET, namespace, names.deployment_secret(name))
-    await ctx.ensure(SECRET, desired(live), body, SECRET_POLICY, live=live, rebuild=desired)
+    """The deployment's Secret, made and patched without ever reading a Secret (the operator's RBAC
+    has no read on Secrets): created with a new token; when it exists already (a restart, a second
+    operator) only its labels, owner and Redis URL are patched, so the token it holds stays. What was
+    last written is remembered per operator, so a resync writes nothing."""
+    desired = build_deployment_secret(name, namespace, new_grpc_token(), ctx.config.redis_url)
+    kopf.adopt(desired, owner=dict(body))  # type: ignore[arg-type]
+    desired = with_hash(desired, SECRET_UNHASHED)
+    patch = secret_patch(desired)
+    key = (namespace, str(desired["metadata"]["name"]))
+    digest = json.dumps(patch, sort_keys=True)
+    if ctx.secrets_written.get(key) == digest:
+        return
+    ctx.counters.writes[SECRET.plural] += 1
+    try:
+        await ctx.api.create(SECRET, namespace, desired)
+    except ApiError as exc:
+        if not exc.conflict:
+            raise
+        ctx.counters.writes[SECRET.plural] += 1
+        await ctx.api.patch(SECRET, namespace, key[1], patch)
+    ctx.secrets_written[key] = digest
 
 
 async def _mark_invalid(ctx: Context, body: Mapping[str, Any], message: str) -> None:
@@ -201,6 +218,44 @@ def retired(obs: PoolObservation) -> list[RayClusterObservation]:
     return [o for o in obs.old if not o.ready_groups] if others_serve else []
 
 
+def refusal(body: Mapping[str, Any], deployment: str) -> str:
+    """Why the operator runs nothing for this MoEPool ("" when it is a MoEDeployment's).
+
+    A pool's pods need the engine ConfigMap, placement and Secret that its MoEDeployment's
+    reconcile makes from the model, the layouts of both pools and the Redis settings; a pool alone
+    carries none of that. So a MoEPool made by hand is refused, never half-run (pods stuck in
+    ContainerCreating on ConfigMaps nobody makes).
+    """
+    meta = body.get("metadata") or {}
+    owners = [
+        ref
+        for ref in meta.get("ownerReferences") or ()
+        if ref.get("kind") == MOEDEPLOYMENT.kind
+        and str(ref.get("apiVersion", "")).startswith(f"{names.DOMAIN}/")
+    ]
+    if any(ref.get("name") == deployment for ref in owners):
+        return ""
+    return (
+        f"MoEPool {meta.get('namespace')}/{meta.get('name')} is not owned by MoEDeployment {deployment!r} "
+        "(spec.deploymentName): the operator runs only the pools a MoEDeployment makes, since their pods "
+        "need the engine configuration, placement and Secret the deployment provides. Create a "
+        "MoEDeployment instead, and scale its pools with `kubectl scale moepool`."
+    )
+
+
+async def _refuse_pool(ctx: Context, body: Mapping[str, Any], message: str) -> None:
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    status = refused_pool_status(
+        message, names.pool_selector(name), _generation(body), body.get("status"), now_utc()
+    )
+    await ctx.write_status(MOEPOOL, namespace, name, status_patch(body.get("status"), status))
+    key = (MOEPOOL.plural, namespace, name)
+    if ctx.reported.get(key) != message:
+        ctx.reported[key] = message
+        ctx.events.warn(body, reason="NotOwnedByDeployment", message=message)
+
+
 async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta["namespace"])
@@ -208,6 +263,20 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
         ctx.counters.reconciles["moepools"] += 1
         pool: MoEPool = parse_pool(_wire(body))
         spec = pool.spec
+        refused = refusal(body, spec.deployment_name)
+        if refused:
+            await _refuse_pool(ctx, body, refused)
+            return PoolSummary(
+                role=spec.role,
+                desired_groups=spec.replicas,
+                ready_groups=0,
+                ready_workers=0,
+                ready=False,
+                rolling_out=False,
+                failure=None,
+                gpus_per_group=spec.layout.gpus_per_group,
+                refused=refused,
+            )
         desired = build_raycluster(spec, name, namespace, _accelerator(body), ctx.config)
         pool_label = names.label_value(name)
         live = {str(rc["metadata"]["name"]): rc for rc in await ctx.rayclusters(namespace, pool_label)}
@@ -224,7 +293,10 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
             await ctx.apply(Delete(RAYCLUSTER, namespace, old.name, old.uid))
         if gone:
             obs = PoolObservation(obs.desired_groups, obs.current, tuple(o for o in obs.old if o not in gone))
-        status = pool_status(obs, names.pool_selector(name), _generation(body), body.get("status"), now_utc())
+        eplb = await ctx.eplb.read(namespace, spec.deployment_name, spec.role) if ctx.eplb else None
+        status = pool_status(
+            obs, names.pool_selector(name), _generation(body), body.get("status"), now_utc(), eplb
+        )
         await ctx.write_status(MOEPOOL, namespace, name, status_patch(body.get("status"), status))
         return PoolSummary(
             role=spec.role,
@@ -235,4 +307,5 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
             rolling_out=obs.rolling_out,
             failure=obs.failure,
             gpus_per_group=spec.layout.gpus_per_group,
+            eplb=eplb or EplbReading(),
         )

@@ -1,5 +1,8 @@
 """Status computed from observation, and the patch that writes it only when it changed. Pure.
 
+Status is built from the typed models (`MoEPoolStatus`, `MoEDeploymentStatus`) and written in their
+wire form, so a field the models do not declare can never be written.
+
 Conditions keep their `lastTransitionTime` while their status stays the same, so a resync that
 observes nothing new produces an identical status and no write.
 """
@@ -12,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moeplane.api.enums import ConditionStatus, ConditionType, Role
-from moeplane.api.status import Condition
+from moeplane.api.spec import MoEPoolStatus
+from moeplane.api.status import Condition, MoEDeploymentStatus, PoolStatus
 from moeplane.operator.observe import PoolObservation
 
 Obj = dict[str, Any]
@@ -34,13 +38,13 @@ def _true(flag: bool) -> ConditionStatus:
     return ConditionStatus.TRUE if flag else ConditionStatus.FALSE
 
 
-def conditions_wire(
+def conditions_typed(
     conds: Sequence[Cond],
     previous: Sequence[Mapping[str, Any]],
     generation: int | None,
     now: datetime.datetime,
-) -> list[Obj]:
-    """Wire form; a condition whose status did not change keeps its previous transition time."""
+) -> list[Condition]:
+    """A condition whose status did not change keeps its previous transition time."""
     before = {c.get("type"): c for c in previous}
     out = []
     for cond in conds:
@@ -56,15 +60,31 @@ def conditions_wire(
                 message=cond.message,
                 last_transition_time=when,
                 observed_generation=generation,
-            ).to_wire()
+            )
         )
     return out
+
+
+@dataclass(frozen=True)
+class EplbReading:
+    """What the EPLB store in Redis says about a pool (workers/eplb/store.py); None: nothing yet."""
+
+    placement_version: int | None = None
+    balancedness: float | None = None
 
 
 # ---- MoEPool -----------------------------------------------------------------------------------
 def pool_conditions(obs: PoolObservation) -> list[Cond]:
     current_ready = obs.current.ready_groups if obs.current else 0
-    if obs.ready:
+    if obs.suspended:
+        ready = Cond(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "Suspended",
+            f"RayCluster {obs.current.name if obs.current else '?'} is suspended: it waits for admission "
+            "(Kueue) and runs no pods",
+        )
+    elif obs.ready:
         ready = Cond(
             ConditionType.READY,
             ConditionStatus.TRUE,
@@ -113,18 +133,45 @@ def pool_status(
     generation: int | None,
     previous: Mapping[str, Any] | None,
     now: datetime.datetime,
+    eplb: EplbReading | None = None,
 ) -> Obj:
     previous = previous or {}
-    return {
-        "replicas": obs.existing_groups,
-        "readyReplicas": obs.ready_groups,
-        "readyWorkers": obs.ready_workers,
-        "selector": selector,
-        "observedGeneration": generation,
-        "conditions": conditions_wire(
-            pool_conditions(obs), previous.get("conditions") or [], generation, now
+    eplb = eplb or EplbReading()
+    return MoEPoolStatus(
+        replicas=obs.existing_groups,
+        ready_groups=obs.ready_groups,
+        ready_workers=obs.ready_workers,
+        selector=selector,
+        observed_generation=generation,
+        placement_version=eplb.placement_version,
+        balancedness=eplb.balancedness,
+        conditions=conditions_typed(pool_conditions(obs), previous.get("conditions") or [], generation, now),
+    ).to_wire()
+
+
+def refused_pool_status(
+    message: str,
+    selector: str,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime.datetime,
+) -> Obj:
+    """A MoEPool the operator does not run (made by hand): Invalid with the reason, nothing ready."""
+    previous = previous or {}
+    conds = [
+        Cond(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            "NotOwnedByDeployment",
+            "the operator runs no pods for it",
         ),
-    }
+        Cond(ConditionType.INVALID, ConditionStatus.TRUE, "NotOwnedByDeployment", message),
+    ]
+    return MoEPoolStatus(
+        selector=selector,
+        observed_generation=generation,
+        conditions=conditions_typed(conds, previous.get("conditions") or [], generation, now),
+    ).to_wire()
 
 
 # ---- MoEDeployment -----------------------------------------------------------------------------
@@ -140,6 +187,8 @@ class PoolSummary:
     rolling_out: bool
     failure: str | None
     gpus_per_group: int
+    eplb: EplbReading = EplbReading()
+    refused: str = ""  # why the operator runs nothing for this pool (made by hand), if it does not
 
 
 def deployment_conditions(pools: Sequence[PoolSummary]) -> list[Cond]:
@@ -181,20 +230,25 @@ def deployment_status(
     now: datetime.datetime,
 ) -> Obj:
     previous = previous or {}
-    out: Obj = {
-        "observedGeneration": generation,
-        "conditions": conditions_wire(
+    by_role = {
+        p.role: PoolStatus(
+            desired_groups=p.desired_groups,
+            ready_groups=p.ready_groups,
+            ready_workers=p.ready_workers,
+            placement_version=p.eplb.placement_version,
+            balancedness=p.eplb.balancedness,
+        )
+        for p in pools
+    }
+    return MoEDeploymentStatus(
+        observed_generation=generation,
+        conditions=conditions_typed(
             deployment_conditions(pools), previous.get("conditions") or [], generation, now
         ),
-        "totalGpus": sum(p.desired_groups * p.gpus_per_group for p in pools),
-    }
-    for p in pools:
-        out[p.role.value] = {
-            "desiredGroups": p.desired_groups,
-            "readyGroups": p.ready_groups,
-            "readyWorkers": p.ready_workers,
-        }
-    return out
+        prefill=by_role.get(Role.PREFILL),
+        decode=by_role.get(Role.DECODE),
+        total_gpus=sum(p.desired_groups * p.gpus_per_group for p in pools),
+    ).to_wire()
 
 
 def invalid_status(
@@ -214,16 +268,16 @@ def invalid_status(
         conds.append(Cond(ConditionType.READY, ConditionStatus.FALSE, "SpecInvalid", "the spec is invalid"))
     conds.append(Cond(ConditionType.INVALID, ConditionStatus.TRUE, "SpecInvalid", message))
     # Keep the generation the other conditions were computed from.
-    wire = conditions_wire(conds, previous.get("conditions") or [], generation, now)
-    return {"observedGeneration": generation, "conditions": wire}
+    typed = conditions_typed(conds, previous.get("conditions") or [], generation, now)
+    return MoEDeploymentStatus(observed_generation=generation, conditions=typed).to_wire()
 
 
 # ---- writing -----------------------------------------------------------------------------------
 def status_patch(current: Mapping[str, Any] | None, desired: Obj) -> Obj | None:
     """The merge patch of `status` (only keys the operator owns), or None when nothing changed.
 
-    Fields others own (the planner's `lastDecision`, EPLB's `placementVersion`) are untouched:
-    a merge patch leaves keys it does not name alone.
+    Fields others own (the planner's `lastDecision`) are untouched: a merge patch leaves keys it does
+    not name alone. So are `placementVersion` and `balancedness` while Redis cannot be read.
     """
     current = current or {}
     patch: Obj = {}

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from moeplane.api.enums import Role
-from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.keys import BALANCEDNESS_FIELD, PLACEMENT_VERSION_FIELD, DeploymentKeys
 
 Int64Matrix = npt.NDArray[np.int64]
 
@@ -81,7 +81,7 @@ def as_bytes(value: bytes | str) -> bytes:
 
 def read_status(client: Any, keys: DeploymentKeys, role: Role) -> PoolEplbStatus:
     """The pool's placement version and measured balancedness (a sync redis client)."""
-    names = ["version", "balancedness", "balancedness_version", "balancedness_at_s"]
+    names = [PLACEMENT_VERSION_FIELD, BALANCEDNESS_FIELD, "balancedness_version", "balancedness_at_s"]
     fields = client.hmget(keys.placement(Role(role).value), names)
     version, value, measured_version, at_s = (None if f is None else as_bytes(f).decode() for f in fields)
     return PoolEplbStatus(
@@ -101,7 +101,7 @@ def write_status(
     client.hset(
         keys.placement(Role(role).value),
         mapping={
-            "balancedness": repr(float(balancedness)),
+            BALANCEDNESS_FIELD: repr(float(balancedness)),
             "balancedness_version": str(int(placement_version)),
             "balancedness_at_s": repr(at_s),
         },

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Fields of the `placement(role)` hash that readers outside the EPLB store use (the operator's status).
+PLACEMENT_VERSION_FIELD = "version"
+BALANCEDNESS_FIELD = "balancedness"
+
 
 @dataclass(frozen=True)
 class DeploymentKeys:
@@ -39,7 +43,8 @@ class DeploymentKeys:
         return self.prefix + f"eplb:load:{role}:{group_id}"
 
     def placement(self, role: str) -> str:
-        """Hash of the current placement: version and the serialized maps."""
+        """Hash of the current placement: version and the serialized maps, and the measured
+        balancedness (fields `PLACEMENT_VERSION_FIELD`, `BALANCEDNESS_FIELD`, ...)."""
         return self.prefix + f"eplb:placement:{role}"
 
     def planner_decisions(self) -> str:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from moeplane.api import podcontract as pc
 from moeplane.api.enums import Role
 from moeplane.api.spec import MoEDeployment
 from moeplane.operator import names
+from moeplane.operator.builders import podparts
 from moeplane.operator.builders.configmaps import ENGINE_KEY
+from moeplane.operator.builders.pools import model_storage
 from moeplane.operator.builders.raycluster import ENGINE_DIR
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
+from moeplane.operator.builders.storage import model_mounts
 from moeplane.operator.config import OperatorConfig
 
 FRONTEND_CONTAINER = "frontend"
@@ -20,29 +24,56 @@ def build_frontend_deployment(
     deployment: MoEDeployment, name: str, namespace: str, config: OperatorConfig
 ) -> dict[str, Any]:
     spec = deployment.spec
+    pod = spec.frontend.pod
     labels = names.deployment_labels(name, FRONTEND_COMPONENT)
     selector = {
         names.DEPLOYMENT_LABEL: labels[names.DEPLOYMENT_LABEL],
         names.APP_COMPONENT: FRONTEND_COMPONENT,
     }
+    image = spec.frontend.image or spec.image or config.image
+    security = podparts.container_security_context(pod)
+    # The frontend tokenizes: it mounts the tokenizer (or the weights' location) like the pools do.
+    model = model_mounts(
+        model_storage(deployment),
+        light=True,
+        image=image,
+        fetch_env=podparts.user_env(pod),
+        security_context=security,
+        resources=config.fetch_resources,
+    )
     # What `moeplane frontend` reads (workers/frontend/main.py); secrets by reference only.
     env: list[dict[str, Any]] = [
-        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
+        {"name": pc.ENGINE_CONFIG_ENV, "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
         secret_env("MOEPLANE_GRPC_TOKEN", name, GRPC_TOKEN_KEY),
     ]
     if config.redis_url:
         env.append(secret_env("MOEPLANE_REDIS_URL", name, REDIS_URL_KEY))
     container: dict[str, Any] = {
         "name": FRONTEND_CONTAINER,
-        "image": spec.frontend.image or spec.image or config.image,
+        "image": image,
         "args": ["frontend", "--host", "0.0.0.0", "--port", str(config.frontend_port)],
-        "env": env,
+        "env": [*env, *model.env, *podparts.user_env(pod)],
         "ports": [{"containerPort": config.frontend_port, "name": "http"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True}],
+        "resources": podparts.merge_resources(config.frontend_resources, spec.frontend.resources),
+        "securityContext": security,
+        "volumeMounts": [
+            {"name": pc.ENGINE_VOLUME, "mountPath": ENGINE_DIR, "readOnly": True},
+            *model.mounts,
+            *podparts.user_mounts(pod),
+        ],
     }
-    if spec.frontend.resources:
-        container["resources"] = spec.frontend.resources
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {"name": pc.ENGINE_VOLUME, "configMap": {"name": names.engine_configmap(name)}},
+            *model.volumes,
+            *podparts.user_volumes(pod),
+        ],
+        **podparts.pod_fields(config, pod),
+    }
+    if model.init_containers:
+        pod_spec["initContainers"] = model.init_containers
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -50,13 +81,7 @@ def build_frontend_deployment(
         "spec": {
             "replicas": spec.frontend.replicas,
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "engine", "configMap": {"name": names.engine_configmap(name)}}],
-                },
-            },
+            "template": {"metadata": podparts.pod_metadata(labels, pod, {}), "spec": pod_spec},
         },
     }
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from moeplane.api.enums import EplbMode, Role
+from moeplane.api.enums import EplbMode, Role, WeightsFormat
 from moeplane.api.layout import DeploymentLayout
+from moeplane.api.podtemplate import ModelStorage
 from moeplane.api.spec import API_VERSION, MoEDeployment, MoEPoolSpec
 from moeplane.operator import names
 
@@ -27,6 +28,13 @@ def desired_pool_replicas(deployment_replicas: int, live_pool: Mapping[str, Any]
     return int((live_pool.get("spec") or {}).get("replicas", deployment_replicas))
 
 
+def model_storage(deployment: MoEDeployment) -> ModelStorage:
+    """The model locations a deployment's pods mount (random weights read none)."""
+    model = deployment.spec.model
+    weights = model.weights.uri if model.weights.format is WeightsFormat.SAFETENSORS else None
+    return ModelStorage(weights=weights, tokenizer=model.tokenizer, hf_cache=model.hf_cache)
+
+
 def build_pool(
     deployment: MoEDeployment, name: str, namespace: str, role: Role, layout: DeploymentLayout, replicas: int
 ) -> dict[str, Any]:
@@ -39,11 +47,14 @@ def build_pool(
         layout=layout.pool(role).group,
         image=pool.image or spec.image,
         gpu_resource_name=spec.hardware.gpu_resource_name,
-        rdma_resource_name=spec.hardware.rdma_resource_name,
+        rdma=spec.hardware.rdma,
         resources=pool.resources,
         node_selector=pool.node_selector,
         tolerations=pool.tolerations,
         affinity=pool.affinity,
+        topology_key=pool.topology_key,
+        pod=pool.pod,
+        storage=model_storage(deployment),
         # Only a static pool reads it, and a change of it restarts the pool's workers.
         eplb_load_file=spec.eplb.load_file if spec.eplb.mode is EplbMode.STATIC else None,
     )

@@ -3,44 +3,66 @@
 `numOfHosts` is the nodes of one EP group (18 for DeepSeek's EP144 decode on 8-GPU nodes), and
 `replicas` the EP groups. In-tree autoscaling is off: moeplane owns replicas through the pool's
 `/scale`. The revision is a hash of everything that would restart a worker (layout, image,
-resources, scheduling, the static-EPLB load file), so a change there rolls a new RayCluster in
-beside the old one.
+resources, scheduling, pod-template fields, the model locations, the static-EPLB load file), so a
+change there rolls a new RayCluster in beside the old one.
+
+KubeRay >= 1.6 labels every worker pod of a multi-host group with its replica group
+(`ray.io/worker-group-replica-name`, `ray.io/worker-group-replica-index`,
+`ray.io/replica-host-index`; api/podcontract.py). `topologyKey` turns the first into a pod
+affinity, so all hosts of one EP group share one topology domain (a rack, an NVLink clique).
+
+Gang scheduling goes through KubeRay's batch-scheduler integration, which reads the RayCluster's
+labels: with `pod.schedulerName: volcano` (KubeRay run with `batchScheduler.name=volcano`) Volcano
+binds each RayCluster's pods all-or-nothing (a PodGroup of the head and every worker, resized with
+the replicas, so a scale step binds a whole group or nothing); with `pod.queue` and the default
+scheduler, Kueue admits the RayCluster as one workload.
 
 Static EPLB: `moeplane pool` reads the load file at `MOEPLANE_EPLB_LOAD_FILE`. A
 `configmap://NAME/KEY` load file is that ConfigMap's one key, mounted read-only at
 `EPLB_LOAD_DIR/KEY` in the head pod's `moeplane pool` sidecar and in the worker pods; the operator
-never reads it. A missing ConfigMap
-(or key) keeps the pods in ContainerCreating with a FailedMount event naming it, as for any
-ConfigMap volume. Editing the ConfigMap's content does not restart the pool: the placement is
-computed once at start, so roll it by pointing `loadFile` at a new name or key.
+never reads it. A missing ConfigMap (or key) keeps the pods in ContainerCreating with a FailedMount
+event naming it, as for any ConfigMap volume. Editing the ConfigMap's content does not restart the
+pool: the placement is computed once at start, so roll it by pointing `loadFile` at a new name or key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from decimal import Decimal
 from typing import Any
 
+from moeplane.api import podcontract as pc
 from moeplane.api.configmapref import ConfigMapKeyRef, parse_configmap_ref
 from moeplane.api.hardware import HardwarePreset
+from moeplane.api.podchecks import parse_quantity, shm_size
 from moeplane.api.spec import MoEPoolSpec
 from moeplane.operator import names
+from moeplane.operator.builders import podparts
 from moeplane.operator.builders.configmaps import ENGINE_KEY, PLACEMENT_KEY
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
+from moeplane.operator.builders.storage import ModelMounts, model_mounts
 from moeplane.operator.config import OperatorConfig
 
-ENGINE_DIR = "/etc/moeplane/engine"
-PLACEMENT_DIR = "/etc/moeplane/placement"
+ENGINE_DIR = pc.ENGINE_DIR
+PLACEMENT_DIR = pc.PLACEMENT_DIR
 WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
 POOL_CONTAINER = "moeplane-pool"
 POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane`
-RAY_TMP_VOLUME = "ray-tmp"
-RAY_TMP_DIR = "/tmp/ray"
-EPLB_LOAD_VOLUME = "eplb-load"
-EPLB_LOAD_DIR = "/etc/moeplane/eplb-load"
-EPLB_LOAD_ENV = "MOEPLANE_EPLB_LOAD_FILE"  # workers/pool/settings.py reads it
+RAY_TMP_VOLUME = pc.RAY_TMP_VOLUME
+RAY_TMP_DIR = pc.RAY_TMP_DIR
+EPLB_LOAD_VOLUME = pc.EPLB_LOAD_VOLUME
+EPLB_LOAD_DIR = pc.EPLB_LOAD_DIR
+EPLB_LOAD_ENV = pc.EPLB_LOAD_ENV  # workers/pool/settings.py reads it
+IPC_LOCK = "IPC_LOCK"  # RDMA registers (pins) memory
+GIB = 2**30
+# Host memory of a worker beside /dev/shm: weights staged on load, Ray, the KV transfer's buffers.
+GPU_HOST_MEMORY_PER_GPU = 16 * GIB
+CPU_MEMORY_PER_RANK = 2 * GIB
+CPUS_PER_GPU = 4
 
 
 def gpus_per_pod(pool: MoEPoolSpec) -> int:
@@ -48,23 +70,30 @@ def gpus_per_pod(pool: MoEPoolSpec) -> int:
     return pool.layout.gpus_per_group // pool.layout.nodes_per_group
 
 
+def _gib(value: Decimal) -> str:
+    return f"{math.ceil(value / GIB)}Gi"
+
+
 def _worker_resources(pool: MoEPoolSpec, accelerator: HardwarePreset) -> dict[str, Any]:
+    """CPU and memory sized for the pod's /dev/shm (memory-backed, so it counts against the memory
+    request), GPUs and RDMA NICs from the layout; the spec's resources merged over the defaults."""
     per_pod = gpus_per_pod(pool)
-    user = pool.resources or {}
-    requests = dict(user.get("requests") or {})
-    limits = dict(user.get("limits") or {})
+    shm = parse_quantity(shm_size(pool.pod, accelerator))
     if accelerator is HardwarePreset.CPU:
-        requests.setdefault("cpu", str(per_pod))
+        defaults = {"cpu": str(per_pod), "memory": _gib(shm + per_pod * CPU_MEMORY_PER_RANK)}
     else:
+        defaults = {
+            "cpu": str(CPUS_PER_GPU * per_pod),
+            "memory": _gib(shm + per_pod * GPU_HOST_MEMORY_PER_GPU),
+        }
+    out = podparts.merge_resources({"requests": defaults}, pool.resources)
+    if accelerator is not HardwarePreset.CPU:
         # Extended resources must be requested equal to their limit.
         extended = {pool.gpu_resource_name: str(per_pod)}
-        if pool.rdma_resource_name:
-            extended[pool.rdma_resource_name] = str(per_pod)
-        requests.update(extended)
-        limits.update(extended)
-    out: dict[str, Any] = {"requests": requests}
-    if limits:
-        out["limits"] = limits
+        if pool.rdma is not None:
+            extended[pool.rdma.resource_name] = str(per_pod)
+        out["requests"] = {**out.get("requests", {}), **extended}
+        out["limits"] = {**out.get("limits", {}), **extended}
     return out
 
 
@@ -105,8 +134,8 @@ def pool_env(
         {"name": "MOEPLANE_ROLE", "value": pool.role.value},
         {"name": "MOEPLANE_POOL", "value": pool_name},
         {"name": "MOEPLANE_REVISION", "value": revision},
-        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
-        {"name": "MOEPLANE_PLACEMENT", "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
+        {"name": pc.ENGINE_CONFIG_ENV, "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
+        {"name": pc.PLACEMENT_ENV, "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
         secret_env("MOEPLANE_GRPC_TOKEN", pool.deployment_name, GRPC_TOKEN_KEY),
         # The groups advertise the pod's own address in the registry.
         {"name": "MOEPLANE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -122,8 +151,8 @@ def pool_env(
 def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
     return [
         {"name": RAY_TMP_VOLUME, "emptyDir": {}},
-        {"name": "engine", "configMap": {"name": names.engine_configmap(pool.deployment_name)}},
-        {"name": "placement", "configMap": {"name": names.placement_configmap(pool_name)}},
+        {"name": pc.ENGINE_VOLUME, "configMap": {"name": names.engine_configmap(pool.deployment_name)}},
+        {"name": pc.PLACEMENT_VOLUME, "configMap": {"name": names.placement_configmap(pool_name)}},
         *_eplb_load_volumes(pool),
     ]
 
@@ -133,9 +162,20 @@ def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
 _RAY_TMP_MOUNT = {"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_DIR}
 _POOL_MOUNTS = [
     _RAY_TMP_MOUNT,
-    {"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
-    {"name": "placement", "mountPath": PLACEMENT_DIR, "readOnly": True},
+    {"name": pc.ENGINE_VOLUME, "mountPath": ENGINE_DIR, "readOnly": True},
+    {"name": pc.PLACEMENT_VOLUME, "mountPath": PLACEMENT_DIR, "readOnly": True},
 ]
+
+
+def _model(pool: MoEPoolSpec, image: str, config: OperatorConfig, *, light: bool) -> ModelMounts:
+    return model_mounts(
+        pool.storage,
+        light=light,
+        image=image,
+        fetch_env=podparts.user_env(pool.pod),
+        security_context=podparts.container_security_context(pool.pod),
+        resources=config.fetch_resources,
+    )
 
 
 def pool_sidecar(
@@ -143,25 +183,160 @@ def pool_sidecar(
 ) -> dict[str, Any]:
     """The head pod's `moeplane pool`: it starts the EP groups on the Ray cluster and registers
     them in Redis. Its control services listen on ephemeral ports advertised in the registry."""
+    model = _model(pool, image, config, light=True)
     return {
         "name": POOL_CONTAINER,
         "image": image,
         "args": list(POOL_ARGS),
-        "env": pool_env(pool, pool_name, revision, config),
+        "env": [*pool_env(pool, pool_name, revision, config), *model.env, *podparts.user_env(pool.pod)],
         "resources": config.pool_resources,
-        "volumeMounts": [*_POOL_MOUNTS, *_eplb_load_mounts(pool)],
+        "securityContext": podparts.container_security_context(pool.pod),
+        "volumeMounts": [
+            *_POOL_MOUNTS,
+            *_eplb_load_mounts(pool),
+            *model.mounts,
+            *podparts.user_mounts(pool.pod),
+        ],
     }
 
 
-def _scheduling(pool: MoEPoolSpec) -> dict[str, Any]:
+def _topology_affinity(pool: MoEPoolSpec, pool_name: str) -> dict[str, Any] | None:
+    """Every host of one EP group in the same `topologyKey` domain: a required pod affinity to the
+    pods of the same KubeRay replica group (`matchLabelKeys` takes this pod's own replica name; the
+    first host of a group matches itself, so it may land anywhere)."""
+    if pool.topology_key is None or pool.layout.nodes_per_group <= 1:
+        return None
+    return {
+        "labelSelector": {"matchLabels": {names.POOL_LABEL: names.label_value(pool_name)}},
+        "matchLabelKeys": [pc.RAY_REPLICA_NAME_LABEL],
+        "topologyKey": pool.topology_key,
+    }
+
+
+def _scheduling(pool: MoEPoolSpec, pool_name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if pool.node_selector:
         out["nodeSelector"] = dict(pool.node_selector)
     if pool.tolerations:
         out["tolerations"] = list(pool.tolerations)
-    if pool.affinity:
-        out["affinity"] = dict(pool.affinity)
+    affinity = dict(pool.affinity or {})
+    term = _topology_affinity(pool, pool_name)
+    if term is not None:
+        pod_affinity = dict(affinity.get("podAffinity") or {})
+        required = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = [*required, term]
+        affinity["podAffinity"] = pod_affinity
+    if affinity:
+        out["affinity"] = affinity
     return out
+
+
+def _worker_env(pool: MoEPoolSpec, model: ModelMounts) -> list[dict[str, Any]]:
+    rdma = podparts.env_values(pc.rdma_env(pool.rdma)) if pool.rdma is not None else []
+    return [*model.env, *rdma, *podparts.user_env(pool.pod)]
+
+
+def _worker_annotations(pool: MoEPoolSpec) -> dict[str, str]:
+    if pool.rdma is None or not pool.rdma.networks:
+        return {}
+    return {pc.MULTUS_NETWORKS_ANNOTATION: ",".join(pool.rdma.networks)}
+
+
+def _head_group(
+    pool: MoEPoolSpec, pool_name: str, image: str, config: OperatorConfig, revision: str
+) -> dict[str, Any]:
+    labels = names.pool_labels(pool.deployment_name, pool_name, pool.role)
+    sidecar = pool_sidecar(pool, pool_name, image, revision, config)
+    model = _model(pool, image, config, light=True)
+    spec: dict[str, Any] = {
+        # KubeRay turns the first container into the Ray head; the others run as given.
+        "containers": [
+            {
+                "name": HEAD_CONTAINER,
+                "image": image,
+                "resources": config.head_resources,
+                "ports": [
+                    {"containerPort": 6379, "name": "gcs"},
+                    {"containerPort": 8265, "name": "dashboard"},
+                    {"containerPort": 10001, "name": "client"},
+                ],
+                "securityContext": podparts.container_security_context(pool.pod),
+                "volumeMounts": [_RAY_TMP_MOUNT, *podparts.user_mounts(pool.pod)],
+                **({"env": podparts.user_env(pool.pod)} if podparts.user_env(pool.pod) else {}),
+            },
+            sidecar,
+        ],
+        "volumes": [*_head_volumes(pool, pool_name), *model.volumes, *podparts.user_volumes(pool.pod)],
+        # The head runs on the pod network: host networking is for the workers' fabric.
+        **podparts.pod_fields(config, pool.pod, host_network_allowed=False),
+    }
+    if model.init_containers:
+        spec["initContainers"] = model.init_containers
+    return {
+        "serviceType": "ClusterIP",
+        # The head schedules nothing itself: every rank runs on a worker.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
+        "template": {"metadata": podparts.pod_metadata(labels, pool.pod, {}), "spec": spec},
+    }
+
+
+def _worker_group(
+    pool: MoEPoolSpec, pool_name: str, image: str, accelerator: HardwarePreset, config: OperatorConfig
+) -> dict[str, Any]:
+    per_pod = gpus_per_pod(pool)
+    start_params = (
+        {"num-cpus": str(per_pod)} if accelerator is HardwarePreset.CPU else {"num-gpus": str(per_pod)}
+    )
+    labels = names.pool_labels(pool.deployment_name, pool_name, pool.role)
+    model = _model(pool, image, config, light=False)
+    capabilities = [IPC_LOCK] if pool.rdma is not None else []
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": image,
+        "resources": _worker_resources(pool, accelerator),
+        "securityContext": podparts.container_security_context(pool.pod, capabilities),
+        # The ranks get their settings from the pool's driver through Ray, and their KV services
+        # listen on ephemeral ports advertised in the registry. The load file is mounted here too, so
+        # that a missing ConfigMap holds every pod of the pool in ContainerCreating with the same
+        # event, not only the head.
+        "volumeMounts": [
+            {"name": pc.SHM_VOLUME, "mountPath": pc.SHM_DIR},
+            *_eplb_load_mounts(pool),
+            *model.mounts,
+            *podparts.user_mounts(pool.pod),
+        ],
+        "env": _worker_env(pool, model),
+    }
+    spec: dict[str, Any] = {
+        "containers": [container],
+        # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
+        "volumes": [
+            {
+                "name": pc.SHM_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(pool.pod, accelerator)},
+            },
+            *_eplb_load_volumes(pool),
+            *model.volumes,
+            *podparts.user_volumes(pool.pod),
+        ],
+        **_scheduling(pool, pool_name),
+        **podparts.pod_fields(config, pool.pod),
+    }
+    if model.init_containers:
+        spec["initContainers"] = model.init_containers
+    return {
+        "groupName": pool.role.value,
+        "replicas": pool.replicas,
+        # Bounds only matter to KubeRay's autoscaler, which is off; replicas must stay within them.
+        "minReplicas": 0,
+        "maxReplicas": MAX_GROUPS,
+        "numOfHosts": pool.layout.nodes_per_group,
+        "rayStartParams": start_params,
+        "template": {
+            "metadata": podparts.pod_metadata(labels, pool.pod, _worker_annotations(pool)),
+            "spec": spec,
+        },
+    }
 
 
 def _template_spec(
@@ -172,75 +347,28 @@ def _template_spec(
     revision: str,
 ) -> dict[str, Any]:
     image = pool.image or config.image
-    per_pod = gpus_per_pod(pool)
-    start_params = (
-        {"num-cpus": str(per_pod)} if accelerator is HardwarePreset.CPU else {"num-gpus": str(per_pod)}
-    )
-    labels = names.pool_labels(pool.deployment_name, pool_name, pool.role)
-    head = {
-        "serviceType": "ClusterIP",
-        # The head schedules nothing itself: every rank runs on a worker.
-        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": {
-                # KubeRay turns the first container into the Ray head; the others run as given.
-                "containers": [
-                    {
-                        "name": HEAD_CONTAINER,
-                        "image": image,
-                        "resources": config.head_resources,
-                        "ports": [
-                            {"containerPort": 6379, "name": "gcs"},
-                            {"containerPort": 8265, "name": "dashboard"},
-                            {"containerPort": 10001, "name": "client"},
-                        ],
-                        "volumeMounts": [_RAY_TMP_MOUNT],
-                    },
-                    pool_sidecar(pool, pool_name, image, revision, config),
-                ],
-                "volumes": _head_volumes(pool, pool_name),
-            },
-        },
-    }
-    worker = {
-        "groupName": pool.role.value,
-        "replicas": pool.replicas,
-        # Bounds only matter to KubeRay's autoscaler, which is off; replicas must stay within them.
-        "minReplicas": 0,
-        "maxReplicas": MAX_GROUPS,
-        "numOfHosts": pool.layout.nodes_per_group,
-        "rayStartParams": start_params,
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": {
-                "containers": [
-                    {
-                        "name": WORKER_CONTAINER,
-                        "image": image,
-                        "resources": _worker_resources(pool, accelerator),
-                        # The ranks get their settings from the pool's driver through Ray, and their
-                        # KV services listen on ephemeral ports advertised in the registry.
-                        # The load file too, so that a missing ConfigMap holds every pod of the
-                        # pool in ContainerCreating with the same event, not only the head.
-                        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *_eplb_load_mounts(pool)],
-                    }
-                ],
-                # NCCL and Ray's object store live in shared memory; the container default is 64 MiB.
-                "volumes": [
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
-                    *_eplb_load_volumes(pool),
-                ],
-                **_scheduling(pool),
-            },
-        },
-    }
     return {
         "rayVersion": config.ray_version,
         "enableInTreeAutoscaling": False,
-        "headGroupSpec": head,
-        "workerGroupSpecs": [worker],
+        "headGroupSpec": _head_group(pool, pool_name, image, config, revision),
+        "workerGroupSpecs": [_worker_group(pool, pool_name, image, accelerator, config)],
     }
+
+
+def gang_labels(pool: MoEPoolSpec) -> dict[str, str]:
+    """RayCluster labels that KubeRay's batch-scheduler integration (or Kueue) reads."""
+    pod = pool.pod
+    if pod is None:
+        return {}
+    out: dict[str, str] = {}
+    if pod.scheduler_name == pc.VOLCANO_SCHEDULER:
+        if pod.queue:
+            out[pc.VOLCANO_QUEUE_LABEL] = pod.queue
+        if pod.priority_class_name:
+            out[pc.RAY_PRIORITY_CLASS_LABEL] = pod.priority_class_name
+    elif pod.queue:
+        out[pc.KUEUE_QUEUE_LABEL] = pod.queue
+    return out
 
 
 def pool_revision(
@@ -257,7 +385,11 @@ def build_raycluster(
     pool: MoEPoolSpec, pool_name: str, namespace: str, accelerator: HardwarePreset, config: OperatorConfig
 ) -> dict[str, Any]:
     revision = pool_revision(pool, pool_name, namespace, accelerator, config)
-    labels = {**names.pool_labels(pool.deployment_name, pool_name, pool.role), names.REVISION_LABEL: revision}
+    labels = {
+        **gang_labels(pool),
+        **names.pool_labels(pool.deployment_name, pool_name, pool.role),
+        names.REVISION_LABEL: revision,
+    }
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",

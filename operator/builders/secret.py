@@ -1,15 +1,15 @@
 """The per-deployment Secret: the shared token of the workers' gRPC services and the Redis URL.
 
 Pods reference its keys with `secretKeyRef`, so neither value appears in a RayCluster,
-Deployment or ConfigMap. The token is random, generated once when the Secret is first made, and
-then always read back from the live Secret: a resync, or an operator restart, never rotates it
-(running workers and frontends hold it). Nothing here logs a value.
+Deployment or ConfigMap. The token is random, generated once when the Secret is first made. The
+operator never reads a Secret back: once it exists, it is patched with `secret_patch`, which names
+everything but the token, so a resync or an operator restart never rotates it (running workers and
+frontends hold it). Nothing here logs a value.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -27,19 +27,6 @@ def new_grpc_token() -> str:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def live_grpc_token(live: Mapping[str, Any] | None) -> str | None:
-    """The token a live Secret holds, or None when there is none (or it is not valid base64)."""
-    data = (live or {}).get("data") or {}
-    encoded = data.get(GRPC_TOKEN_KEY)
-    if not encoded:
-        return None
-    try:
-        token = base64.b64decode(str(encoded), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return token or None
 
 
 def build_deployment_secret(
@@ -63,6 +50,15 @@ def build_deployment_secret(
         "type": "Opaque",
         "data": data,
     }
+
+
+def secret_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that brings an existing Secret to `desired` without touching its token: its
+    labels, annotations and owner, and the Redis URL (set, or removed when there is none)."""
+    meta = desired["metadata"]
+    patch_meta = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+    data = desired.get("data") or {}
+    return {"metadata": patch_meta, "data": {REDIS_URL_KEY: data.get(REDIS_URL_KEY)}}
 
 
 def secret_env(var: str, deployment: str, key: str) -> dict[str, Any]:

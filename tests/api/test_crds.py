@@ -130,7 +130,7 @@ def test_moepool_object_round_trips_through_both_schemas() -> None:
         spec=MoEPoolSpec(
             role=Role.DECODE, deployment_name="deepseek-r1", replicas=1, layout=layout.decode.group
         ),
-        status={"replicas": 1, "readyReplicas": 0, "selector": "moeplane.io/pool=deepseek-r1-decode"},
+        status={"replicas": 1, "readyGroups": 0, "selector": "moeplane.io/pool=deepseek-r1-decode"},
     )
     wire = pool.to_wire()
     jsonschema.Draft4Validator(_schema(pool_crd())).validate(wire)

@@ -162,13 +162,19 @@ def expand(rules: list[dict[str, Any]]) -> set[Call]:
 
 def grants(manifests: list[Manifest], component: str) -> set[Call]:
     """Everything the component's ServiceAccount (moeplane-<component>) may do, through any
-    binding the chart renders."""
+    binding the chart renders (a RoleBinding's grants hold in its namespace only)."""
     account = {"kind": "ServiceAccount", "name": f"moeplane-{component}", "namespace": NAMESPACE}
-    roles = {m.name: m.obj for m in pick(manifests, "ClusterRole")}
+    cluster_roles = {m.name: m.obj for m in pick(manifests, "ClusterRole")}
+    roles = {(m.namespace, m.name): m.obj for m in pick(manifests, "Role")}
     out: set[Call] = set()
     for binding in pick(manifests, "ClusterRoleBinding") + pick(manifests, "RoleBinding"):
         if account in binding.obj["subjects"]:
-            out |= expand(roles[binding.obj["roleRef"]["name"]]["rules"])
+            ref = binding.obj["roleRef"]
+            if ref["kind"] == "ClusterRole":
+                role = cluster_roles[ref["name"]]
+            else:
+                role = roles[(binding.namespace, ref["name"])]
+            out |= expand(role["rules"])
     return out
 
 

@@ -13,6 +13,8 @@ import base64
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,38 @@ def helm_install(cluster: EmulatedCluster, values: dict[str, Any]) -> list[Manif
     return manifests
 
 
+def run_moeplane(cluster: EmulatedCluster, args: list[str], user: str) -> subprocess.CompletedProcess[str]:
+    """`moeplane ARGS` as a pod or a user runs it, with `user`'s kubeconfig."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "moeplane"), *args],
+        env=cluster.env(user), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def helm_uninstall(cluster: EmulatedCluster, manifests: list[Manifest]) -> subprocess.CompletedProcess[str]:
+    """What `helm uninstall moeplane -n moeplane` does: the pre-delete hooks in weight order (their
+    ServiceAccount and RBAC, then the Job, whose command runs here as the hook's ServiceAccount,
+    user `uninstall`); when the Job succeeds, the hooks and then the release's objects are deleted."""
+    hooks = sorted(
+        (m for m in manifests if m.hook and "pre-delete" in m.hook),
+        key=lambda m: int(m.obj["metadata"]["annotations"].get("helm.sh/hook-weight", "0")),
+    )
+    rest = [m for m in hooks if m.kind != "Job"]
+    if rest:
+        cluster.kubectl("apply", "-f", "-", input=to_yaml(rest))
+    done = subprocess.CompletedProcess([], 0, "", "")
+    for job in (m for m in hooks if m.kind == "Job"):
+        container = job.obj["spec"]["template"]["spec"]["containers"][0]
+        done = run_moeplane(cluster, container["args"], "uninstall")
+        if done.returncode != 0:
+            return done  # Helm stops the uninstall; the failed hook's objects stay
+    if rest:  # the Job ran here, not as a Job object (the emulator serves no batch/v1)
+        cluster.kubectl("delete", "-f", "-", input=to_yaml(rest))
+    release = [m for m in manifests if m.hook is None and m.kind != "MoEDeployment"]
+    cluster.kubectl("delete", "-f", "-", input=to_yaml(list(reversed(install_order(release)))))
+    return done
+
+
 def stored(cluster: EmulatedCluster, m: Manifest) -> dict[str, Any] | None:
     namespaced = cluster.resource(m.obj["apiVersion"], m.kind).namespaced
     return cluster.find(m.obj["apiVersion"], m.kind, m.name, m.namespace if namespaced else None)
@@ -69,8 +103,8 @@ def test_the_rendered_chart_applies(kube_cluster: EmulatedCluster, name: str) ->
     values = {} if name == "defaults" else values_file(name)
     manifests = helm_install(kube_cluster, values)
     for m in manifests:
-        if m.hook == "test":
-            continue  # run by `helm test`, needs a kubelet
+        if m.hook == "test" or (m.hook and "pre-delete" in m.hook):
+            continue  # run by `helm test` (needs a kubelet) or by `helm uninstall`
         live = stored(kube_cluster, m)
         assert live is not None, f"{m.kind}/{m.name} was not created"
         assert live.get("spec", live.get("data", live.get("rules"))) == m.obj.get(
@@ -128,14 +162,15 @@ def test_quickstart_against_the_emulated_cluster(kube_cluster: EmulatedCluster) 
     assert columns["NAME"] == "deepseek-r1-decode" and columns["EP"] == "144"
     assert columns["NODES/GROUP"] == "18" and columns["DESIRED"] == "2"
 
-    # 7. helm uninstall: the release's objects go; Helm keeps the CRDs, so MoEDeployments stay.
-    release = [m for m in manifests if m.hook is None and m.kind != "MoEDeployment"]
-    cluster.kubectl("delete", "-f", "-", input=to_yaml(list(reversed(install_order(release)))))
-    for m in release:
-        assert stored(cluster, m) is None, f"{m.kind}/{m.name} survived the uninstall"
-    assert cluster.find("moeplane.io/v1alpha1", "MoEDeployment", "deepseek-r1") is not None
-    # ... and the README's full clean-up removes the rest.
-    cluster.kubectl("delete", "moedeployments", "--all", "--all-namespaces")
+    # 7. helm uninstall: the pre-delete hook deletes every MoEDeployment first (no operator runs
+    # here, so none holds a finalizer), then the release's objects go; Helm keeps the CRDs.
+    done = helm_uninstall(cluster, manifests)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) >= {"moeplane/tiny:", "default/deepseek-r1:"}
+    for m in manifests:
+        if m.kind != "Job" and m.hook != "test":  # Jobs and the test Pod never ran here
+            assert stored(cluster, m) is None, f"{m.kind}/{m.name} survived the uninstall"
+    assert not cluster.list("moeplane.io/v1alpha1", "MoEDeployment")
     cluster.kubectl("delete", "crd", "moedeployments.moeplane.io", "moepools.moeplane.io")
     assert not cluster.list("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 
@@ -221,8 +256,12 @@ def test_every_quickstart_command_runs_or_is_marked(kube_cluster: EmulatedCluste
             manifests = helm_install(cluster, {})
         elif argv[:3] == ["helm", "uninstall", "moeplane"]:
             assert argv[3:] == ["-n", NAMESPACE], command
-            release = [m for m in manifests if m.hook is None]
-            cluster.kubectl("delete", "-f", "-", input=to_yaml(list(reversed(install_order(release)))))
+            done = helm_uninstall(cluster, manifests)
+            assert done.returncode == 0, done.stderr
+            assert not cluster.list("moeplane.io/v1alpha1", "MoEDeployment")
+        elif argv[:2] == [".venv/bin/moeplane", "cleanup"]:
+            done = run_moeplane(cluster, argv[1:], "admin")
+            assert done.returncode == 0, done.stderr
         elif argv[0] == "kubectl":
             args = [str(ROOT / a) if (ROOT / a).exists() and "/" in a else a for a in argv[1:]]
             out = cluster.kubectl(*args).stdout
@@ -235,6 +274,7 @@ def test_every_quickstart_command_runs_or_is_marked(kube_cluster: EmulatedCluste
             pytest.fail(f"quickstart command neither run by the tests nor marked {MARKS}: {command}")
         ran.append(command)
     assert any(c.startswith("helm install") for c in ran) and any(c.startswith("kubectl scale") for c in ran)
+    assert any(c.startswith("helm uninstall") for c in ran) and any("moeplane cleanup" in c for c in ran)
     assert not cluster.list("apiextensions.k8s.io/v1", "CustomResourceDefinition")  # the last step ran
 
 
@@ -253,3 +293,77 @@ def play_operator(cluster: EmulatedCluster, manifest: Path) -> None:
                 deployment, name, namespace, role, layout, replicas=deployment.spec.pool(role).replicas
             )
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool), user="operator")
+
+
+def test_uninstall_completes_while_the_operator_runs_and_cleanup_without_one(
+    kube_cluster: EmulatedCluster, kuberay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's order with an operator running: the pre-delete hook deletes the MoEDeployments,
+    the operator's finalizer completes, the hook returns and the release goes. A MoEDeployment left
+    with the finalizer and no operator: the hook fails in bounded time naming it, and `moeplane
+    cleanup -n NS NAME` removes it."""
+    from moeplane.operator.config import OperatorConfig
+
+    from tests.operator.harness import FAST, operator_in_thread
+
+    cluster = kube_cluster
+    values = {"uninstall": {"timeoutSeconds": 60}}
+    manifests = helm_install(cluster, values)
+    tiny = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    with operator_in_thread(cluster, OperatorConfig(**FAST), monkeypatch):
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(tiny))
+        cluster.wait_for(
+            lambda: len(kuberay.rayclusters("default")) == 2
+            and cluster.get("moeplane.io/v1alpha1", "MoEDeployment", "tiny")["metadata"].get("finalizers"),
+            what="the operator to take the deployment",
+        )
+        done = helm_uninstall(cluster, manifests)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "default/tiny: deleted"
+        assert not cluster.list("moeplane.io/v1alpha1", "MoEDeployment")
+        assert not cluster.list("moeplane.io/v1alpha1", "MoEPool")
+    # The hook's own account needed only what its Role grants.
+    seen = cluster.rbac_seen("uninstall")
+    hook_roles = [m for m in manifests if m.kind in ("ClusterRole", "Role") and m.name.endswith("-uninstall")]
+    granted = {c for m in hook_roles for c in expand_rules(m.obj["rules"])}
+    assert seen and seen <= granted, (seen, granted)
+
+    # No operator any more: a MoEDeployment with the operator's finalizer cannot go by itself.
+    stuck = {**tiny, "metadata": {**tiny["metadata"], "name": "stuck", "finalizers": ["moeplane.io/cleanup"]}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(stuck))
+    cluster.kubectl("delete", "moed", "stuck", "--wait=false")
+    hook = next(m for m in manifests if m.kind == "Job")
+    args = [a for a in hook.obj["spec"]["template"]["spec"]["containers"][0]["args"] if "timeout" not in a]
+    failed = run_moeplane(cluster, [*args, "--timeout-seconds=2"], "admin")
+    assert failed.returncode == 1
+    assert "default/stuck" in failed.stderr and "moeplane cleanup -n" in failed.stderr
+    done = run_moeplane(cluster, ["cleanup", "-n", "default", "stuck"], "admin")
+    assert done.returncode == 0 and done.stdout.strip() == "default/stuck: deleted", done.stderr
+    assert cluster.find("moeplane.io/v1alpha1", "MoEDeployment", "stuck") is None
+
+
+def expand_rules(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    from tests.charts.chartkit import expand
+
+    return expand(rules)
+
+
+def test_the_uninstall_hook_is_ordered_and_cleaned_up() -> None:
+    for values in ({}, values_file("namespaced-peering.yaml")):
+        hooks = [m for m in render(values) if m.hook == "pre-delete"]
+        weights = {m.kind: int(m.obj["metadata"]["annotations"]["helm.sh/hook-weight"]) for m in hooks}
+        assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")
+        for m in hooks:
+            policy = m.obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+            assert policy == "before-hook-creation,hook-succeeded", m.name
+        job = next(m.obj for m in hooks if m.kind == "Job")
+        spec = job["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == next(m.name for m in hooks if m.kind == "ServiceAccount")
+        namespaces = (values.get("operator") or {}).get("namespaces") or []
+        assert [a for a in spec["containers"][0]["args"] if a.startswith("--namespace=")] == [
+            f"--namespace={ns}" for ns in namespaces
+        ]
+        # Namespaced operators: the hook may delete in the served namespaces only.
+        kinds = {m.kind for m in hooks}
+        assert ("Role" in kinds) == bool(namespaces) and ("ClusterRole" in kinds) == (not namespaces)
+    assert not [m for m in render({"uninstall": {"deleteDeployments": False}}) if m.hook == "pre-delete"]

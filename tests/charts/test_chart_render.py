@@ -245,8 +245,12 @@ def test_namespaced_operator_with_peering() -> None:
     # Namespaced permissions are bound in the served namespaces only.
     bindings = {(m.namespace, m.name) for m in pick(manifests, "RoleBinding")}
     assert bindings == {
-        (ns, name) for ns in ("llm-prod", "llm-staging") for name in ("mp-operator", "mp-planner")
+        (ns, name)
+        for ns in ("llm-prod", "llm-staging")
+        for name in ("mp-operator", "mp-planner", "mp-uninstall")
     }
+    roles = {(m.namespace, m.name) for m in pick(manifests, "Role")}
+    assert roles == bindings
     assert {m.name for m in pick(manifests, "ClusterRoleBinding")} == {"mp-operator-cluster"}
 
     # Kopf's peering CRDs (kept on uninstall) and one KopfPeering per namespace, as hooks.
@@ -354,3 +358,34 @@ def test_container_args_parse_with_the_moeplane_cli(
             except SystemExit:
                 pytest.fail(f"{name}: `moeplane {' '.join(args[1:])}` is refused: {capsys.readouterr().err}")
             assert parsed.command == component
+
+
+def test_image_pull_secrets_reach_every_pod_the_operator_makes() -> None:
+    """The chart's private-registry recipe: `imagePullSecrets` → the operator's flags → its config →
+    every pod it makes (frontend, Ray head and workers)."""
+    from moeplane.api.enums import Role
+    from moeplane.api.hardware import HardwarePreset
+    from moeplane.api.layout import resolve_layout
+    from moeplane.api.spec import parse_deployment, parse_pool
+    from moeplane.operator.builders.frontend import build_frontend_deployment
+    from moeplane.operator.builders.pools import build_pool
+    from moeplane.operator.builders.raycluster import build_raycluster
+    from moeplane.operator.cli import config_from_args
+
+    from moeplane.cli import build_parser
+
+    manifests = render({"imagePullSecrets": ["registry-a", "registry-b"]})
+    op = one(manifests, "Deployment", "moeplane-operator")["spec"]["template"]["spec"]
+    assert op["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+    config = config_from_args(build_parser().parse_args(op["containers"][0]["args"]))
+    assert config.image_pull_secrets == ("registry-a", "registry-b")
+    dep = parse_deployment(yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text()))
+    pool = build_pool(dep, "tiny", "default", Role.DECODE, resolve_layout(dep.spec), 1)
+    rc = build_raycluster(parse_pool(pool).spec, "tiny-decode", "default", HardwarePreset.CPU, config)
+    specs = [
+        build_frontend_deployment(dep, "tiny", "default", config)["spec"]["template"]["spec"],
+        rc["spec"]["headGroupSpec"]["template"]["spec"],
+        rc["spec"]["workerGroupSpecs"][0]["template"]["spec"],
+    ]
+    for spec in specs:
+        assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]

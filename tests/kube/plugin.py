@@ -18,7 +18,7 @@ from tests.kube.recording import Call, component_of, recorder_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
-USERS = ("admin", "operator", "planner")
+USERS = ("admin", "operator", "planner", "uninstall")  # uninstall: the chart's pre-delete hook
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ def test_status_is_rewritten_only_when_it_changed() -> None:
     assert first["conditions"][0]["type"] == "Ready" and first["conditions"][0]["status"] == "True"
     degraded = pool_status(observe_pool(1, "new", [rc("new", 1, 4, 0)]), "sel", 3, first, later)
     patch = status_patch(first, degraded)
-    assert patch is not None and patch["status"]["readyReplicas"] == 0
+    assert patch is not None and patch["status"]["readyGroups"] == 0
 
 
 def test_deployment_status_sums_pools() -> None:

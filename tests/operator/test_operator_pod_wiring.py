@@ -30,14 +30,14 @@ from moeplane.operator.builders.secret import (
     GRPC_TOKEN_KEY,
     REDIS_URL_KEY,
     build_deployment_secret,
-    live_grpc_token,
     new_grpc_token,
+    secret_patch,
 )
 from moeplane.operator.config import OperatorConfig
-from moeplane.operator.diffing import Create, Patch, plan_child, with_hash
+from moeplane.operator.diffing import with_hash
 from moeplane.operator.kinds import SECRET
 from moeplane.operator.names import DESIRED_HASH
-from moeplane.operator.reconcile import SECRET_POLICY
+from moeplane.operator.reconcile import SECRET_UNHASHED
 
 pytestmark = pytest.mark.unit
 
@@ -120,28 +120,49 @@ def _source(module: str) -> str:
     return Path(spec.origin).read_text()
 
 
+# Read by libraries in the pods, not by moeplane's code: huggingface_hub, NCCL, Gloo, UCX.
+LIBRARY_ENV = {
+    "HF_HOME", "HF_HUB_OFFLINE", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX", "NCCL_SOCKET_IFNAME",
+    "GLOO_SOCKET_IFNAME", "UCX_NET_DEVICES",
+}  # fmt: skip
+
+
 def test_every_env_var_set_is_one_the_workers_read() -> None:
     dep = deployment()
+    rdma = {"resourceName": "rdma/hca", "hcas": ["mlx5_0"], "gidIndex": 3, "socketInterface": "eth0"}
+    dep = dep.model_copy(
+        update={"spec": dep.spec.model_copy(update={"hardware": dep.spec.hardware.model_validate(
+            {**dep.spec.hardware.to_wire(), "rdma": rdma})})}
+    )
+    locations = _source("moeplane.api.locations")
     readers = {
         POOL_CONTAINER: _source("moeplane.workers.pool.settings") + _source("moeplane.workers.pool.main"),
         "frontend": _source("moeplane.workers.frontend.main"),
+        WORKER_CONTAINER: "",
     }
     rc = raycluster(dep, Role.DECODE)
+    worker = container(rc["spec"]["workerGroupSpecs"][0]["template"]["spec"], WORKER_CONTAINER)
     pods = {
         POOL_CONTAINER: container(rc["spec"]["headGroupSpec"]["template"]["spec"], POOL_CONTAINER),
         "frontend": build_frontend_deployment(dep, "deepseek-r1", "default", CONFIG)["spec"]["template"][
             "spec"
         ]["containers"][0],
+        WORKER_CONTAINER: worker,
     }
     for name, c in pods.items():
         for var in env_of(c):
-            assert f'"{var}"' in readers[name], f"{name} sets {var}, which nothing in moeplane reads"
-        assert {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"} <= set(env_of(c))
-    # The Ray head and the workers run Ray only: the ranks get their settings from the driver.
+            if var in LIBRARY_ENV:
+                continue
+            read = f'"{var}"' in readers[name] + locations
+            assert read, f"{name} sets {var}, which nothing in moeplane reads"
+    for name in (POOL_CONTAINER, "frontend"):
+        needed = {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"}
+        assert needed <= set(env_of(pods[name]))
+    # The ranks get their settings from the driver through Ray; the worker's env is the pod's
+    # volume root and the fabric's (NCCL/Gloo/UCX), which the rank processes inherit.
+    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV - {"HF_HOME", "HF_HUB_OFFLINE"}
     assert "env" not in container(rc["spec"]["headGroupSpec"]["template"]["spec"], HEAD_CONTAINER)
-    worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
-    assert "env" not in container(worker, WORKER_CONTAINER)
-    assert "ports" not in container(worker, WORKER_CONTAINER)  # ephemeral, advertised in Redis
+    assert "ports" not in worker  # ephemeral, advertised in Redis
 
 
 def test_secrets_are_referenced_never_inlined() -> None:
@@ -170,39 +191,30 @@ def test_secrets_are_referenced_never_inlined() -> None:
     assert set(secret["data"]) == {GRPC_TOKEN_KEY}
 
 
-def test_secret_keeps_its_token_and_only_redis_changes_patch_it() -> None:
+def test_an_existing_secret_is_patched_without_its_token() -> None:
     token = new_grpc_token()
     assert len(token) >= 43 and token != new_grpc_token()
     desired = build_deployment_secret("deepseek-r1", "default", token, CONFIG.redis_url)
     assert base64.b64decode(desired["data"][REDIS_URL_KEY]).decode() == CONFIG.redis_url
-    created = plan_child(SECRET, desired, None, SECRET_POLICY)
-    assert isinstance(created, Create)
-    live = created.body
-    assert live_grpc_token(live) == token
-    assert live_grpc_token({"data": {GRPC_TOKEN_KEY: "not base64!"}}) is None
-    assert live_grpc_token(None) is None
-
-    # A resync rebuilds the Secret from the live token: nothing to write.
-    again = build_deployment_secret("deepseek-r1", "default", live_grpc_token(live) or "", CONFIG.redis_url)
-    assert plan_child(SECRET, again, live, SECRET_POLICY) is None
+    assert base64.b64decode(desired["data"][GRPC_TOKEN_KEY]).decode() == token
+    # The operator never reads a Secret: what it patches names everything but the token.
+    patch = secret_patch(with_hash(desired, SECRET_UNHASHED))
+    assert patch["data"] == {REDIS_URL_KEY: desired["data"][REDIS_URL_KEY]}
+    assert GRPC_TOKEN_KEY not in json.dumps(patch) and token not in json.dumps(patch)
+    assert patch["metadata"]["labels"] == desired["metadata"]["labels"]
+    dropped = secret_patch(build_deployment_secret("deepseek-r1", "default", token, None))
+    assert dropped["data"] == {REDIS_URL_KEY: None}
     # The hash annotation every reader of the metadata sees does not depend on the values.
     other = build_deployment_secret("deepseek-r1", "default", new_grpc_token(), "redis://other:6379/0")
-    hashed = [with_hash(s, SECRET_POLICY.unhashed)["metadata"]["annotations"] for s in (desired, other)]
+    hashed = [with_hash(s, SECRET_UNHASHED)["metadata"]["annotations"] for s in (desired, other)]
     assert hashed[0][DESIRED_HASH] == hashed[1][DESIRED_HASH]
-
-    moved = build_deployment_secret("deepseek-r1", "default", token, "redis://:new@redis-2:6379/0")
-    patch = plan_child(SECRET, moved, live, SECRET_POLICY)
-    assert isinstance(patch, Patch) and patch.patch == {"data": moved["data"]}
-    dropped = build_deployment_secret("deepseek-r1", "default", token, None)
-    patch = plan_child(SECRET, dropped, live, SECRET_POLICY)
-    assert isinstance(patch, Patch)
-    assert patch.patch == {"data": {GRPC_TOKEN_KEY: desired["data"][GRPC_TOKEN_KEY], REDIS_URL_KEY: None}}
     with pytest.raises(ValueError, match="grpc_token"):
         build_deployment_secret("deepseek-r1", "default", "", None)
 
 
-def test_the_operator_watches_only_its_own_secrets() -> None:
+def test_the_operator_reads_no_secret() -> None:
     from moeplane.operator.handlers import make_settings
+    from moeplane.operator.kinds import CACHED_KINDS
 
-    selectors = make_settings(OperatorConfig()).watching.label_selectors
-    assert selectors[SECRET.kopf_resource] == names.MANAGED_SELECTOR
+    assert SECRET not in CACHED_KINDS
+    assert SECRET.kopf_resource not in make_settings(OperatorConfig()).watching.label_selectors

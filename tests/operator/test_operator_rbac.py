@@ -24,3 +24,16 @@ def test_least_privilege() -> None:
     # Each deployment's Secret is made and patched, never deleted (GC) nor replaced wholesale.
     assert rbac.allowed("create", "", "secrets") and rbac.allowed("patch", "", "secrets")
     assert not rbac.allowed("delete", "", "secrets") and not rbac.allowed("update", "", "secrets")
+
+
+def test_no_secret_is_readable_and_owners_finalizers_are_updatable() -> None:
+    for verb in ("get", "list", "watch"):
+        assert not rbac.allowed(verb, "", "secrets"), verb
+    # OwnerReferencesPermissionEnforcement: children with blockOwnerDeletion need `update` on the
+    # owner's finalizers; the API server checks it, the operator never calls it.
+    for resource in ("moedeployments/finalizers", "moepools/finalizers"):
+        assert rbac.allowed("update", "moeplane.io", resource)
+    assert {r.resources for r in rbac.RULES if r.admission_only} == {
+        ("moedeployments/finalizers", "moepools/finalizers")
+    }
+    assert rbac.allowed("get", "ray.io", "rayclusters")  # read back after a create conflict

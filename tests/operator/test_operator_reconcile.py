@@ -113,7 +113,7 @@ def test_children_status_and_a_resync_that_writes_nothing(
         assert status["decode"] == {"desiredGroups": 1, "readyGroups": 1, "readyWorkers": 18}
         assert status["totalGpus"] == 32 + 144 and status["observedGeneration"] == 1
         decode_pool = cluster.get(*POOL, "deepseek-r1-decode")
-        assert decode_pool["status"]["readyReplicas"] == 1
+        assert decode_pool["status"]["readyGroups"] == 1
         assert "finalizers" not in decode_pool["metadata"]  # only the deployment's Redis keys need one
 
         # Let in-flight handler retries settle, then count: several resyncs must write nothing.
@@ -218,7 +218,7 @@ def test_layout_change_rolls_new_groups_before_removing_old(
         new = next(name for name in decode() if name != old)
         assert cluster.get(*RC, new)["spec"]["workerGroupSpecs"][0]["numOfHosts"] == 9
         time.sleep(1.5)  # several resyncs while the new group starts: the old one must stay
-        assert old in decode() and cluster.get(*POOL, "deepseek-r1-decode")["status"]["readyReplicas"] >= 1
+        assert old in decode() and cluster.get(*POOL, "deepseek-r1-decode")["status"]["readyGroups"] >= 1
         assert condition(cluster.get(*POOL, "deepseek-r1-decode"), "Progressing")["reason"] == "RollingOut"
 
         marked_at = time.time()

@@ -34,13 +34,14 @@ from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 from moeplane.bus.eplb import PoolEplbStatus, as_bytes, read_status, write_status
-from moeplane.bus.keys import DeploymentKeys
+from moeplane.bus.keys import PLACEMENT_VERSION_FIELD, DeploymentKeys
 
-# Set the placement only if it is newer than the stored one. KEYS[1] hash; ARGV version, data, at_s.
+# Set the placement only if it is newer than the stored one. KEYS[1] hash; ARGV version, data, at_s,
+# and the name of the version field.
 _CAS_PLACEMENT = """
-local current = redis.call('HGET', KEYS[1], 'version')
+local current = redis.call('HGET', KEYS[1], ARGV[4])
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2], 'at_s', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[1], 'data', ARGV[2], 'at_s', ARGV[3])
 return 1
 """
 
@@ -179,7 +180,7 @@ class EplbStore:
         at_s = time.time() if now_s is None else now_s
         stored = self._cas(
             keys=[self.keys.placement(self.role.value)],
-            args=[placement.version, encode_placement(placement), json.dumps(at_s)],
+            args=[placement.version, encode_placement(placement), json.dumps(at_s), PLACEMENT_VERSION_FIELD],
         )
         return bool(stored)
 

@@ -79,12 +79,22 @@ class MooncakeKVTransport(KVTransport):
     def address(self) -> str:
         return self._control.address
 
+    @property
+    def protocol(self) -> str:
+        """Mooncake's transport: tcp, or rdma over `device_name`'s NICs."""
+        return self._protocol
+
+    @property
+    def device_name(self) -> str:
+        return self._device_name
+
     async def start(self) -> None:
         engine = import_engine()()
         status = engine.initialize(self._host, "P2PHANDSHAKE", self._protocol, self._device_name)
         if status != 0:
             raise MooncakeUnavailable(
-                f"Mooncake initialize({self._host!r}, P2PHANDSHAKE, {self._protocol!r}) returned {status}"
+                f"Mooncake initialize({self._host!r}, P2PHANDSHAKE, {self._protocol!r}, "
+                f"{self._device_name!r}) returned {status}"
             )
         self._engine = engine
         self._session = f"{self._host}:{engine.get_rpc_port()}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from moeplane.api.arch import ModelArch
+from moeplane.api.podtemplate import MooncakeSpec
 from moeplane.workers.ep.comm import EPComm
 from moeplane.workers.grpc_security import GrpcSecurity, advertised_host
 from moeplane.workers.kv.frames import DEFAULT_CHUNK_BYTES
@@ -50,6 +51,9 @@ class RankSpec:
     kv_backend: KVBackend = KVBackend.GRPC
     kv_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     kv_streams: int = 1  # parallel gRPC streams (each its own connection) per pull
+    # Mooncake's protocol (tcp | rdma) and RDMA devices (spec.kvTransfer.mooncake, its deviceName
+    # resolved from spec.hardware.rdma.hcas when unset); None: tcp on any device.
+    mooncake: MooncakeSpec | None = None
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     security: GrpcSecurity = field(default_factory=GrpcSecurity)
@@ -75,8 +79,13 @@ def make_transport(spec: RankSpec) -> KVTransport:
     if spec.kv_backend is KVBackend.MOONCAKE:
         from moeplane.workers.kv.mooncake_backend import MooncakeKVTransport
 
+        mooncake = spec.mooncake or MooncakeSpec()
         return MooncakeKVTransport(
-            host=spec.bind_host, advertise_host=spec.advertise_host, security=spec.security
+            host=spec.bind_host,
+            protocol=mooncake.protocol.value,
+            device_name=mooncake.device_name or "",
+            advertise_host=spec.advertise_host,
+            security=spec.security,
         )
     return GrpcKVTransport(
         host=spec.bind_host,

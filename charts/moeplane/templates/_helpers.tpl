@@ -153,3 +153,22 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The planner's rules (its calls are recorded in tests/planner/api_calls.json). */}}
+{{- define "moeplane.plannerRules" -}}
+# Reads every MoEDeployment's SLA and planner settings; the dashboard's Apply patches the spec,
+# and the planner records its last decision in the status.
+- apiGroups: [moeplane.io]
+  resources: [moedeployments]
+  verbs: [get, list, watch, patch]
+- apiGroups: [moeplane.io]
+  resources: [moedeployments/status]
+  verbs: [patch]
+# Scales each pool through its scale subresource, never by editing the pool.
+- apiGroups: [moeplane.io]
+  resources: [moepools]
+  verbs: [get, list, watch]
+- apiGroups: [moeplane.io]
+  resources: [moepools/scale]
+  verbs: [get, patch]
+{{- end -}}

@@ -14,10 +14,14 @@ The rules are moeplane.operator.rbac.RULES. */ -}}
 - apiGroups: ["moeplane.io"]
   resources: ["moedeployments/status", "moepools/status"]
   verbs: ["patch"]
-# Each pool's RayClusters are listed fresh, never cached; a rollout deletes old revisions.
+# OwnerReferencesPermissionEnforcement: children owned (blockOwnerDeletion) by a MoEDeployment or MoEPool.
+- apiGroups: ["moeplane.io"]
+  resources: ["moedeployments/finalizers", "moepools/finalizers"]
+  verbs: ["update"]
+# Each pool's RayClusters are listed fresh, never cached (read back on a create conflict); a rollout deletes old revisions.
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Engine and placement ConfigMaps, worker and frontend Services.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
@@ -26,10 +30,10 @@ The rules are moeplane.operator.rbac.RULES. */ -}}
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Each MoEDeployment's Secret (workers' gRPC token, Redis URL); watched only with the operator's managed-by label selector.
+# Each MoEDeployment's Secret (workers' gRPC token, Redis URL): created, and patched without its token; no Secret is ever read.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["create", "patch"]
 # Events: the Invalid-spec warning and Kopf's handler failures.
 - apiGroups: [""]
   resources: ["events"]
