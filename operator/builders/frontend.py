@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from moeplane.api import podenv
 from moeplane.api.enums import Role
 from moeplane.api.spec import MoEDeployment
 from moeplane.operator import names
-from moeplane.operator.builders.configmaps import ENGINE_KEY
-from moeplane.operator.builders.raycluster import ENGINE_DIR
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.config import OperatorConfig
 
@@ -27,11 +26,11 @@ def build_frontend_deployment(
     }
     # What `moeplane frontend` reads (workers/frontend/main.py); secrets by reference only.
     env: list[dict[str, Any]] = [
-        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
-        secret_env("MOEPLANE_GRPC_TOKEN", name, GRPC_TOKEN_KEY),
+        {"name": podenv.ENGINE_CONFIG_ENV, "value": podenv.ENGINE_PATH},
+        secret_env(podenv.GRPC_TOKEN_ENV, name, GRPC_TOKEN_KEY),
     ]
     if config.redis_url:
-        env.append(secret_env("MOEPLANE_REDIS_URL", name, REDIS_URL_KEY))
+        env.append(secret_env(podenv.REDIS_URL_ENV, name, REDIS_URL_KEY))
     container: dict[str, Any] = {
         "name": FRONTEND_CONTAINER,
         "image": spec.frontend.image or spec.image or config.image,
@@ -39,7 +38,7 @@ def build_frontend_deployment(
         "env": env,
         "ports": [{"containerPort": config.frontend_port, "name": "http"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "engine", "mountPath": podenv.ENGINE_DIR, "readOnly": True}],
     }
     if spec.frontend.resources:
         container["resources"] = spec.frontend.resources

@@ -6,6 +6,10 @@
 resources, scheduling, the static-EPLB load file), so a change there rolls a new RayCluster in
 beside the old one.
 
+The pool's layout (`spec.layout`) shapes its pods and reaches its `moeplane pool` in
+`MOEPLANE_POOL_LAYOUT`; the rest of the runtime document is the deployment's engine ConfigMap.
+The env and paths the sidecar reads are named in `api/podenv.py`.
+
 Static EPLB: `moeplane pool` reads the load file at `MOEPLANE_EPLB_LOAD_FILE`. A
 `configmap://NAME/KEY` load file is that ConfigMap's one key, mounted read-only at
 `EPLB_LOAD_DIR/KEY` in the head pod's `moeplane pool` sidecar and in the worker pods; the operator
@@ -21,16 +25,14 @@ import hashlib
 import json
 from typing import Any
 
+from moeplane.api import podenv
 from moeplane.api.configmapref import ConfigMapKeyRef, parse_configmap_ref
 from moeplane.api.hardware import HardwarePreset
 from moeplane.api.spec import MoEPoolSpec
 from moeplane.operator import names
-from moeplane.operator.builders.configmaps import ENGINE_KEY, PLACEMENT_KEY
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.config import OperatorConfig
 
-ENGINE_DIR = "/etc/moeplane/engine"
-PLACEMENT_DIR = "/etc/moeplane/placement"
 WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
@@ -39,8 +41,7 @@ POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane
 RAY_TMP_VOLUME = "ray-tmp"
 RAY_TMP_DIR = "/tmp/ray"
 EPLB_LOAD_VOLUME = "eplb-load"
-EPLB_LOAD_DIR = "/etc/moeplane/eplb-load"
-EPLB_LOAD_ENV = "MOEPLANE_EPLB_LOAD_FILE"  # workers/pool/settings.py reads it
+EPLB_LOAD_DIR = podenv.EPLB_LOAD_DIR
 
 
 def gpus_per_pod(pool: MoEPoolSpec) -> int:
@@ -102,20 +103,20 @@ def pool_env(
     """What `moeplane pool` reads (workers/pool/settings.py); secrets come from the deployment's
     Secret, never as plain values."""
     env: list[dict[str, Any]] = [
-        {"name": "MOEPLANE_ROLE", "value": pool.role.value},
-        {"name": "MOEPLANE_POOL", "value": pool_name},
-        {"name": "MOEPLANE_REVISION", "value": revision},
-        {"name": "MOEPLANE_ENGINE_CONFIG", "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
-        {"name": "MOEPLANE_PLACEMENT", "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
-        secret_env("MOEPLANE_GRPC_TOKEN", pool.deployment_name, GRPC_TOKEN_KEY),
+        {"name": podenv.ROLE_ENV, "value": pool.role.value},
+        {"name": podenv.POOL_ENV, "value": pool_name},
+        {"name": podenv.REVISION_ENV, "value": revision},
+        {"name": podenv.ENGINE_CONFIG_ENV, "value": podenv.ENGINE_PATH},
+        {"name": podenv.POOL_LAYOUT_ENV, "value": json.dumps(pool.layout.to_wire(), sort_keys=True)},
+        secret_env(podenv.GRPC_TOKEN_ENV, pool.deployment_name, GRPC_TOKEN_KEY),
         # The groups advertise the pod's own address in the registry.
-        {"name": "MOEPLANE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": podenv.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     if config.redis_url:
-        env.append(secret_env("MOEPLANE_REDIS_URL", pool.deployment_name, REDIS_URL_KEY))
+        env.append(secret_env(podenv.REDIS_URL_ENV, pool.deployment_name, REDIS_URL_KEY))
     load_path = eplb_load_path(pool)
     if load_path is not None:
-        env.append({"name": EPLB_LOAD_ENV, "value": load_path})
+        env.append({"name": podenv.EPLB_LOAD_FILE_ENV, "value": load_path})
     return env
 
 
@@ -123,7 +124,6 @@ def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
     return [
         {"name": RAY_TMP_VOLUME, "emptyDir": {}},
         {"name": "engine", "configMap": {"name": names.engine_configmap(pool.deployment_name)}},
-        {"name": "placement", "configMap": {"name": names.placement_configmap(pool_name)}},
         *_eplb_load_volumes(pool),
     ]
 
@@ -133,8 +133,7 @@ def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
 _RAY_TMP_MOUNT = {"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_DIR}
 _POOL_MOUNTS = [
     _RAY_TMP_MOUNT,
-    {"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
-    {"name": "placement", "mountPath": PLACEMENT_DIR, "readOnly": True},
+    {"name": "engine", "mountPath": podenv.ENGINE_DIR, "readOnly": True},
 ]
 
 
