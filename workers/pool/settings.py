@@ -98,7 +98,7 @@ class PoolSettings:
 
     @property
     def kv_backend(self) -> KVBackend:
-        return KVBackend(self.document.kv_transfer.backend.value)
+        return self.document.kv_transfer.backend
 
     @property
     def kv_chunk_bytes(self) -> int:

@@ -22,7 +22,6 @@ from moeplane.operator.builders.pools import build_pool
 from moeplane.operator.builders.raycluster import POOL_CONTAINER, build_raycluster
 from moeplane.operator.config import OperatorConfig
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, EmbeddedPlanError, plan_from_deployment
-from moeplane.workers.eplb.controller import policy_for
 from moeplane.workers.eplb.static import model_static_placement, static_placement
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
@@ -101,7 +100,7 @@ def test_a_configmap_load_file_gives_the_static_placement(tmp_path: Path) -> Non
     s = load_pool_settings(env)
     arch = s.arch
     expected = static_placement(
-        path, 20, arch.n_group, 1, 2, policy_for(EplbAlgorithm.AUTO),
+        path, 20, arch.n_group, 1, 2, EplbAlgorithm.AUTO,
         num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
     )
     assert s.placement is not None and s.placement.version == 0
@@ -165,7 +164,7 @@ def test_a_hand_edited_layout_is_refused_before_the_load_file_is_placed(tmp_path
     with pytest.raises(PoolSetupError, match=r"^MOEPLANE_POOL_LAYOUT: nodesPerGroup: is 3, expected 1 for "
                                              r"expertParallel 2 on 2 GPUs per node$"):
         load_pool_settings({**env, "MOEPLANE_POOL_LAYOUT": json.dumps(layout)})
-    # Were it placed anyway, the policy itself would name the numbers.
+    # Were it placed anyway, the algorithm itself would name the numbers.
     doc = resolve_runtime(parse_deployment(raw))
     bad = doc.model_copy(update={"pools": {Role.PREFILL: doc.pool(Role.PREFILL).model_copy(
         update={"nodes_per_group": 3})}})
