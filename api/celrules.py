@@ -2,7 +2,8 @@
 
 The API server then refuses the same manifests `validation.py` does, with the same messages
 (`messageExpression` rebuilds the numbers). Left to `validation.py` only: the memory fit and the
-KV-cache fit of maxModelLen (float sums over the whole architecture). Locations are checked here
+KV-cache fit of maxModelLen (float sums over the whole architecture), and the hierarchical EPLB
+algorithm's expert groups per node. Locations are checked here
 by their form's prefix only; `locations.parse_location` checks the rest.
 
 Rules must not depend on the API server having applied defaults first, so optional fields are

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import EplbMode, Role, WeightsFormat
+from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
 from moeplane.api.errors import Problem
 from moeplane.api.layout import GroupLayout
 from moeplane.api.locations import LocationError, parse_location
@@ -175,6 +175,21 @@ def eplb_problems(eplb: EplbSpec) -> list[RuntimeProblem]:
     return problems
 
 
+def eplb_pool_problems(
+    role: Role, layout: GroupLayout, arch: ModelArch, eplb: EplbSpec
+) -> list[RuntimeProblem]:
+    """DeepSeek's hierarchical algorithm pins expert groups to nodes: they must divide among them."""
+    nodes = layout.nodes_per_group
+    hierarchical = eplb.mode is not EplbMode.OFF and eplb.algorithm is EplbAlgorithm.HIERARCHICAL
+    if not hierarchical or arch.n_group % nodes == 0:
+        return []
+    return [RuntimeProblem(
+        "eplb.algorithm", "spec.eplb.algorithm",
+        f"hierarchical needs the model's {arch.n_group} expert groups to divide among the {role.value} "
+        f"pool's {nodes} nodes per EP group; use auto or global",
+    )]
+
+
 def runtime_problems(doc: EngineDocument) -> list[RuntimeProblem]:
     """Every rule `doc` breaks, in the document's field order."""
     arch = doc.model.architecture
@@ -188,4 +203,7 @@ def runtime_problems(doc: EngineDocument) -> list[RuntimeProblem]:
                 role, layout, doc.serving
             )
     problems += eplb_problems(doc.eplb)
+    for role in Role:
+        if role in doc.pools:
+            problems += eplb_pool_problems(role, doc.pools[role], arch, doc.eplb)
     return problems

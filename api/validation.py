@@ -16,6 +16,7 @@ from moeplane.api.layout import resolve_group
 from moeplane.api.runtime import EngineDocument, resolve_document
 from moeplane.api.runtime_rules import (
     RuntimeProblem,
+    eplb_pool_problems,
     eplb_problems,
     kv_fit_problems,
     pool_problems,
@@ -55,6 +56,9 @@ def validate_spec(spec: MoEDeploymentSpec) -> list[Problem]:
     if doc is not None:
         problems += _in_spec(serving_problems(doc.serving, doc.model.architecture))
     problems += _in_spec(eplb_problems(spec.eplb))
+    if doc is not None:
+        for role in Role:
+            problems += _in_spec(eplb_pool_problems(role, doc.pool(role), doc.model.architecture, doc.eplb))
     problems += _planner_problems(spec, hw)
     return problems
 

@@ -82,6 +82,10 @@ RULES: list[tuple[str, dict, dict[str, Any], str, str, str]] = [
      "spec.eplb.windowSeconds", "eplb.windowSeconds", "31 s is longer than intervalSeconds (30 s)"),
     ("eplb_problems", TINY, {"spec.eplb.mode": "static"},
      "spec.eplb.loadFile", "eplb.loadFile", "is required when mode is static"),
+    ("eplb_pool_problems", R1, {"spec.eplb.algorithm": "hierarchical"},
+     "spec.eplb.algorithm", "eplb.algorithm",
+     "hierarchical needs the model's 8 expert groups to divide among the decode pool's 18 nodes per EP "
+     "group; use auto or global"),
 ]
 IDS = [f"{rule}:{doc_field}" for rule, _, _, _, doc_field, _ in RULES]
 
