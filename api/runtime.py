@@ -10,7 +10,8 @@ the one spec → runtime path:
   (`spec.layout`, which also shapes the pool's pods), and reaches its `moeplane pool` in
   `MOEPLANE_POOL_LAYOUT` (`api/podenv.py`), so a pool's pods and its runtime read one value;
 - `moeplane pool` and `moeplane frontend` read it with `read_engine_document` (`runtime_io.py`);
-- `moeplane up` resolves the same document in memory and plans its groups from it.
+- `moeplane up` resolves the same document in memory, holds it to the same checks
+  (`runtime_io.check_engine_document`) and plans its groups from it.
 
 Every default is the spec models' (`spec.py`); the document states resolved values only, so a
 reader never restates one. Fields are snake_case here and camelCase on the wire (`ApiModel`).

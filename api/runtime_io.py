@@ -64,19 +64,30 @@ def read_engine_document(
     role: Role | None = None,
     pool_layout: str | None = None,
 ) -> EngineDocument:
-    """The validated runtime document at `path`.
-
-    With `role`, the document must carry that pool's layout: `pool_layout` (the JSON the operator
-    passes in MOEPLANE_POOL_LAYOUT), or `pools.<role>` of the file (a document written by hand or
-    by a test), not both unless they agree. Raises EngineDocumentError naming the file or the
-    variable and each broken field.
-    """
+    """The validated runtime document at `path` (see `check_engine_document`)."""
     where = f"engine config {path}"
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise EngineDocumentError(f"cannot read the engine config {path}: {exc.strerror or exc}") from None
-    doc = parse_engine_document(_load_json(text, where), where)
+    return check_engine_document(_load_json(text, where), where, role=role, pool_layout=pool_layout)
+
+
+def check_engine_document(
+    obj: dict[str, Any],
+    where: str,
+    *,
+    role: Role | None = None,
+    pool_layout: str | None = None,
+) -> EngineDocument:
+    """The runtime document of wire form `obj`, parsed by the model and held to `runtime_rules`.
+
+    With `role`, the document must carry that pool's layout: `pool_layout` (the JSON the operator
+    passes in MOEPLANE_POOL_LAYOUT), or `pools.<role>` of `obj` (a document written by hand, by a
+    test, or resolved in memory by `moeplane up`), not both unless they agree. Raises
+    EngineDocumentError naming `where` (or the variable) and each broken field.
+    """
+    doc = parse_engine_document(obj, where)
     from_env = role is not None and pool_layout is not None
     if role is not None:
         if pool_layout is not None:

@@ -18,6 +18,7 @@ from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbMode, Role, WeightsFormat
 from moeplane.api.layout import GroupLayout
 from moeplane.api.runtime import EngineDocument, ServingRuntime, resolve_runtime
+from moeplane.api.runtime_io import check_engine_document
 from moeplane.api.spec import EplbSpec, MoEDeployment, SlaSpec, parse_deployment
 from moeplane.api.validation import check_spec
 from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
@@ -171,7 +172,8 @@ def plan_from_deployment(
             f"spec.model.weights.format is {weights.format}; the embedded stack runs the "
             "seeded random weights (format: random) of a model small enough for a CPU"
         )
-    doc = resolve_runtime(dep)
+    # The document a pod would read, through the reader's own checks (wire form and rules).
+    doc = check_engine_document(resolve_runtime(dep).to_wire(), "runtime document")
     load_file = static_load_file(doc.eplb, manifest_dir)
     decode = _pool(doc, dep, Role.DECODE, decode_groups, load_file)
     if decode.num_groups < 1:
