@@ -63,7 +63,7 @@ class ServingRuntime(ServingSpec):
     """spec.serving with `maxModelLen` resolved, and the KV-cache block size."""
 
     max_model_len: int = Field(  # type: ignore[assignment]  # resolved: never None here
-        ge=2, description="Longest prompt + output, in tokens."
+        gt=0, description="Longest prompt + output, in tokens (at least 2: `runtime_rules`)."
     )
     block_size_tokens: int = Field(BLOCK_SIZE_TOKENS, gt=0, description="Tokens per KV-cache block.")
 

@@ -82,6 +82,12 @@ def serving_problems(serving: ServingRuntime, arch: ModelArch) -> list[RuntimePr
             f"{serving.max_num_batched_tokens} is below maxNumSeqs ({serving.max_num_seqs}): every "
             "running sequence must be able to decode in one step",
         ))
+    if serving.max_model_len < 2:
+        problems.append(RuntimeProblem(
+            "serving.maxModelLen", "spec.serving.maxModelLen",
+            f"{serving.max_model_len} leaves no room for a prompt token and an output token (the "
+            f"model's maxPositionEmbeddings is {arch.max_position_embeddings}); set at least 2",
+        ))
     if serving.max_model_len > arch.max_position_embeddings:
         problems.append(RuntimeProblem(
             "serving.maxModelLen", "spec.serving.maxModelLen",
