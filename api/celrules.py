@@ -1,8 +1,10 @@
 """CEL (`x-kubernetes-validations`) versions of the cross-field rules, for the generated CRDs.
 
 The API server then refuses the same manifests `validation.py` does, with the same messages
-(`messageExpression` rebuilds the numbers). Left to `validation.py` only: the memory fit (float
-sums over the whole architecture) and attention heads vs attention TP.
+(`messageExpression` rebuilds the numbers). Left to `validation.py` only: the memory fit and the
+KV-cache fit of maxModelLen (float sums over the whole architecture), and the hierarchical EPLB
+algorithm's expert groups per node. Locations are checked here
+by their form's prefix only; `locations.parse_location` checks the rest.
 
 Rules must not depend on the API server having applied defaults first, so optional fields are
 read through `_get`, which falls back to the model's own default. Preset constants (routed
@@ -21,12 +23,14 @@ from moeplane.api.base import ApiModel
 from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
 from moeplane.api.hardware import HARDWARE_PRESETS
 from moeplane.api.presets import MODEL_PRESETS
+from moeplane.api.runtime import BYTE_TOKENIZER
 from moeplane.api.spec import (
     EplbSpec,
     ModelSpec,
     MoEDeploymentSpec,
     PlannerSpec,
     PoolSpec,
+    ServingSpec,
     WeightsSpec,
 )
 from pydantic import BaseModel
@@ -98,7 +102,6 @@ def _pool_rules(role: Role) -> list[CelRule]:
     ep = f"{base}.expertParallel"
     redundant = _get(PoolSpec, "redundant_experts", base)
     slots = f"({_ROUTED} + {redundant})"
-    dp = f"{base}.dataParallelAttention"
     return [
         CelRule(
             rule=f"!{_GPU_KNOWN} || {ep} <= {_GPN} || {ep} % {_GPN} == 0",
@@ -117,16 +120,6 @@ def _pool_rules(role: Role) -> list[CelRule]:
                 f"string({slots}) + ' slots per layer, not divisible by expertParallel ' + string({ep})"
             ),
             field_path=f".{role.value}.expertParallel",
-        ),
-        CelRule(
-            rule=f"!has({dp}) || !{_GPU_KNOWN} || {dp} > {ep} || {ep} % {dp} != 0 || {ep} / {dp} <= {_GPN}",
-            message="attention tensor parallelism expertParallel/dataParallelAttention must stay in one node",
-            message_expression=(
-                f"'attention tensor parallelism expertParallel/dataParallelAttention = ' + string({ep}) + "
-                f"'/' + string({dp}) + ' = ' + string({ep} / {dp}) + ' spans more than one node (' + "
-                f"string({_GPN}) + ' GPUs)'"
-            ),
-            field_path=f".{role.value}.dataParallelAttention",
         ),
     ]
 
@@ -171,9 +164,13 @@ def _replica_rules() -> list[CelRule]:
             field_path=".maxReplicas",
         ),
         CelRule(
-            rule=f"!has({dp}) || ({dp} <= {ep} && {ep} % {dp} == 0)",
-            message="dataParallelAttention must divide expertParallel",
-            message_expression=f"string({dp}) + ' must divide expertParallel (' + string({ep}) + ')'",
+            rule=f"!has({dp}) || {dp} == {ep}",
+            message="dataParallelAttention must equal expertParallel (attention runs data-parallel)",
+            message_expression=(
+                f"string({dp}) + ' must equal expertParallel (' + string({ep}) + '): the workers run "
+                "attention data-parallel on every GPU (attention tensor parallelism is not implemented); "
+                "leave it unset'"
+            ),
             field_path=".dataParallelAttention",
         ),
     ]
@@ -213,6 +210,59 @@ def _eplb_rules() -> list[CelRule]:
     ]
 
 
+_MAX_POS_BY_PRESET = _map({p.value: a.max_position_embeddings for p, a in MODEL_PRESETS.items()})
+_MAX_POS = (
+    f"(has(self.model.architecture) ? {_get(ModelArch, 'max_position_embeddings', 'self.model.architecture')}"
+    f" : {_MAX_POS_BY_PRESET}[self.model.preset])"
+)
+
+
+def _max_model_len_rule() -> CelRule:
+    length = "self.serving.maxModelLen"
+    return CelRule(
+        rule=f"!has(self.serving) || !has({length}) || !{_MODEL_KNOWN} || {length} <= {_MAX_POS}",
+        message="maxModelLen must not exceed the model's maxPositionEmbeddings",
+        message_expression=(
+            f"string({length}) + ' exceeds the model\\'s maxPositionEmbeddings (' + string({_MAX_POS}) + ')'"
+        ),
+        field_path=".serving.maxModelLen",
+    )
+
+
+def _serving_rules() -> list[CelRule]:
+    tokens, seqs = _get(ServingSpec, "max_num_batched_tokens"), _get(ServingSpec, "max_num_seqs")
+    queue, request = _get(ServingSpec, "queue_timeout_seconds"), _get(ServingSpec, "request_timeout_seconds")
+    return [
+        CelRule(
+            rule=f"{tokens} >= {seqs}",
+            message="maxNumBatchedTokens must be at least maxNumSeqs",
+            message_expression=(
+                f"string({tokens}) + ' is below maxNumSeqs (' + string({seqs}) + '): every running "
+                "sequence must be able to decode in one step'"
+            ),
+            field_path=".maxNumBatchedTokens",
+        ),
+        CelRule(
+            rule=f"{queue} <= {request}",
+            message="queueTimeoutSeconds must not be longer than requestTimeoutSeconds",
+            message_expression=(
+                f"string({queue}) + ' s is longer than requestTimeoutSeconds (' + string({request}) + ' s)'"
+            ),
+            field_path=".queueTimeoutSeconds",
+        ),
+    ]
+
+
+# The forms `locations.parse_location` accepts, by their prefix (it checks the rest too).
+LOCATION_FORMS = "an absolute path, file:///PATH, pvc://CLAIM/PATH or hf://ORG/REPO[@REVISION]"
+
+
+def _location_ok(value: str) -> str:
+    return " || ".join(
+        f"{value}.startsWith({_lit(prefix)})" for prefix in ("/", "file:///", "pvc://", "hf://")
+    )
+
+
 def _arch_rules() -> list[CelRule]:
     """ModelArch's own shape checks, with its messages."""
     n_group, topk_group = _get(ModelArch, "n_group"), _get(ModelArch, "topk_group")
@@ -247,7 +297,9 @@ NO_ARCH_MESSAGE = (
 
 CEL_RULES: dict[type[BaseModel], tuple[CelRule, ...]] = {
     ModelArch: tuple(_arch_rules()),
-    MoEDeploymentSpec: (*_pool_rules(Role.PREFILL), *_pool_rules(Role.DECODE), _budget_rule()),
+    MoEDeploymentSpec: (
+        *_pool_rules(Role.PREFILL), *_pool_rules(Role.DECODE), _max_model_len_rule(), _budget_rule()
+    ),
     ModelSpec: (
         CelRule(
             # A local checkpoint directory names its own architecture (its config.json).
@@ -261,6 +313,12 @@ CEL_RULES: dict[type[BaseModel], tuple[CelRule, ...]] = {
             rule="!(has(self.preset) && has(self.architecture))",
             message="set only one of preset or architecture (both are set)",
         ),
+        CelRule(
+            rule=f"!has(self.tokenizer) || self.tokenizer == {_lit(BYTE_TOKENIZER)} || "
+            f"{_location_ok('self.tokenizer')}",
+            message=f"must be {BYTE_TOKENIZER} or {LOCATION_FORMS}",
+            field_path=".tokenizer",
+        ),
     ),
     WeightsSpec: (
         CelRule(
@@ -269,7 +327,13 @@ CEL_RULES: dict[type[BaseModel], tuple[CelRule, ...]] = {
             field_path=".uri",
             reason="FieldValueRequired",
         ),
+        CelRule(
+            rule=f"!has(self.uri) || {_location_ok('self.uri')}",
+            message=f"must be {LOCATION_FORMS}",
+            field_path=".uri",
+        ),
     ),
+    ServingSpec: tuple(_serving_rules()),
     PoolSpec: tuple(_replica_rules()),
     EplbSpec: tuple(_eplb_rules()),
     PlannerSpec: (

@@ -24,6 +24,9 @@ class EplbMode(StrEnum):
 
 
 class EplbAlgorithm(StrEnum):
+    """How a load becomes a placement (`spec.eplb.algorithm`, `moeplane eplb-plan --algorithm`,
+    `workers/eplb/rebalance.rebalance`)."""
+
     AUTO = "auto"  # moeplane's own policy (the default).
     HIERARCHICAL = "hierarchical"  # DeepSeek baseline: groups to nodes, replicate in-node, pack GPUs.
     GLOBAL = "global"  # DeepSeek baseline: replicate over all GPUs, then pack.

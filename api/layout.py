@@ -10,7 +10,9 @@ Memory model per GPU (data-parallel attention, experts sharded):
   + shared experts × expert bytes × MoE layers          (every GPU holds the shared experts)
   + attention weights / attention TP                   (replicated across DP ranks)
   + dense MLPs, routers, embeddings and lm_head        (replicated)
-The KV cache gets `hbm × gpuMemoryUtilization − weights`.
+The KV cache gets `hbm × gpuMemoryUtilization − weights`, except on the `cpu` preset: its memory
+figure is a nominal share of host memory that nothing reserves, so a CPU rank holds the KV cache it
+is asked for, `minKvTokensPerGpu` tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 from moeplane.api.arch import AttentionKind, ModelArch
 from moeplane.api.base import ApiModel
 from moeplane.api.enums import Role
-from moeplane.api.hardware import HardwareSpec
+from moeplane.api.hardware import HardwarePreset, HardwareSpec
 from pydantic import Field
 
 if TYPE_CHECKING:  # spec.py imports GroupLayout from here; the spec is only needed for typing.
@@ -32,6 +34,7 @@ class GroupLayout(ApiModel):
     """The shape of one EP group of a pool (independent of how many groups run)."""
 
     role: Role = Field(description="prefill or decode.")
+    gpu: HardwarePreset = Field(description="GPU preset of every rank (cpu: a CPU share per rank).")
     expert_parallel: int = Field(gt=0, description="GPUs per EP group.")
     attention_dp_size: int = Field(gt=0, description="Attention data-parallel ranks per group.")
     attention_tp_size: int = Field(gt=0, description="Attention tensor-parallel size within a DP rank.")
@@ -126,9 +129,14 @@ def resolve_group(arch: ModelArch, hw: HardwareSpec, pool: PoolSpec, role: Role)
     weight_bytes = math.ceil(expert_bytes + replicated_bytes)
     usable = math.floor(hw.hbm_bytes * pool.gpu_memory_utilization)
     kv_per_token = kv_bytes_per_token_per_gpu(arch, tp)
-    kv_tokens = max(0, usable - weight_bytes) // kv_per_token if kv_per_token else 0
+    gpu = HardwarePreset(hw.name)
+    if gpu is HardwarePreset.CPU:
+        kv_tokens = pool.min_kv_tokens_per_gpu
+    else:
+        kv_tokens = max(0, usable - weight_bytes) // kv_per_token if kv_per_token else 0
     return GroupLayout(
         role=role,
+        gpu=gpu,
         expert_parallel=ep,
         attention_dp_size=dp,
         attention_tp_size=tp,

@@ -4,8 +4,8 @@ One definition, read by the operator's builders (which set them), by `podchecks.
 user fields that would collide with them) and by the processes in the pods (which read them).
 
 Paths inside every pod the operator makes:
-- `/etc/moeplane/engine/engine.json`: the deployment's engine ConfigMap (`MOEPLANE_ENGINE_CONFIG`);
-- `/etc/moeplane/placement/placement.json`: a pool's initial placement (`MOEPLANE_PLACEMENT`);
+- `/etc/moeplane/engine/engine.json`: the deployment's engine ConfigMap, the runtime document
+  (`api/runtime.py`; `MOEPLANE_ENGINE_CONFIG`);
 - `/etc/moeplane/eplb-load/KEY`: a static-EPLB `configmap://NAME/KEY` (`MOEPLANE_EPLB_LOAD_FILE`);
 - `/mnt/moeplane` (`MOEPLANE_VOLUME_ROOT`): every model volume; `pvc://CLAIM/PATH` is
   `/mnt/moeplane/pvc/CLAIM/PATH`, the Hugging Face cache is `/mnt/moeplane/hf` (`HF_HOME`);
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from moeplane.api.spec import MoEDeploymentSpec
 
 # ---- paths ----------------------------------------------------------------------------------------
-ENGINE_DIR = "/etc/moeplane/engine"
-PLACEMENT_DIR = "/etc/moeplane/placement"
+ENGINE_DIR = "/etc/moeplane/engine"  # the deployment's engine ConfigMap, mounted read-only
+ENGINE_KEY = "engine.json"  # its one key: the runtime document (api/runtime.py)
+ENGINE_PATH = f"{ENGINE_DIR}/{ENGINE_KEY}"
 EPLB_LOAD_DIR = "/etc/moeplane/eplb-load"
 RAY_TMP_DIR = "/tmp/ray"
 SHM_DIR = "/dev/shm"
@@ -37,21 +38,28 @@ RESERVED_MOUNT_ROOTS = ("/etc/moeplane", VOLUME_ROOT, RAY_TMP_DIR, SHM_DIR)
 
 # ---- volumes the operator adds (a user's volume may not take these names) --------------------------
 ENGINE_VOLUME = "engine"
-PLACEMENT_VOLUME = "placement"
 EPLB_LOAD_VOLUME = "eplb-load"
 RAY_TMP_VOLUME = "ray-tmp"
 SHM_VOLUME = "dshm"
 HF_CACHE_VOLUME = "hf-cache"
 PVC_VOLUME_PREFIX = "pvc-"  # pvc-<claim> (shortened with a hash when the claim name is long)
 RESERVED_VOLUMES = frozenset(
-    {ENGINE_VOLUME, PLACEMENT_VOLUME, EPLB_LOAD_VOLUME, RAY_TMP_VOLUME, SHM_VOLUME, HF_CACHE_VOLUME}
+    {ENGINE_VOLUME, EPLB_LOAD_VOLUME, RAY_TMP_VOLUME, SHM_VOLUME, HF_CACHE_VOLUME}
 )
 
 # ---- env ------------------------------------------------------------------------------------------
 MOEPLANE_ENV_PREFIX = "MOEPLANE_"  # every MOEPLANE_* name is the operator's
-ENGINE_CONFIG_ENV = "MOEPLANE_ENGINE_CONFIG"
-PLACEMENT_ENV = "MOEPLANE_PLACEMENT"
-EPLB_LOAD_ENV = "MOEPLANE_EPLB_LOAD_FILE"
+# Both the pool and the frontend:
+ENGINE_CONFIG_ENV = "MOEPLANE_ENGINE_CONFIG"  # path of engine.json
+REDIS_URL_ENV = "MOEPLANE_REDIS_URL"  # the worker registry's Redis (from the Secret)
+GRPC_TOKEN_ENV = "MOEPLANE_GRPC_TOKEN"  # the workers' gRPC token (from the Secret; optional)
+# A pool's `moeplane pool` sidecar (workers/pool/settings.py):
+ROLE_ENV = "MOEPLANE_ROLE"  # prefill or decode
+POOL_ENV = "MOEPLANE_POOL"  # the MoEPool's name
+REVISION_ENV = "MOEPLANE_REVISION"  # the RayCluster's revision (group ids stay unique in a rollout)
+POOL_LAYOUT_ENV = "MOEPLANE_POOL_LAYOUT"  # the MoEPool's spec.layout, as JSON (GroupLayout)
+POD_IP_ENV = "MOEPLANE_POD_IP"  # the address the groups advertise (optional)
+EPLB_LOAD_FILE_ENV = "MOEPLANE_EPLB_LOAD_FILE"  # where the pod sees spec.eplb.loadFile (static)
 VOLUME_ROOT_ENV_NAME = VOLUME_ROOT_ENV
 HF_HOME_ENV = "HF_HOME"
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"  # serving containers read hf:// from the cache only

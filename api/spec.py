@@ -87,7 +87,7 @@ class ModelSpec(ApiModel):
         None,
         min_length=1,
         description="Tokenizer location, in the forms of weights.uri; defaults to the weights' "
-        "location. `bytes` selects the byte-level tokenizer of the tiny model.",
+        "location (random weights: bytes). `bytes` selects the byte-level tokenizer of the tiny model.",
     )
     hf_cache: HfCacheSpec | None = Field(
         None,
@@ -315,6 +315,40 @@ class PlannerSpec(ApiModel):
     )
 
 
+class ServingSpec(ApiModel):
+    """Serving limits: the batching of each rank, the longest request, the frontend's wait queue.
+
+    Batching limits apply to each data-parallel rank, as vLLM's do to each engine."""
+
+    max_num_batched_tokens: int = Field(
+        8192,
+        gt=0,
+        description="Tokens one rank computes per step over all its sequences (the token budget); "
+        "longer prompts are prefilled in chunks over several steps. At least maxNumSeqs.",
+    )
+    max_num_seqs: int = Field(256, gt=0, description="Sequences one rank runs at once.")
+    max_model_len: int | None = Field(
+        None,
+        ge=2,
+        description="Longest prompt + output, in tokens. Defaults to the model's maxPositionEmbeddings "
+        "and may not exceed it; one rank's KV cache must hold it.",
+    )
+    max_queued_requests: int = Field(
+        1024,
+        ge=0,
+        description="Requests the frontend holds in its first-in first-out wait queue while every "
+        "group is busy; beyond it a request gets 503 at once (0: no queue).",
+    )
+    queue_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request waits in the queue before a 503; at most requestTimeoutSeconds.",
+    )
+    request_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest a request may take end to end, queueing included."
+    )
+
+
 class FrontendSpec(ApiModel):
     """The OpenAI-compatible frontend of the deployment."""
 
@@ -337,6 +371,9 @@ class MoEDeploymentSpec(ApiModel):
     eplb: EplbSpec = Field(default_factory=EplbSpec, description="Expert load balancing.")
     kv_transfer: KvTransferSpec = Field(
         default_factory=KvTransferSpec, description="KV-cache transfer from prefill to decode."
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec, description="Serving limits: batching, longest request, queueing."
     )
     sla: SlaSpec = Field(description="Latency targets.")
     planner: PlannerSpec = Field(default_factory=PlannerSpec, description="The SLA planner.")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moeplane.api.arch import AttentionKind, ModelArch
+from moeplane.api.arch import ModelArch
 from moeplane.api.celrules import NO_ARCH_MESSAGE
-from moeplane.api.enums import EplbMode, PerfModelSource, Role, WeightsFormat
+from moeplane.api.enums import PerfModelSource, Role, WeightsFormat
 from moeplane.api.errors import Problem, SpecInvalid
 from moeplane.api.hardware import HardwareSpec
 from moeplane.api.hf_config import (
@@ -24,6 +24,17 @@ from moeplane.api.hf_config import (
 )
 from moeplane.api.layout import resolve_group
 from moeplane.api.podchecks import pod_problems
+from moeplane.api.runtime import EngineDocument, resolve_document
+from moeplane.api.runtime_rules import (
+    RuntimeProblem,
+    eplb_pool_problems,
+    eplb_problems,
+    kv_fit_problems,
+    pool_problems,
+    serving_problems,
+    tokenizer_problems,
+    weights_problems,
+)
 from moeplane.api.spec import MoEDeploymentSpec, PoolSpec
 
 GB = 1e9
@@ -37,16 +48,35 @@ def check_spec(spec: MoEDeploymentSpec) -> None:
 
 
 def validate_spec(spec: MoEDeploymentSpec) -> list[Problem]:
-    """Every cross-field problem of `spec`, in field order."""
+    """Every cross-field problem of `spec`, in field order.
+
+    The rules the runtime readers apply (`runtime_rules.py`) run here on the document the spec
+    resolves to, reported at the manifest's fields, so a manifest that validates is one every
+    reader accepts.
+    """
     problems = _model_problems(spec)
     hw = spec.hardware.figures()
     arch = _arch_or_none(spec)
+    # The name and namespace do not enter any rule.
+    doc = resolve_document(spec, "validate", "default") if arch is not None else None
+    if doc is not None:
+        model = doc.model
+        problems += _in_spec(tokenizer_problems(model.tokenizer, model.weights, model.architecture))
     for role in Role:
-        problems += _pool_problems(f"spec.{role.value}", spec.pool(role), role, arch, hw)
-    problems += _eplb_problems(spec)
+        problems += _pool_problems(f"spec.{role.value}", spec.pool(role), role, arch, hw, doc)
+    if doc is not None:
+        problems += _in_spec(serving_problems(doc.serving, doc.model.architecture))
+    problems += _in_spec(eplb_problems(spec.eplb))
+    if doc is not None:
+        for role in Role:
+            problems += _in_spec(eplb_pool_problems(role, doc.pool(role), doc.model.architecture, doc.eplb))
     problems += _planner_problems(spec, hw)
     problems += pod_problems(spec)
     return problems
+
+
+def _in_spec(problems: list[RuntimeProblem]) -> list[Problem]:
+    return [p.in_spec() for p in problems if p.spec_path is not None]
 
 
 def _arch_or_none(spec: MoEDeploymentSpec) -> ModelArch | None:
@@ -64,11 +94,9 @@ def _model_problems(spec: MoEDeploymentSpec) -> list[Problem]:
         problems.append(Problem("spec.model", NO_ARCH_MESSAGE))
     elif model.preset is not None and model.architecture is not None:
         problems.append(Problem("spec.model", "set only one of preset or architecture (both are set)"))
-    if model.weights.format is WeightsFormat.SAFETENSORS and model.weights.uri is None:
-        problems.append(Problem("spec.model.weights.uri", "is required when format is safetensors"))
     if checkpoint is not None:
         problems += _checkpoint_problems(spec, checkpoint)
-    return problems
+    return problems + _in_spec(weights_problems(model.weights))
 
 
 def _checkpoint_problems(spec: MoEDeploymentSpec, directory: str) -> list[Problem]:
@@ -97,24 +125,17 @@ def _checkpoint_problems(spec: MoEDeploymentSpec, directory: str) -> list[Proble
 
 
 def _pool_problems(
-    path: str, pool: PoolSpec, role: Role, arch: ModelArch | None, hw: HardwareSpec
+    path: str,
+    pool: PoolSpec,
+    role: Role,
+    arch: ModelArch | None,
+    hw: HardwareSpec,
+    doc: EngineDocument | None,
 ) -> list[Problem]:
     problems = []
-    ep, gpn = pool.expert_parallel, hw.gpus_per_node
-    if ep > gpn and ep % gpn:
-        problems.append(Problem(
-            f"{path}.expertParallel",
-            f"{ep} must be at most gpusPerNode ({gpn}) or a multiple of it",
-        ))
-    if arch is not None:
-        slots = arch.num_routed_experts + pool.redundant_experts
-        if slots % ep:
-            problems.append(Problem(
-                f"{path}.expertParallel",
-                f"{arch.num_routed_experts} routed + {pool.redundant_experts} redundant experts = "
-                f"{slots} slots per layer, not divisible by expertParallel {ep}",
-            ))
-    problems += _attention_problems(path, pool, arch, gpn)
+    if doc is not None:
+        # A document-only problem of a resolved layout would be a resolver bug, not the user's.
+        problems += _in_spec(pool_problems(role, doc.pool(role), doc.model.architecture))
     if pool.min_replicas > pool.replicas:
         problems.append(Problem(
             f"{path}.minReplicas", f"{pool.min_replicas} exceeds replicas ({pool.replicas})"
@@ -125,36 +146,8 @@ def _pool_problems(
         ))
     if arch is not None and not problems:
         problems += _memory_problems(path, pool, role, arch, hw)
-    return problems
-
-
-def _attention_problems(path: str, pool: PoolSpec, arch: ModelArch | None, gpn: int) -> list[Problem]:
-    ep, dp = pool.expert_parallel, pool.attention_dp_size
-    field = f"{path}.dataParallelAttention"
-    if dp > ep or ep % dp:
-        return [Problem(field, f"{dp} must divide expertParallel ({ep})")]
-    tp = ep // dp
-    problems = []
-    if tp > gpn:
-        problems.append(Problem(
-            field,
-            f"attention tensor parallelism expertParallel/dataParallelAttention = {ep}/{dp} = {tp} "
-            f"spans more than one node ({gpn} GPUs)",
-        ))
-    if arch is not None and tp > 1:
-        if arch.num_attention_heads % tp:
-            problems.append(Problem(
-                field,
-                f"attention tensor parallelism {tp} (= {ep}/{dp}) does not divide the model's "
-                f"{arch.num_attention_heads} attention heads",
-            ))
-        kv = arch.num_kv_heads
-        if arch.attention is AttentionKind.GQA and kv % tp and tp % kv:
-            problems.append(Problem(
-                field,
-                f"attention tensor parallelism {tp} (= {ep}/{dp}) and the model's {kv} KV heads "
-                "must divide one another",
-            ))
+    if doc is not None and not problems:
+        problems += _in_spec(kv_fit_problems(role, doc.pool(role), doc.serving))
     return problems
 
 
@@ -177,19 +170,6 @@ def _memory_problems(
         f"{group.usable_bytes_per_gpu / GB:.1f} GB usable ({hw.hbm_bytes / GB:.1f} GB {hw.name} x "
         f"gpuMemoryUtilization {pool.gpu_memory_utilization}); raise expertParallel",
     )]
-
-
-def _eplb_problems(spec: MoEDeploymentSpec) -> list[Problem]:
-    eplb = spec.eplb
-    problems = []
-    if eplb.window_seconds > eplb.interval_seconds:
-        problems.append(Problem(
-            "spec.eplb.windowSeconds",
-            f"{eplb.window_seconds:g} s is longer than intervalSeconds ({eplb.interval_seconds:g} s)",
-        ))
-    if eplb.mode is EplbMode.STATIC and eplb.load_file is None:
-        problems.append(Problem("spec.eplb.loadFile", "is required when mode is static"))
-    return problems
 
 
 def _planner_problems(spec: MoEDeploymentSpec, hw: HardwareSpec) -> list[Problem]:

@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.api.presets import ModelPreset, model_preset
 from moeplane.workers.eplb.metrics import gpu_load, moved_slots, placement_balancedness
 from moeplane.workers.eplb.optimum import peak_floor
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.types import EplbPolicy
 from moeplane.workers.placement import Placement
 
 NUM_LAYERS = 58
@@ -51,7 +51,7 @@ class Setting:
     num_gpus: int
     num_nodes: int
     num_redundant: int
-    baseline: EplbPolicy
+    baseline: EplbAlgorithm
 
     @property
     def num_physical(self) -> int:
@@ -59,9 +59,9 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("prefill-ep32", 32, 4, 32, EplbPolicy.HIERARCHICAL),
-    Setting("decode-ep144", 144, 18, 32, EplbPolicy.GLOBAL),
-    Setting("ep64-r0", 64, 8, 0, EplbPolicy.HIERARCHICAL),
+    Setting("prefill-ep32", 32, 4, 32, EplbAlgorithm.HIERARCHICAL),
+    Setting("decode-ep144", 144, 18, 32, EplbAlgorithm.GLOBAL),
+    Setting("ep64-r0", 64, 8, 0, EplbAlgorithm.HIERARCHICAL),
 )
 
 
@@ -113,7 +113,9 @@ def best_time_ms(fn: Callable[[], Placement], repeats: int) -> tuple[Placement, 
     return result, best * 1e3
 
 
-def plan(setting: Setting, load: torch.Tensor, policy: EplbPolicy, previous: Placement | None) -> Placement:
+def plan(
+    setting: Setting, load: torch.Tensor, policy: EplbAlgorithm, previous: Placement | None
+) -> Placement:
     return rebalance(
         load, setting.num_physical, NUM_GROUPS, setting.num_nodes, setting.num_gpus, policy, previous=previous
     )
@@ -136,9 +138,9 @@ def run_static(setting: Setting, s: float, repeats: int, expert_bytes: float) ->
     load = zipf_load(s, seed=int(s * 10))
     start = Placement.identity(NUM_LAYERS, NUM_EXPERTS, setting.num_physical)
     floor, optimum = ceiling(load, setting)
-    timings: dict[EplbPolicy, float] = {}
-    placements: dict[EplbPolicy, Placement] = {}
-    policies = (setting.baseline, EplbPolicy.BALANCED)
+    timings: dict[EplbAlgorithm, float] = {}
+    placements: dict[EplbAlgorithm, Placement] = {}
+    policies = (setting.baseline, EplbAlgorithm.AUTO)
     for _ in range(repeats):  # interleaved, so a noisy moment hits both policies
         for policy in policies:
             placed, ms = best_time_ms(lambda p=policy: plan(setting, load, p, None), 1)
@@ -166,7 +168,7 @@ def run_static(setting: Setting, s: float, repeats: int, expert_bytes: float) ->
 
 
 def run_drift(setting: Setting, loads: list[torch.Tensor], repeats: int, expert_bytes: float) -> list[Row]:
-    policies = (setting.baseline, EplbPolicy.BALANCED)
+    policies = (setting.baseline, EplbAlgorithm.AUTO)
     prev = {p: plan(setting, loads[0], p, None) for p in policies}
     bal_sum = {p: 0.0 for p in policies}
     worst = {p: 1.0 for p in policies}
@@ -178,7 +180,7 @@ def run_drift(setting: Setting, loads: list[torch.Tensor], repeats: int, expert_
         floor, step_optimum = ceiling(load, setting)
         optimum += step_optimum
         best = {p: float("inf") for p in policies}
-        new: dict[EplbPolicy, Placement] = {}
+        new: dict[EplbAlgorithm, Placement] = {}
         for _ in range(repeats):
             for policy in policies:
                 new[policy], ms = best_time_ms(lambda p=policy, ld=load: plan(setting, ld, p, prev[p]), 1)

@@ -35,7 +35,6 @@ APP = "moeplane"
 # Annotations.
 DESIRED_HASH = f"{DOMAIN}/desired-hash"  # hash of what the operator last wrote to a child
 DEPLOYMENT_REPLICAS = f"{DOMAIN}/deployment-replicas"  # the deployment's replicas last given to a pool
-ACCELERATOR = f"{DOMAIN}/accelerator"  # GPU preset of a pool (cpu pools request no GPUs)
 
 # KubeRay's own label on the pods of a worker group.
 RAY_NODE_TYPE = "ray.io/node-type"
@@ -95,10 +94,6 @@ def raycluster(pool: str, revision: str) -> str:
 
 def worker_service(pool: str) -> str:
     return dns_label(pool, "-workers")
-
-
-def placement_configmap(pool: str) -> str:
-    return _fit(pool, "-placement", 253)
 
 
 def deployment_secret(deployment: str) -> str:

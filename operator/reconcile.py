@@ -1,7 +1,8 @@
 """The level-triggered reconcile: one ordered list of idempotent steps per object kind.
 
-MoEDeployment: Secret (gRPC token, Redis URL) -> engine ConfigMap -> MoEPools -> placement
-ConfigMaps -> frontend Deployment and Service -> each pool's children -> status. MoEPool:
+MoEDeployment: Secret (gRPC token, Redis URL) -> engine ConfigMap (the runtime document) ->
+MoEPools (each with its pool's layout) -> frontend Deployment and Service -> each pool's children
+-> status. MoEPool:
 RayCluster of the current revision -> headless Service -> retire old revisions once the new one
 serves -> status.
 
@@ -19,11 +20,10 @@ from typing import Any
 import kopf
 from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
-from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import MoEPool, parse_deployment, parse_pool
 from moeplane.operator import names
-from moeplane.operator.builders.configmaps import build_engine_configmap, build_placement_configmap
+from moeplane.operator.builders.configmaps import build_engine_configmap
 from moeplane.operator.builders.frontend import (
     build_frontend_deployment,
     build_frontend_service,
@@ -109,31 +109,16 @@ async def reconcile_deployment(ctx: Context, body: Mapping[str, Any]) -> Outcome
             await _mark_invalid(ctx, body, message)
             return Outcome(ready=False, invalid=message)
         ctx.reported.pop((MOEDEPLOYMENT.plural, namespace, name), None)
-        layout = resolve_layout(deployment.spec)
-        arch = deployment.spec.model.resolve_arch()
+        document = resolve_runtime(deployment, namespace=namespace)
 
         await _ensure_secret(ctx, body, name, namespace)
-        await ctx.ensure(
-            CONFIGMAP, build_engine_configmap(deployment, name, namespace, layout), body, CONFIGMAP_POLICY
-        )
+        await ctx.ensure(CONFIGMAP, build_engine_configmap(document), body, CONFIGMAP_POLICY)
         pools: dict[Role, dict[str, Any]] = {}
         for role in Role:
             live = ctx.lookup(MOEPOOL, namespace, names.pool_name(name, role))
             replicas = desired_pool_replicas(deployment.spec.pool(role).replicas, live)
-            desired = build_pool(deployment, name, namespace, role, layout, replicas)
+            desired = build_pool(deployment, name, namespace, role, document.pool(role), replicas)
             pools[role] = await ctx.ensure(MOEPOOL, desired, body, POOL_POLICY)
-        for role in Role:
-            pool = parse_pool(_wire(pools[role]))
-            labels = names.pool_labels(name, str(pools[role]["metadata"]["name"]), role)
-            placement = build_placement_configmap(
-                pool.spec,
-                str(pools[role]["metadata"]["name"]),
-                namespace,
-                labels,
-                arch.num_moe_layers,
-                arch.num_routed_experts,
-            )
-            await ctx.ensure(CONFIGMAP, placement, pools[role], CONFIGMAP_POLICY)
         await ctx.ensure(
             DEPLOYMENT,
             build_frontend_deployment(deployment, name, namespace, ctx.config),
@@ -194,14 +179,6 @@ async def _mark_invalid(ctx: Context, body: Mapping[str, Any], message: str) -> 
 
 
 # ---- MoEPool --------------------------------------------------------------------------------------
-def _accelerator(body: Mapping[str, Any]) -> HardwarePreset:
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    try:
-        return HardwarePreset(annotations.get(names.ACCELERATOR, HardwarePreset.H100.value))
-    except ValueError:
-        return HardwarePreset.H100
-
-
 def retired(obs: PoolObservation) -> list[RayClusterObservation]:
     """Old revisions to delete now.
 
@@ -277,7 +254,7 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
                 gpus_per_group=spec.layout.gpus_per_group,
                 refused=refused,
             )
-        desired = build_raycluster(spec, name, namespace, _accelerator(body), ctx.config)
+        desired = build_raycluster(spec, name, namespace, spec.layout.gpu, ctx.config)
         pool_label = names.label_value(name)
         live = {str(rc["metadata"]["name"]): rc for rc in await ctx.rayclusters(namespace, pool_label)}
         current = await ctx.ensure(

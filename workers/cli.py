@@ -39,14 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fe.add_argument("--redis-url", default=None, help="Redis URL (default: $MOEPLANE_REDIS_URL)")
     fe.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     fe.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    fe.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
+    fe.add_argument("--request-timeout", type=float, default=None,
+                    help="request timeout in seconds (default: spec.serving.requestTimeoutSeconds)")
     fe.set_defaults(func=_frontend)
 
     pool = subparsers.add_parser(
         "pool", help="run a pool's EP groups from its Ray head (as in the operator's RayCluster)",
         description="Join the pool's Ray cluster, start one group controller per EP group that fits it "
         "(the ranks run on the worker nodes) and keep each registered in Redis. Reads "
-        "MOEPLANE_ENGINE_CONFIG, MOEPLANE_PLACEMENT, MOEPLANE_ROLE, MOEPLANE_POOL, MOEPLANE_REVISION, "
+        "MOEPLANE_ENGINE_CONFIG, MOEPLANE_POOL_LAYOUT, MOEPLANE_ROLE, MOEPLANE_POOL, MOEPLANE_REVISION, "
         "MOEPLANE_REDIS_URL, MOEPLANE_GRPC_TOKEN and MOEPLANE_POD_IP.",
     )
     from moeplane.workers.pool.args import add_arguments as add_pool_arguments
@@ -68,8 +69,9 @@ def add_stack_arguments(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port", type=int, default=default_port,
                    help=f"frontend port (default {default_port}; 0: any free port)")
     p.add_argument("--max-model-len", type=int, default=None,
-                   help="longest prompt + output in tokens (default: the model's)")
-    p.add_argument("--request-timeout", type=float, default=300.0, help="request timeout in seconds")
+                   help="longest prompt + output in tokens (default: spec.serving.maxModelLen)")
+    p.add_argument("--request-timeout", type=float, default=None,
+                   help="request timeout in seconds (default: spec.serving.requestTimeoutSeconds)")
     p.add_argument("--planner-port", type=int, default=None,
                    help="planner/dashboard port (default: frontend port + 1; 0: any free port)")
 

@@ -1,93 +1,38 @@
-"""The engine ConfigMap of a deployment and the initial-placement ConfigMap of a pool."""
+"""The engine ConfigMap of a deployment: its runtime document (`api/runtime.py`), in wire form.
+
+The document is the deployment-wide part: each pool's layout travels with its MoEPool
+(`spec.layout`) instead, which shapes the pool's pods and reaches its `moeplane pool` in
+`MOEPLANE_POOL_LAYOUT`. The SLA and planner settings are not in it, so changing them never
+touches a worker. A pool starts on `Placement.identity` (or its static-EPLB load file's
+placement), so no placement ConfigMap is needed.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from moeplane.api.enums import Role
-from moeplane.api.layout import DeploymentLayout, GroupLayout
-from moeplane.api.spec import MoEDeployment, MoEPoolSpec
+from moeplane.api.podcontract import ENGINE_KEY
+from moeplane.api.runtime import EngineDocument
 from moeplane.operator import names
 
-from moeplane.bus.keys import DeploymentKeys
-
-ENGINE_KEY = "engine.json"
-PLACEMENT_KEY = "placement.json"
+__all__ = ["ENGINE_KEY", "build_engine_configmap", "engine_json"]
 
 
-def engine_config(
-    deployment: MoEDeployment, name: str, namespace: str, layout: DeploymentLayout
-) -> dict[str, Any]:
-    """What every worker of the deployment needs to start: the resolved model, hardware, both
-    pools' group shapes, EPLB and KV transfer. The SLA and planner settings are not in it, so
-    changing them never touches a worker."""
-    spec = deployment.spec
-    return {
-        "deployment": name,
-        "namespace": namespace,
-        "model": {
-            "architecture": spec.model.resolve_arch().to_wire(),
-            "weights": spec.model.weights.to_wire(),
-            "tokenizer": spec.model.tokenizer,
-            "servedModelName": spec.model.served_model_name or name,
-        },
-        "hardware": spec.hardware.figures().to_wire(),
-        "pools": {role.value: layout.pool(role).group.to_wire() for role in Role},
-        "eplb": spec.eplb.to_wire(),
-        "kvTransfer": spec.kv_transfer.to_wire(),
-        "redisKeyPrefix": DeploymentKeys(namespace, name).prefix,
-    }
+def engine_json(document: EngineDocument) -> str:
+    """engine.json: the document without its pools' layouts (the MoEPools carry those)."""
+    return json.dumps(document.without_pools().to_wire(), indent=1, sort_keys=True)
 
 
-def build_engine_configmap(
-    deployment: MoEDeployment, name: str, namespace: str, layout: DeploymentLayout
-) -> dict[str, Any]:
-    config = engine_config(deployment, name, namespace, layout)
+def build_engine_configmap(document: EngineDocument) -> dict[str, Any]:
+    name = document.deployment
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": names.engine_configmap(name),
-            "namespace": namespace,
+            "namespace": document.namespace,
             "labels": names.deployment_labels(name, "engine-config"),
         },
-        "data": {ENGINE_KEY: json.dumps(config, indent=1, sort_keys=True)},
-    }
-
-
-def initial_placement(layout: GroupLayout, num_layers: int, num_logical: int) -> dict[str, Any]:
-    """Slot r holds expert r % E in every layer (`Placement.identity`): no rebalancing yet.
-
-    Every layer starts alike, so one row is stored with the layer count; a worker expands it to
-    the [layers, slots] `phy2log` map (`Placement.from_phy2log`). A static-EPLB pool starts on its
-    load file's placement instead, which `moeplane pool` computes in the pod (the operator never
-    reads the load file, which may be a ConfigMap it only mounts).
-    """
-    slots = layout.expert_slots
-    return {
-        "version": 0,
-        "numLayers": num_layers,
-        "numLogicalExperts": num_logical,
-        "numPhysicalSlots": slots,
-        "numRanks": layout.expert_parallel,
-        "slotsPerRank": layout.routed_experts_per_gpu,
-        "phy2logRow": [slot % num_logical for slot in range(slots)],
-    }
-
-
-def build_placement_configmap(
-    pool: MoEPoolSpec,
-    pool_name: str,
-    namespace: str,
-    labels: dict[str, str],
-    num_moe_layers: int,
-    num_routed_experts: int,
-) -> dict[str, Any]:
-    placement = initial_placement(pool.layout, num_moe_layers, num_routed_experts)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": names.placement_configmap(pool_name), "namespace": namespace, "labels": labels},
-        "data": {PLACEMENT_KEY: json.dumps(placement, separators=(",", ":"))},
+        "data": {ENGINE_KEY: engine_json(document)},
     }

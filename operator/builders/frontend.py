@@ -9,9 +9,7 @@ from moeplane.api.enums import Role
 from moeplane.api.spec import MoEDeployment
 from moeplane.operator import names
 from moeplane.operator.builders import podparts
-from moeplane.operator.builders.configmaps import ENGINE_KEY
 from moeplane.operator.builders.pools import model_storage
-from moeplane.operator.builders.raycluster import ENGINE_DIR
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.builders.storage import model_mounts
 from moeplane.operator.config import OperatorConfig
@@ -43,11 +41,11 @@ def build_frontend_deployment(
     )
     # What `moeplane frontend` reads (workers/frontend/main.py); secrets by reference only.
     env: list[dict[str, Any]] = [
-        {"name": pc.ENGINE_CONFIG_ENV, "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
-        secret_env("MOEPLANE_GRPC_TOKEN", name, GRPC_TOKEN_KEY),
+        {"name": pc.ENGINE_CONFIG_ENV, "value": pc.ENGINE_PATH},
+        secret_env(pc.GRPC_TOKEN_ENV, name, GRPC_TOKEN_KEY),
     ]
     if config.redis_url:
-        env.append(secret_env("MOEPLANE_REDIS_URL", name, REDIS_URL_KEY))
+        env.append(secret_env(pc.REDIS_URL_ENV, name, REDIS_URL_KEY))
     container: dict[str, Any] = {
         "name": FRONTEND_CONTAINER,
         "image": image,
@@ -58,7 +56,7 @@ def build_frontend_deployment(
         "resources": podparts.merge_resources(config.frontend_resources, spec.frontend.resources),
         "securityContext": security,
         "volumeMounts": [
-            {"name": pc.ENGINE_VOLUME, "mountPath": ENGINE_DIR, "readOnly": True},
+            {"name": pc.ENGINE_VOLUME, "mountPath": pc.ENGINE_DIR, "readOnly": True},
             *model.mounts,
             *podparts.user_mounts(pod),
         ],

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from moeplane.api.enums import EplbMode, Role, WeightsFormat
-from moeplane.api.layout import DeploymentLayout
+from moeplane.api.layout import GroupLayout
 from moeplane.api.podtemplate import ModelStorage
 from moeplane.api.spec import API_VERSION, MoEDeployment, MoEPoolSpec
 from moeplane.operator import names
@@ -36,15 +36,17 @@ def model_storage(deployment: MoEDeployment) -> ModelStorage:
 
 
 def build_pool(
-    deployment: MoEDeployment, name: str, namespace: str, role: Role, layout: DeploymentLayout, replicas: int
+    deployment: MoEDeployment, name: str, namespace: str, role: Role, layout: GroupLayout, replicas: int
 ) -> dict[str, Any]:
+    """The MoEPool of `role`. `layout` is the runtime document's for the pool (`resolve_runtime`):
+    it shapes the pool's pods and reaches its runtime from here, and nowhere else."""
     spec = deployment.spec
     pool = spec.pool(role)
     pool_spec = MoEPoolSpec(
         role=role,
         deployment_name=name,
         replicas=replicas,
-        layout=layout.pool(role).group,
+        layout=layout,
         image=pool.image or spec.image,
         gpu_resource_name=spec.hardware.gpu_resource_name,
         rdma=spec.hardware.rdma,
@@ -66,10 +68,7 @@ def build_pool(
             "name": pool_name,
             "namespace": namespace,
             "labels": names.pool_labels(name, pool_name, role),
-            "annotations": {
-                names.DEPLOYMENT_REPLICAS: str(pool.replicas),
-                names.ACCELERATOR: spec.hardware.gpu.value,
-            },
+            "annotations": {names.DEPLOYMENT_REPLICAS: str(pool.replicas)},
         },
         "spec": pool_spec.to_wire(),
     }

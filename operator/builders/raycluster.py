@@ -17,6 +17,10 @@ binds each RayCluster's pods all-or-nothing (a PodGroup of the head and every wo
 the replicas, so a scale step binds a whole group or nothing); with `pod.queue` and the default
 scheduler, Kueue admits the RayCluster as one workload.
 
+The pool's layout (`spec.layout`) shapes its pods and reaches its `moeplane pool` in
+`MOEPLANE_POOL_LAYOUT`; the rest of the runtime document is the deployment's engine ConfigMap.
+The env and paths the sidecar reads are named in `api/pc.py`.
+
 Static EPLB: `moeplane pool` reads the load file at `MOEPLANE_EPLB_LOAD_FILE`. A
 `configmap://NAME/KEY` load file is that ConfigMap's one key, mounted read-only at
 `EPLB_LOAD_DIR/KEY` in the head pod's `moeplane pool` sidecar and in the worker pods; the operator
@@ -40,13 +44,10 @@ from moeplane.api.podchecks import parse_quantity, shm_size
 from moeplane.api.spec import MoEPoolSpec
 from moeplane.operator import names
 from moeplane.operator.builders import podparts
-from moeplane.operator.builders.configmaps import ENGINE_KEY, PLACEMENT_KEY
 from moeplane.operator.builders.secret import GRPC_TOKEN_KEY, REDIS_URL_KEY, secret_env
 from moeplane.operator.builders.storage import ModelMounts, model_mounts
 from moeplane.operator.config import OperatorConfig
 
-ENGINE_DIR = pc.ENGINE_DIR
-PLACEMENT_DIR = pc.PLACEMENT_DIR
 WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
@@ -56,7 +57,6 @@ RAY_TMP_VOLUME = pc.RAY_TMP_VOLUME
 RAY_TMP_DIR = pc.RAY_TMP_DIR
 EPLB_LOAD_VOLUME = pc.EPLB_LOAD_VOLUME
 EPLB_LOAD_DIR = pc.EPLB_LOAD_DIR
-EPLB_LOAD_ENV = pc.EPLB_LOAD_ENV  # workers/pool/settings.py reads it
 IPC_LOCK = "IPC_LOCK"  # RDMA registers (pins) memory
 GIB = 2**30
 # Host memory of a worker beside /dev/shm: weights staged on load, Ray, the KV transfer's buffers.
@@ -131,20 +131,20 @@ def pool_env(
     """What `moeplane pool` reads (workers/pool/settings.py); secrets come from the deployment's
     Secret, never as plain values."""
     env: list[dict[str, Any]] = [
-        {"name": "MOEPLANE_ROLE", "value": pool.role.value},
-        {"name": "MOEPLANE_POOL", "value": pool_name},
-        {"name": "MOEPLANE_REVISION", "value": revision},
-        {"name": pc.ENGINE_CONFIG_ENV, "value": f"{ENGINE_DIR}/{ENGINE_KEY}"},
-        {"name": pc.PLACEMENT_ENV, "value": f"{PLACEMENT_DIR}/{PLACEMENT_KEY}"},
-        secret_env("MOEPLANE_GRPC_TOKEN", pool.deployment_name, GRPC_TOKEN_KEY),
+        {"name": pc.ROLE_ENV, "value": pool.role.value},
+        {"name": pc.POOL_ENV, "value": pool_name},
+        {"name": pc.REVISION_ENV, "value": revision},
+        {"name": pc.ENGINE_CONFIG_ENV, "value": pc.ENGINE_PATH},
+        {"name": pc.POOL_LAYOUT_ENV, "value": json.dumps(pool.layout.to_wire(), sort_keys=True)},
+        secret_env(pc.GRPC_TOKEN_ENV, pool.deployment_name, GRPC_TOKEN_KEY),
         # The groups advertise the pod's own address in the registry.
-        {"name": "MOEPLANE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": pc.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     if config.redis_url:
-        env.append(secret_env("MOEPLANE_REDIS_URL", pool.deployment_name, REDIS_URL_KEY))
+        env.append(secret_env(pc.REDIS_URL_ENV, pool.deployment_name, REDIS_URL_KEY))
     load_path = eplb_load_path(pool)
     if load_path is not None:
-        env.append({"name": EPLB_LOAD_ENV, "value": load_path})
+        env.append({"name": pc.EPLB_LOAD_FILE_ENV, "value": load_path})
     return env
 
 
@@ -152,7 +152,6 @@ def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
     return [
         {"name": RAY_TMP_VOLUME, "emptyDir": {}},
         {"name": pc.ENGINE_VOLUME, "configMap": {"name": names.engine_configmap(pool.deployment_name)}},
-        {"name": pc.PLACEMENT_VOLUME, "configMap": {"name": names.placement_configmap(pool_name)}},
         *_eplb_load_volumes(pool),
     ]
 
@@ -162,8 +161,7 @@ def _head_volumes(pool: MoEPoolSpec, pool_name: str) -> list[dict[str, Any]]:
 _RAY_TMP_MOUNT = {"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_DIR}
 _POOL_MOUNTS = [
     _RAY_TMP_MOUNT,
-    {"name": pc.ENGINE_VOLUME, "mountPath": ENGINE_DIR, "readOnly": True},
-    {"name": pc.PLACEMENT_VOLUME, "mountPath": PLACEMENT_DIR, "readOnly": True},
+    {"name": pc.ENGINE_VOLUME, "mountPath": pc.ENGINE_DIR, "readOnly": True},
 ]
 
 

@@ -54,6 +54,11 @@ CM_REF = (
     "'-', '_' and '.'"
 )
 LOAD_FORMAT = "spec.eplb.loadFile: must end in .json or .pt (the load file's format)"
+DP_ONLY = (
+    "spec.prefill.dataParallelAttention: {dp} must equal expertParallel ({ep}): the workers run attention "
+    "data-parallel on every GPU (attention tensor parallelism is not implemented); leave it unset"
+)
+LOCATION_FORMS = "must be an absolute path, file:///PATH, pvc://CLAIM/PATH or hf://ORG/REPO[@REVISION]"
 R1_ON_H100_EP8 = (
     "spec.prefill.expertParallel: does not fit in GPU memory: 32 routed + 1 shared experts per GPU x "
     "58 MoE layers = 84.3 GB, plus 14.6 GB replicated weights, plus minKvTokensPerGpu 4096 x 70272 B "
@@ -72,16 +77,15 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
     ("ep-vs-gpus-per-node-override", TINY, {"spec.hardware.gpusPerNode": 1, "spec.decode.expertParallel": 4,
                                             "spec.decode.redundantExperts": 0},
      [], [], False),
-    ("dp-not-dividing-ep", R1, {"spec.prefill.dataParallelAttention": 3},
-     ["spec.prefill.dataParallelAttention: 3 must divide expertParallel (32)"], "same", False),
-    ("attention-tp-spans-nodes", R1, {"spec.prefill.dataParallelAttention": 2},
-     ["spec.prefill.dataParallelAttention: attention tensor parallelism expertParallel/dataParallelAttention"
-      " = 32/2 = 16 spans more than one node (8 GPUs)"], "same", False),
+    ("dp-not-dividing-ep", R1, {"spec.prefill.dataParallelAttention": 3}, [DP_ONLY.format(dp=3, ep=32)],
+     "same", False),
+    ("attention-tensor-parallel", R1, {"spec.prefill.dataParallelAttention": 2},
+     [DP_ONLY.format(dp=2, ep=32)], "same", False),
     ("attention-tp-vs-heads", TINY, {"spec.model.preset": DELETE,
                                      "spec.model.architecture": tiny_arch(numAttentionHeads=3),
                                      "spec.decode.dataParallelAttention": 1},
-     ["spec.decode.dataParallelAttention: attention tensor parallelism 2 (= 2/1) does not divide the "
-      "model's 3 attention heads"], [], False),
+     [DP_ONLY.format(dp=1, ep=2).replace("prefill", "decode")], "same", False),
+    ("dp-equal-to-ep", R1, {"spec.prefill.dataParallelAttention": 32}, [], [], False),
     ("min-above-replicas", R1, {"spec.prefill.minReplicas": 3},
      ["spec.prefill.minReplicas: 3 exceeds replicas (1)"], "same", False),
     ("max-below-replicas", R1, {"spec.decode.maxReplicas": 0, "spec.decode.minReplicas": 0},
@@ -147,6 +151,37 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
       "nGroup (3)"],
      ["spec.model.architecture: numRoutedExperts (16) must divide into nGroup (3)",
       "spec.model.architecture: topkGroup (4) exceeds nGroup (3)"], False),
+    ("weights-on-s3", R1, {"spec.model.weights.uri": "s3://bucket/r1"},
+     ["spec.model.weights.uri: s3://bucket/r1: the scheme s3:// is not supported; use a local path, "
+      "pvc://CLAIM/PATH or hf://ORG/REPO"], [f"spec.model.weights.uri: {LOCATION_FORMS}"], False),
+    ("weights-relative-path", R1, {"spec.model.weights.uri": "models/r1"},
+     ["spec.model.weights.uri: models/r1: a local location must be an absolute path (or file:///abs/path)"],
+     [f"spec.model.weights.uri: {LOCATION_FORMS}"], False),
+    ("weights-bad-claim", R1, {"spec.model.weights.uri": "pvc://Model_Weights/r1"},
+     ["spec.model.weights.uri: pvc://Model_Weights/r1: the claim name 'Model_Weights' is not a valid "
+      "PersistentVolumeClaim name (lowercase letters, digits, '-' and '.')"], [], False),
+    ("tokenizer-bare-repo-id", R1, {"spec.model.tokenizer": "deepseek-ai/DeepSeek-R1"},
+     ["spec.model.tokenizer: deepseek-ai/DeepSeek-R1: a local location must be an absolute path (or "
+      "file:///abs/path)"], [f"spec.model.tokenizer: must be bytes or {LOCATION_FORMS[8:]}"], False),
+    ("tokenizer-hf", R1, {"spec.model.tokenizer": "hf://deepseek-ai/DeepSeek-R1@main"}, [], [], False),
+    ("byte-tokenizer-for-a-large-vocabulary", R1, {"spec.model.tokenizer": "bytes"},
+     ["spec.model.tokenizer: the byte-level tokenizer (bytes, the default for random weights) needs a "
+      "vocabulary of 259 to 512 ids; deepseek-r1 has 129280: name the model's tokenizer"], [], False),
+    ("batch-below-seqs", TINY, {"spec.serving": {"maxNumBatchedTokens": 32}},
+     ["spec.serving.maxNumBatchedTokens: 32 is below maxNumSeqs (256): every running sequence must be able "
+      "to decode in one step"], "same", False),
+    ("max-model-len-above-the-model", TINY, {"spec.serving.maxModelLen": 4096},
+     ["spec.serving.maxModelLen: 4096 exceeds the model's maxPositionEmbeddings (2048)"], "same", False),
+    ("max-model-len-above-a-rank-kv", TINY, {"spec.decode.minKvTokensPerGpu": 1024,
+                                             "spec.serving.maxModelLen": 2000},
+     ["spec.serving.maxModelLen: 2000 tokens do not fit the KV cache of one decode rank (1024 tokens); lower "
+      "maxModelLen or give the pool more KV memory"], [], False),
+    ("max-model-len-too-small", TINY, {"spec.serving.maxModelLen": 1},
+     ["spec.serving.maxModelLen: must be at least 2 (got 1)"], [], True),
+    ("queue-longer-than-request", TINY, {"spec.serving.queueTimeoutSeconds": 400},
+     ["spec.serving.queueTimeoutSeconds: 400 s is longer than requestTimeoutSeconds (300 s)"], "same", False),
+    ("negative-queue", TINY, {"spec.serving.maxQueuedRequests": -1},
+     ["spec.serving.maxQueuedRequests: must be at least 0 (got -1)"], [], True),
     ("every-problem-at-once", R1, {"spec.decode.expertParallel": 40, "spec.prefill.minReplicas": 2,
                                    "spec.eplb.windowSeconds": 900},
      ["spec.prefill.minReplicas: 2 exceeds replicas (1)", DIVISIBILITY,

@@ -156,7 +156,7 @@ def _defaulted_nodes(schema: dict, path: str = "") -> list[tuple[str, dict]]:
 def test_object_defaults_pass_their_own_rules(build) -> None:
     """The API server refuses a CRD whose defaults break its schema or CEL rules."""
     nodes = _defaulted_nodes(_schema(build()))
-    expected = [".spec.eplb", ".spec.kvTransfer", ".spec.planner", ".spec.frontend"]
+    expected = [".spec.eplb", ".spec.kvTransfer", ".spec.serving", ".spec.planner", ".spec.frontend"]
     assert [p for p, _ in nodes] == (expected if build is deployment_crd else [])
     for path, node in nodes:
         value = apply_defaults(node, node["default"])

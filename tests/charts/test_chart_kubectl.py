@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from moeplane.api.enums import Role
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import parse_deployment
 
 from tests.charts.chartkit import (
@@ -151,7 +151,7 @@ def test_quickstart_against_the_emulated_cluster(kube_cluster: EmulatedCluster) 
 
     deployment = parse_deployment(yaml.safe_load(EXAMPLE.read_text()))
     pool = build_pool(
-        deployment, "deepseek-r1", "default", Role.DECODE, resolve_layout(deployment.spec), replicas=1
+        deployment, "deepseek-r1", "default", Role.DECODE, resolve_runtime(deployment).pool(Role.DECODE), 1
     )
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool), user="operator")
     assert pool["metadata"]["name"] == "deepseek-r1-decode"
@@ -186,7 +186,7 @@ def test_planner_writes_through_kubectl_are_granted(kube_cluster: EmulatedCluste
 
     deployment = parse_deployment(yaml.safe_load(EXAMPLE.read_text()))
     pool = build_pool(
-        deployment, "deepseek-r1", "default", Role.PREFILL, resolve_layout(deployment.spec), replicas=1
+        deployment, "deepseek-r1", "default", Role.PREFILL, resolve_runtime(deployment).pool(Role.PREFILL), 1
     )
     cluster.apply_object(pool)
 
@@ -287,10 +287,11 @@ def play_operator(cluster: EmulatedCluster, manifest: Path) -> None:
             continue
         deployment = parse_deployment(doc)
         name, namespace = doc["metadata"]["name"], doc["metadata"].get("namespace", "default")
-        layout = resolve_layout(deployment.spec)
+        document = resolve_runtime(deployment, namespace=namespace)
         for role in Role:
             pool = build_pool(
-                deployment, name, namespace, role, layout, replicas=deployment.spec.pool(role).replicas
+                deployment, name, namespace, role, document.pool(role),
+                replicas=deployment.spec.pool(role).replicas,
             )
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool), user="operator")
 

@@ -10,14 +10,11 @@ import pytest
 import yaml
 from moeplane.api.enums import Role
 from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import EngineDocument, resolve_runtime
+from moeplane.api.runtime_io import parse_engine_document
 from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
 from moeplane.operator import names
-from moeplane.operator.builders.configmaps import (
-    PLACEMENT_KEY,
-    build_engine_configmap,
-    build_placement_configmap,
-)
+from moeplane.operator.builders.configmaps import ENGINE_KEY, build_engine_configmap
 from moeplane.operator.builders.frontend import (
     build_frontend_deployment,
     build_frontend_service,
@@ -46,10 +43,10 @@ def load(name: str, **spec_changes: Any) -> MoEDeployment:
 
 def pool_and_cluster(dep: MoEDeployment, role: Role) -> tuple[dict[str, Any], dict[str, Any]]:
     name = str(dep.metadata.name)
-    pool = build_pool(dep, name, "default", role, resolve_layout(dep.spec), dep.spec.pool(role).replicas)
+    layout = resolve_runtime(dep).pool(role)
+    pool = build_pool(dep, name, "default", role, layout, dep.spec.pool(role).replicas)
     spec = parse_pool(pool).spec
-    accelerator = HardwarePreset(pool["metadata"]["annotations"][names.ACCELERATOR])
-    return pool, build_raycluster(spec, pool["metadata"]["name"], "default", accelerator, CONFIG)
+    return pool, build_raycluster(spec, pool["metadata"]["name"], "default", spec.layout.gpu, CONFIG)
 
 
 # example, role, hosts per group, accelerators per pod, RDMA resource
@@ -88,6 +85,8 @@ def test_raycluster_layout(example: str, role: Role, hosts: int, per_pod: int, r
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert rc["metadata"]["labels"][names.POOL_LABEL] == names.label_value(pool["metadata"]["name"])
     assert pool["spec"]["layout"]["nodesPerGroup"] == hosts
+    assert pool["spec"]["layout"]["gpu"] == dep.spec.hardware.gpu.value  # no annotation to fall back from
+    assert "moeplane.io/accelerator" not in pool["metadata"]["annotations"]
 
 
 def test_revision_ignores_replicas_sla_and_planner_but_not_layout_or_image() -> None:
@@ -107,34 +106,27 @@ def test_revision_ignores_replicas_sla_and_planner_but_not_layout_or_image() -> 
         assert pool_and_cluster(dep, Role.DECODE)[1]["metadata"]["name"] != base
 
 
-def test_engine_config_leaves_out_sla_and_planner() -> None:
+def test_engine_config_is_the_runtime_document_without_sla_planner_or_layouts() -> None:
     def engine(dep: MoEDeployment) -> dict[str, Any]:
-        return build_engine_configmap(dep, "deepseek-r1", "default", resolve_layout(dep.spec))
+        return build_engine_configmap(resolve_runtime(dep))
 
     base = engine(load("deepseek-r1.yaml"))
     assert engine(load("deepseek-r1.yaml", sla={"ttftMs": 1, "itlMs": 1})) == base
     assert engine(load("deepseek-r1.yaml", planner__intervalSeconds=5)) == base
-    config = json.loads(base["data"]["engine.json"])
-    assert config["pools"]["decode"]["nodesPerGroup"] == 18
-    assert config["redisKeyPrefix"] == "moeplane:default/deepseek-r1:"
-
-
-def test_initial_placement_matches_the_engine_identity_placement() -> None:
-    torch = pytest.importorskip("torch")
-    from moeplane.workers.placement import Placement
-
-    dep = load("tiny-cpu.yaml")
-    arch = dep.spec.model.resolve_arch()
-    pool, _ = pool_and_cluster(dep, Role.PREFILL)
-    spec = parse_pool(pool).spec
-    cm = build_placement_configmap(
-        spec, pool["metadata"]["name"], "default", {}, arch.num_moe_layers, arch.num_routed_experts
-    )
-    placement = json.loads(cm["data"][PLACEMENT_KEY])
-    phy2log = torch.tensor([placement["phy2logRow"]] * placement["numLayers"])
-    expected = Placement.identity(arch.num_moe_layers, arch.num_routed_experts, spec.layout.expert_slots)
-    assert torch.equal(Placement.from_phy2log(phy2log, arch.num_routed_experts).phy2log, expected.phy2log)
-    assert placement["numPhysicalSlots"] // placement["numRanks"] == placement["slotsPerRank"]
+    # Scaling never touches the document; a layout change does not either: it is the MoEPool's.
+    assert engine(load("deepseek-r1.yaml", decode__replicas=3, decode__maxReplicas=4)) == base
+    assert engine(load("deepseek-r1.yaml", decode__expertParallel=72)) == base
+    assert engine(load("deepseek-r1.yaml", serving={"maxNumSeqs": 128})) != base
+    wire = json.loads(base["data"][ENGINE_KEY])
+    doc = parse_engine_document(wire, "engine.json")
+    assert isinstance(doc, EngineDocument) and doc.pools == {}
+    assert doc == resolve_runtime(load("deepseek-r1.yaml")).without_pools()
+    assert (wire["kind"], wire["deployment"]) == ("EngineDocument", "deepseek-r1")
+    assert wire["namespace"] == "default"
+    assert wire["model"]["servedModelName"] == "deepseek-r1"
+    assert wire["model"]["tokenizer"] == "pvc://model-weights/deepseek-ai/DeepSeek-R1"  # the weights'
+    assert wire["serving"]["maxModelLen"] == 163840 and wire["serving"]["blockSizeTokens"] == 16
+    assert wire["kvTransfer"] == {"backend": "grpc", "chunkBytes": 1048576, "leaseSeconds": 30.0}
 
 
 def test_services_select_the_pods_they_serve() -> None:

@@ -123,7 +123,7 @@ def test_kubectl_end_to_end(
         groups = json.loads(k("get", "rayclusters", "-o", "json").stdout)["items"]
         assert sorted(g["spec"]["workerGroupSpecs"][0]["numOfHosts"] for g in groups) == [4, 18]
         found = children(cluster, "deepseek-r1")
-        assert len(found["MoEPool"]) == 2 and len(found["ConfigMap"]) == 3 and len(found["Service"]) == 3
+        assert len(found["MoEPool"]) == 2 and len(found["ConfigMap"]) == 1 and len(found["Service"]) == 3
         assert found["Deployment"] == ["deepseek-r1-frontend"]
 
         # 3. Ready once KubeRay (the driver) reports the RayClusters ready.
@@ -213,7 +213,7 @@ def test_kubectl_end_to_end(
         assert {kind: len(names) for kind, names in found.items()} == {
             "MoEPool": 2,
             "RayCluster": 2,
-            "ConfigMap": 3,
+            "ConfigMap": 1,
             "Service": 3,
             "Deployment": 1,
         }

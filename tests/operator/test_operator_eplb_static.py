@@ -13,14 +13,13 @@ import kubernetes_validate
 import pytest
 import yaml
 from moeplane.api.enums import Role
-from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.podcontract import EPLB_LOAD_FILE_ENV as EPLB_LOAD_ENV
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
 from moeplane.operator import names
 from moeplane.operator.builders.pools import build_pool
 from moeplane.operator.builders.raycluster import (
     EPLB_LOAD_DIR,
-    EPLB_LOAD_ENV,
     EPLB_LOAD_VOLUME,
     HEAD_CONTAINER,
     POOL_CONTAINER,
@@ -48,9 +47,10 @@ def deployment(example: str = "deepseek-r1.yaml", **eplb: Any) -> MoEDeployment:
 
 def raycluster(dep: MoEDeployment, role: Role = Role.DECODE) -> dict[str, Any]:
     name = str(dep.metadata.name)
-    pool = build_pool(dep, name, "default", role, resolve_layout(dep.spec), dep.spec.pool(role).replicas)
-    accelerator = HardwarePreset(pool["metadata"]["annotations"][names.ACCELERATOR])
-    return build_raycluster(parse_pool(pool).spec, pool["metadata"]["name"], "default", accelerator, CONFIG)
+    layout = resolve_runtime(dep).pool(role)
+    pool = build_pool(dep, name, "default", role, layout, dep.spec.pool(role).replicas)
+    spec = parse_pool(pool).spec
+    return build_raycluster(spec, pool["metadata"]["name"], "default", spec.layout.gpu, CONFIG)
 
 
 def pods(rc: dict[str, Any]) -> dict[str, dict[str, Any]]:

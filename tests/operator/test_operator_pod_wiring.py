@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from moeplane.api import podcontract
 from moeplane.api.enums import Role
-from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
 from moeplane.operator import names
 from moeplane.operator.builders.frontend import build_frontend_deployment
@@ -52,9 +52,10 @@ def deployment(example: str = "deepseek-r1.yaml") -> MoEDeployment:
 
 def raycluster(dep: MoEDeployment, role: Role, config: OperatorConfig = CONFIG) -> dict[str, Any]:
     name = str(dep.metadata.name)
-    pool = build_pool(dep, name, "default", role, resolve_layout(dep.spec), dep.spec.pool(role).replicas)
-    accelerator = HardwarePreset(pool["metadata"]["annotations"][names.ACCELERATOR])
-    return build_raycluster(parse_pool(pool).spec, pool["metadata"]["name"], "default", accelerator, config)
+    layout = resolve_runtime(dep).pool(role)
+    pool = build_pool(dep, name, "default", role, layout, dep.spec.pool(role).replicas)
+    spec = parse_pool(pool).spec
+    return build_raycluster(spec, pool["metadata"]["name"], "default", spec.layout.gpu, config)
 
 
 def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
@@ -96,15 +97,17 @@ def test_head_runs_moeplane_pool_beside_ray_sharing_tmp_ray(
     assert env["MOEPLANE_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["MOEPLANE_ROLE"]["value"] == role.value
     assert env["MOEPLANE_REVISION"]["value"] == rc["metadata"]["labels"][names.REVISION_LABEL]
-    # The files the env names are mounted in the sidecar, from the ConfigMaps the operator makes.
+    # engine.json is mounted in the sidecar from the engine ConfigMap; the pool's layout is the
+    # MoEPool's, in the env (the same value that shaped this RayCluster); no placement ConfigMap.
     mounted = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
     volumes = {v["name"]: v for v in head["volumes"]}
-    for var, configmap in (
-        ("MOEPLANE_ENGINE_CONFIG", names.engine_configmap(str(deployment(example).metadata.name))),
-        ("MOEPLANE_PLACEMENT", names.placement_configmap(env["MOEPLANE_POOL"]["value"])),
-    ):
-        directory = str(Path(env[var]["value"]).parent)
-        assert volumes[mounted[directory]]["configMap"]["name"] == configmap, var
+    directory = str(Path(env["MOEPLANE_ENGINE_CONFIG"]["value"]).parent)
+    engine_cm = names.engine_configmap(str(deployment(example).metadata.name))
+    assert volumes[mounted[directory]]["configMap"]["name"] == engine_cm
+    layout = json.loads(env["MOEPLANE_POOL_LAYOUT"]["value"])
+    assert layout == resolve_runtime(deployment(example)).pool(role).to_wire()
+    assert layout["nodesPerGroup"] == rc["spec"]["workerGroupSpecs"][0]["numOfHosts"]
+    assert "MOEPLANE_PLACEMENT" not in env and "placement" not in volumes
 
 
 def test_frontend_args_parse_with_the_moeplane_cli(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,11 +152,15 @@ def test_every_env_var_set_is_one_the_workers_read() -> None:
         ]["containers"][0],
         WORKER_CONTAINER: worker,
     }
+    # The names are defined once (api/podcontract.py); each one a pod gets is read, by that name.
+    names_ = vars(podcontract).items()
+    contract = {value: attr for attr, value in names_ if attr.endswith("_ENV") and isinstance(value, str)}
     for name, c in pods.items():
         for var in env_of(c):
             if var in LIBRARY_ENV:
                 continue
-            read = f'"{var}"' in readers[name] + locations
+            wanted = contract.get(var, f'"{var}"')
+            read = wanted in readers[name] + locations
             assert read, f"{name} sets {var}, which nothing in moeplane reads"
     for name in (POOL_CONTAINER, "frontend"):
         needed = {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"}

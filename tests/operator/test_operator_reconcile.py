@@ -72,11 +72,7 @@ def test_children_status_and_a_resync_that_writes_nothing(
         cluster.wait_for(lambda: len(kuberay.rayclusters("default")) == 2, what="two RayClusters")
         children = owned_names(cluster)
         assert children["pools"] == ["deepseek-r1-decode", "deepseek-r1-prefill"]
-        assert children["configmaps"] == [
-            "deepseek-r1-decode-placement",
-            "deepseek-r1-engine",
-            "deepseek-r1-prefill-placement",
-        ]
+        assert children["configmaps"] == ["deepseek-r1-engine"]  # the pools' layouts are theirs
         assert children["services"] == [
             "deepseek-r1-decode-workers",
             "deepseek-r1-frontend",

@@ -58,7 +58,7 @@ def children(cluster: EmulatedCluster) -> dict[str, list[str]]:
     }
 
 
-EXPECTED = {"MoEPool": 2, "RayCluster": 2, "ConfigMap": 3, "Service": 3, "Deployment": 1}
+EXPECTED = {"MoEPool": 2, "RayCluster": 2, "ConfigMap": 1, "Service": 3, "Deployment": 1}
 
 
 def pool_posts(cluster: EmulatedCluster) -> int:

@@ -1,6 +1,7 @@
 """`moeplane up` and `moeplane demo`: the embedded stack as commands (argument handling and signals).
 
-Both start the stack from a MoEDeployment manifest (examples/tiny-cpu.yaml by default). `up`
+Both start the stack from a MoEDeployment manifest (examples/tiny-cpu.yaml by default), through
+its runtime document (`plan.plan_from_deployment`), as a pod of the deployment would. `up`
 prints where everything listens and serves until SIGINT (Ctrl-C) or SIGTERM; `demo` drives a
 bounded Poisson load, prints the SLA report and exits. Either way the stack is stopped before
 the command returns, so no Ray process or redis-server outlives it.
@@ -184,19 +185,28 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return 1
 
 
-def _options(args: argparse.Namespace) -> StackOptions:
-    return StackOptions(host=args.host, port=args.port, request_timeout_s=args.request_timeout)
+def _options(args: argparse.Namespace, plan: EmbeddedPlan) -> StackOptions:
+    """The stack's options: the flags, and the runtime document's serving limits they leave unset."""
+    timeout_s = args.request_timeout or plan.serving.request_timeout_seconds
+    return StackOptions(host=args.host, port=args.port, request_timeout_s=timeout_s)
 
 
 def run_up(args: argparse.Namespace) -> int:
-    return _run(lambda: _up(_plan(args), _options(args), _planner_options(args, default_on=True)))
+    def up() -> Coroutine[Any, Any, int]:
+        plan = _plan(args)
+        return _up(plan, _options(args, plan), _planner_options(args, default_on=True))
+
+    return _run(up)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     load = LoadSpec(num_requests=args.requests, rate_per_s=args.rate, seed=args.seed)
     started = time.monotonic()
-    code = _run(
-        lambda: _demo(_plan(args), _options(args), load, args.json, _planner_options(args, default_on=False))
-    )
+
+    def demo() -> Coroutine[Any, Any, int]:
+        plan = _plan(args)
+        return _demo(plan, _options(args, plan), load, args.json, _planner_options(args, default_on=False))
+
+    code = _run(demo)
     _say(f"demo finished in {time.monotonic() - started:.0f} s")
     return code

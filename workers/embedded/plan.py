@@ -1,31 +1,33 @@
 """What the embedded stack runs, derived from a MoEDeployment (pure: no Ray, no sockets).
 
-`plan_from_deployment` turns the user's manifest (examples/tiny-cpu.yaml by default) into the
-groups to start on this machine: per pool, its EP size, how many groups, and each rank's engine
-configuration (KV blocks sized from `minKvTokensPerGpu`, since a CPU has no HBM figure to divide).
-Each pool starts on the placement `spec.eplb` asks for: expert e on slot e, with the pool's
-`redundantExperts` extra slots (modes off and online), or the placement of `loadFile` (static).
+`plan_from_deployment` validates the user's manifest (examples/tiny-cpu.yaml by default) as
+`moeplane validate` does, resolves its runtime document (`moeplane.api.runtime.resolve_runtime`,
+the same document a Kubernetes pod reads) and plans the groups to start on this machine from it:
+per pool, its group layout, how many groups, each rank's KV blocks and the placement it starts
+on, with the document's scheduler limits. What is checked here is only what this machine adds:
+seeded random weights, at least one decode group, and a load file given as a path.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
-from moeplane.api.spec import EplbSpec, MoEDeployment, PoolSpec, SlaSpec, parse_deployment
+from moeplane.api.enums import EplbMode, Role, WeightsFormat
+from moeplane.api.layout import GroupLayout
+from moeplane.api.runtime import EngineDocument, ServingRuntime, resolve_runtime
+from moeplane.api.runtime_io import check_engine_document
+from moeplane.api.spec import EplbSpec, MoEDeployment, SlaSpec, parse_deployment
+from moeplane.api.validation import check_spec
 from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
-from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
+from moeplane.workers.runtime import initial_placement, rank_kv_blocks, scheduler_config
 from moeplane.workers.serving.config import SchedulerConfig
 
 from moeplane.bus.keys import DeploymentKeys
-
-BLOCK_SIZE_TOKENS = 16
 
 
 class EmbeddedPlanError(ValueError):
@@ -35,7 +37,7 @@ class EmbeddedPlanError(ValueError):
 @dataclass(frozen=True)
 class PoolPlan:
     role: Role
-    ep_size: int
+    layout: GroupLayout
     num_groups: int
     num_blocks_per_rank: int
     block_size_tokens: int
@@ -45,27 +47,60 @@ class PoolPlan:
     max_groups: int = 0  # spec.{role}.maxReplicas, or num_groups when unset
 
     @property
+    def ep_size(self) -> int:
+        return self.layout.expert_parallel
+
+    @property
     def num_ranks(self) -> int:
         return self.ep_size * self.num_groups
 
 
 @dataclass(frozen=True)
 class EmbeddedPlan:
-    keys: DeploymentKeys
-    served_model: str
-    arch: ModelArch
-    weights_seed: int
+    document: EngineDocument  # the runtime document, as a pod of this deployment reads it
     prefill: PoolPlan  # num_groups 0: aggregated serving, decode groups compute prompts
     decode: PoolPlan
-    scheduler: SchedulerConfig
     sla: SlaSpec
-    kv_chunk_bytes: int
-    lease_s: float
-    eplb: EplbSpec = field(default_factory=EplbSpec)
+
+    @property
+    def keys(self) -> DeploymentKeys:
+        return DeploymentKeys(self.document.namespace, self.document.deployment)
+
+    @property
+    def served_model(self) -> str:
+        return self.document.model.served_model_name
+
+    @property
+    def arch(self) -> ModelArch:
+        return self.document.model.architecture
+
+    @property
+    def weights_seed(self) -> int:
+        return self.document.model.weights.seed
+
+    @property
+    def serving(self) -> ServingRuntime:
+        return self.document.serving
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return scheduler_config(self.document.serving)
 
     @property
     def max_model_len(self) -> int:
-        return self.scheduler.max_model_len
+        return self.document.serving.max_model_len
+
+    @property
+    def kv_chunk_bytes(self) -> int:
+        return self.document.kv_transfer.chunk_bytes
+
+    @property
+    def lease_s(self) -> float:
+        return self.document.kv_transfer.lease_seconds
+
+    @property
+    def eplb(self) -> EplbSpec:
+        return self.document.eplb
 
     def pool(self, role: Role) -> PoolPlan:
         return self.prefill if role is Role.PREFILL else self.decode
@@ -80,65 +115,38 @@ def load_manifest(path: Path) -> MoEDeployment:
     return parse_deployment(obj)
 
 
-def _pool(
-    role: Role, spec: PoolSpec, groups: int | None, arch: ModelArch, eplb: EplbSpec, base_dir: Path | None
-) -> PoolPlan:
-    num_groups = spec.replicas if groups is None else groups
-    if spec.attention_dp_size != spec.expert_parallel:
-        raise EmbeddedPlanError(
-            f"spec.{role}.dataParallelAttention ({spec.attention_dp_size}) must equal expertParallel "
-            f"({spec.expert_parallel}) in the embedded stack: its ranks run data-parallel attention only"
-        )
-    blocks = max(1, math.ceil(spec.min_kv_tokens_per_gpu / BLOCK_SIZE_TOKENS))
-    placement = (
-        initial_placement(arch, spec.expert_parallel, spec.redundant_experts, eplb, base_dir, role)
-        if num_groups
-        else None
-    )
-    max_groups = spec.max_replicas if spec.max_replicas is not None else num_groups
-    return PoolPlan(
-        role, spec.expert_parallel, num_groups, blocks, BLOCK_SIZE_TOKENS, spec.redundant_experts, placement,
-        min_groups=spec.min_replicas, max_groups=max(max_groups, num_groups),
-    )
-
-
-def initial_placement(
-    arch: ModelArch,
-    ep_size: int,
-    redundant_experts: int,
-    eplb: EplbSpec,
-    base_dir: Path | None = None,
-    role: Role = Role.DECODE,
-) -> Placement:
-    """Version 0 of a pool's placement over `experts + redundant_experts` slots per MoE layer.
-
-    Static mode reads `eplb.loadFile` (relative paths from `base_dir`, the manifest's folder) and
-    places it with `eplb.algorithm` on one node of `ep_size` ranks; off and online start from
-    expert e on slot e (the extra slots replicate the lowest ids until the first rebalance).
-    """
-    num_physical = arch.num_routed_experts + redundant_experts
-    if num_physical % ep_size:
-        raise EmbeddedPlanError(
-            f"spec.{role}: {arch.num_routed_experts} routed + {redundant_experts} redundant experts = "
-            f"{num_physical} slots do not divide among expertParallel {ep_size} ranks"
-        )
-    if EplbMode(eplb.mode) is not EplbMode.STATIC:
-        return Placement.identity(arch.num_moe_layers, arch.num_routed_experts, num_physical)
-    if eplb.load_file is None:
-        raise EmbeddedPlanError("spec.eplb.loadFile is required when spec.eplb.mode is static")
+def static_load_file(eplb: EplbSpec, base_dir: Path | None) -> Path | None:
+    """The static-EPLB load file on this machine (relative paths from `base_dir`, the manifest's
+    folder); None unless the mode is static."""
+    if eplb.mode is not EplbMode.STATIC or eplb.load_file is None:
+        return None
     if eplb.load_configmap is not None:
         raise EmbeddedPlanError(
             f"spec.eplb.loadFile: {eplb.load_file} names a Kubernetes ConfigMap, and the embedded stack "
             "runs without a cluster; give the load file's path (relative to the manifest) instead"
         )
     path = Path(eplb.load_file)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    try:
-        # The embedded stack runs every rank of a group on this one machine: one node.
-        return model_static_placement(path, arch, num_physical, 1, ep_size, EplbAlgorithm(eplb.algorithm))
-    except EplbError as exc:
-        raise EmbeddedPlanError(f"spec.eplb.loadFile: {exc}") from None
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def _pool(
+    doc: EngineDocument, dep: MoEDeployment, role: Role, groups: int | None, load_file: Path | None
+) -> PoolPlan:
+    spec = dep.spec.pool(role)
+    layout = doc.pool(role)
+    num_groups = spec.replicas if groups is None else groups
+    placement = None
+    if num_groups:
+        try:
+            placement = initial_placement(doc, role, load_file)
+        except EplbError as exc:
+            raise EmbeddedPlanError(f"spec.eplb.loadFile: {exc}") from None
+    max_groups = spec.max_replicas if spec.max_replicas is not None else num_groups
+    return PoolPlan(
+        role, layout, num_groups, rank_kv_blocks(doc, role), doc.serving.block_size_tokens,
+        layout.expert_slots - doc.model.architecture.num_routed_experts, placement,
+        min_groups=spec.min_replicas, max_groups=max(max_groups, num_groups),
+    )
 
 
 def plan_from_deployment(
@@ -150,29 +158,29 @@ def plan_from_deployment(
 ) -> EmbeddedPlan:
     """The embedded plan; group counts default to each pool's `replicas` (0 prefill = aggregated).
 
-    `manifest_dir` resolves a relative `spec.eplb.loadFile` (default: the working directory)."""
-    spec = dep.spec
-    if spec.model.weights.format is not WeightsFormat.RANDOM:
+    `max_model_len` overrides spec.serving.maxModelLen (validated like it). `manifest_dir`
+    resolves a relative `spec.eplb.loadFile` (default: the working directory). SpecInvalid for a
+    manifest `moeplane validate` refuses; EmbeddedPlanError for one this machine cannot run.
+    """
+    if max_model_len is not None:
+        serving = dep.spec.serving.model_copy(update={"max_model_len": max_model_len})
+        dep = dep.model_copy(update={"spec": dep.spec.model_copy(update={"serving": serving})})
+    check_spec(dep.spec)
+    weights = dep.spec.model.weights
+    if weights.format is not WeightsFormat.RANDOM:
         raise EmbeddedPlanError(
-            f"spec.model.weights.format is {spec.model.weights.format}; the embedded stack runs the "
+            f"spec.model.weights.format is {weights.format}; the embedded stack runs the "
             "seeded random weights (format: random) of a model small enough for a CPU"
         )
-    arch = spec.model.resolve_arch()
-    name = dep.metadata.name or arch.name
-    decode = _pool(Role.DECODE, spec.decode, decode_groups, arch, spec.eplb, manifest_dir)
+    # The document a pod would read, through the reader's own checks (wire form and rules).
+    doc = check_engine_document(resolve_runtime(dep).to_wire(), "runtime document")
+    load_file = static_load_file(doc.eplb, manifest_dir)
+    decode = _pool(doc, dep, Role.DECODE, decode_groups, load_file)
     if decode.num_groups < 1:
         raise EmbeddedPlanError("the embedded stack needs at least one decode group (spec.decode.replicas)")
-    length = max_model_len or arch.max_position_embeddings
     return EmbeddedPlan(
-        keys=DeploymentKeys(dep.metadata.namespace or "default", name),
-        served_model=spec.model.served_model_name or name,
-        arch=arch,
-        weights_seed=spec.model.weights.seed,
-        prefill=_pool(Role.PREFILL, spec.prefill, prefill_groups, arch, spec.eplb, manifest_dir),
+        document=doc,
+        prefill=_pool(doc, dep, Role.PREFILL, prefill_groups, load_file),
         decode=decode,
-        scheduler=SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=64, max_model_len=length),
-        sla=spec.sla,
-        kv_chunk_bytes=spec.kv_transfer.chunk_bytes,
-        lease_s=spec.kv_transfer.lease_seconds,
-        eplb=spec.eplb,
+        sla=dep.spec.sla,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from moeplane.api.arch import ModelArch
+from moeplane.api.runtime import BLOCK_SIZE_TOKENS
 from moeplane.workers.ep.launch import RankContext
 from moeplane.workers.model.metadata import AttentionMetadata
 from moeplane.workers.model.runner import EPModelRunner, empty_metadata
@@ -62,7 +63,7 @@ class EPJob:
     placement: Placement | None
     steps: tuple[tuple[RankStep, ...], ...]
     kv_blocks: int = 0
-    block_size: int = 16
+    block_size: int = BLOCK_SIZE_TOKENS
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
 

@@ -6,8 +6,8 @@ step). `online.PoolBalancer` is its Redis side for one group, and `driver.EplbDr
 beside a serving group's step loop (the group controller owns one per group).
 """
 
-from moeplane.workers.eplb.types import EplbError, EplbLayout, EplbPolicy
+from moeplane.workers.eplb.types import EplbError, EplbLayout
 
 # `rebalance` (torch) is imported from `moeplane.workers.eplb.rebalance`, not re-exported here, so
 # `moeplane --help` and the operator do not load torch.
-__all__ = ["EplbError", "EplbLayout", "EplbPolicy"]
+__all__ = ["EplbError", "EplbLayout"]

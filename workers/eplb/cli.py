@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.api.enums import EplbAlgorithm
+from moeplane.workers.eplb.types import EplbError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes per EP group")
     parser.add_argument("--redundant", type=int, default=0, help="redundant expert slots per layer")
     parser.add_argument("--num-groups", type=int, default=1, help="expert groups (DeepSeek-V3: 8)")
-    parser.add_argument("--policy", choices=[p.value for p in EplbPolicy], default=EplbPolicy.BALANCED.value)
+    parser.add_argument(
+        "--algorithm", choices=[a.value for a in EplbAlgorithm], default=EplbAlgorithm.AUTO.value,
+        help="placement algorithm, as spec.eplb.algorithm (default: auto, moeplane's own)",
+    )
     parser.add_argument("--out", type=Path, help="write the placement JSON here (default: stdout)")
     parser.set_defaults(func=_plan)
 
@@ -36,7 +40,7 @@ def _plan(args: argparse.Namespace) -> int:
         load = read_load_file(args.load_file)
         num_physical = load.shape[1] + args.redundant
         placement = rebalance(
-            load, num_physical, args.num_groups, args.num_nodes, args.num_gpus, EplbPolicy(args.policy)
+            load, num_physical, args.num_groups, args.num_nodes, args.num_gpus, EplbAlgorithm(args.algorithm)
         )
     except EplbError as exc:
         print(f"moeplane eplb-plan: {exc}", file=sys.stderr)

@@ -13,18 +13,9 @@ import torch
 from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.metrics import balancedness, gpu_load, moved_slots, slot_load_per_gpu
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.store import GroupLoad
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.store import ExpertLoadWindow
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
-
-
-def policy_for(algorithm: EplbAlgorithm) -> EplbPolicy:
-    """The placement policy behind `spec.eplb.algorithm` (auto is moeplane's balanced policy)."""
-    return {
-        EplbAlgorithm.AUTO: EplbPolicy.BALANCED,
-        EplbAlgorithm.HIERARCHICAL: EplbPolicy.HIERARCHICAL,
-        EplbAlgorithm.GLOBAL: EplbPolicy.GLOBAL,
-    }[EplbAlgorithm(algorithm)]
 
 
 @dataclass(frozen=True)
@@ -35,7 +26,7 @@ class ControllerConfig:
         threshold: rebalance when measured balancedness (mean over layers) falls below this
             (`spec.eplb.balancednessThreshold`).
         num_groups / num_nodes / num_gpus: the pool's EP group layout (see `rebalance`).
-        policy: placement policy (`policy_for(spec.eplb.algorithm)`).
+        algorithm: the placement algorithm (`spec.eplb.algorithm`).
         min_steps: windows covering fewer forward steps are too noisy to act on.
         min_gain: a new placement must be predicted at least this much more balanced than the
             current one on the same load, or the weights are not worth moving.
@@ -45,7 +36,7 @@ class ControllerConfig:
     num_groups: int
     num_nodes: int
     num_gpus: int
-    policy: EplbPolicy = EplbPolicy.BALANCED
+    algorithm: EplbAlgorithm = EplbAlgorithm.AUTO
     min_steps: int = 8
     min_gain: float = 0.02
 
@@ -88,7 +79,7 @@ class Rebalance:
     moved_slots: int
 
 
-def measured_balancedness(load: GroupLoad, current: Placement, num_gpus: int) -> float:
+def measured_balancedness(load: ExpertLoadWindow, current: Placement, num_gpus: int) -> float:
     """Mean over layers of measured balancedness: actual slot counts when the windows counted under
     `current`, else the logical counts split evenly over `current`'s replicas."""
     if load.slot_windows and load.placement_version == current.version:
@@ -98,7 +89,7 @@ def measured_balancedness(load: GroupLoad, current: Placement, num_gpus: int) ->
     return float(balancedness(per_gpu).mean())
 
 
-def decide(load: GroupLoad | None, current: Placement, config: ControllerConfig) -> Keep | Rebalance:
+def decide(load: ExpertLoadWindow | None, current: Placement, config: ControllerConfig) -> Keep | Rebalance:
     """Keep the current placement, or rebalance it. Pure."""
     if load is None or load.num_steps < config.min_steps or int(load.logical_counts.sum()) == 0:
         return Keep(KeepReason.NO_DATA, None)
@@ -117,7 +108,7 @@ def decide(load: GroupLoad | None, current: Placement, config: ControllerConfig)
         config.num_groups,
         config.num_nodes,
         config.num_gpus,
-        config.policy,
+        config.algorithm,
         previous=current,
     )
     before = float(balancedness(gpu_load(counts, current, config.num_gpus)).mean())

@@ -22,7 +22,6 @@ from moeplane.workers.eplb.controller import (
     Rebalance,
     decide,
     measured_balancedness,
-    policy_for,
 )
 from moeplane.workers.eplb.counter import LoadWindow
 from moeplane.workers.eplb.store import EplbStore
@@ -42,7 +41,7 @@ class GroupEplb:
         redis_url / keys: the deployment's Redis and key prefix.
         window_s: the ranks' sliding window of counts (`windowSeconds`).
         interval_s: between balancer decisions (`intervalSeconds`).
-        balance: threshold, policy and the pool's layout for `decide`.
+        balance: threshold, algorithm and the pool's layout for `decide`.
         publish_s: between window uploads; default a quarter window, at most half an interval.
         layers_per_step: MoE layers whose experts move in one pause between forward passes.
         num_buckets: buckets of the ranks' windows.
@@ -97,7 +96,7 @@ class GroupEplb:
             num_groups=num_expert_groups,
             num_nodes=num_nodes,
             num_gpus=num_gpus,
-            policy=policy_for(EplbAlgorithm(spec.algorithm)),
+            algorithm=EplbAlgorithm(spec.algorithm),
         )
         return cls(
             mode=EplbMode(spec.mode), redis_url=redis_url, keys=keys, window_s=spec.window_seconds,
@@ -107,7 +106,7 @@ class GroupEplb:
 
 
 @dataclass(frozen=True)
-class TickResult:
+class BalancerRun:
     """One balancer run.
 
     Attributes:
@@ -148,7 +147,7 @@ class PoolBalancer:
         for window in windows:
             self.store.publish_window(group_id, window)
 
-    def tick(self, current: Placement, now_s: float | None = None) -> TickResult:
+    def tick(self, current: Placement, now_s: float | None = None) -> BalancerRun:
         """Measure the pool under `current`, report it, and in online mode decide and publish.
 
         `current` is the placement the group runs; windows older than three upload periods
@@ -162,19 +161,19 @@ class PoolBalancer:
             measured = measured_balancedness(load, current, self.config.balance.num_gpus)
             self.store.publish_status(measured, current.version, now_s=now)
         if self.config.mode is not EplbMode.ONLINE:
-            return TickResult(None, None, measured)
+            return BalancerRun(None, None, measured)
         newer = self._stored_fitting(current)
         if newer is not None and newer.version > current.version:
-            return TickResult(newer, None, measured)
+            return BalancerRun(newer, None, measured)
         decision = decide(load, current, self.config.balance)
         if not isinstance(decision, Rebalance):
-            return TickResult(None, decision, measured)
+            return BalancerRun(None, decision, measured)
         if self.store.publish_placement(decision.placement, now_s=now):
-            return TickResult(decision.placement, decision, measured)
+            return BalancerRun(decision.placement, decision, measured)
         # Another group of the pool published first: follow it.
         newer = self._stored_fitting(current)
         target = newer if newer is not None and newer.version > current.version else None
-        return TickResult(target, decision, measured)
+        return BalancerRun(target, decision, measured)
 
     def _stored_fitting(self, like: Placement) -> Placement | None:
         stored = self.store.read_placement()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.balanced import balanced_placement
 from moeplane.workers.eplb.deepseek import deepseek_global, deepseek_hierarchical
-from moeplane.workers.eplb.types import EplbError, EplbLayout, EplbPolicy
+from moeplane.workers.eplb.types import EplbError, EplbLayout
 from moeplane.workers.placement import Placement
 
 
@@ -33,7 +34,7 @@ def rebalance(
     num_groups: int,
     num_nodes: int,
     num_gpus: int,
-    policy: EplbPolicy = EplbPolicy.BALANCED,
+    algorithm: EplbAlgorithm = EplbAlgorithm.AUTO,
     previous: Placement | None = None,
     *,
     locality_slack: float = 0.05,
@@ -44,13 +45,13 @@ def rebalance(
         load: [L, E] token counts (any real dtype, >= 0) per logical expert, e.g. a window sum.
         num_physical: R slots per layer, E <= R, a multiple of `num_gpus` (R - E redundant).
         num_groups: expert groups (E a multiple of it); with `num_nodes` dividing it, groups stay
-            on nodes (the hierarchical contract of DeepSeek's EPLB, kept by BALANCED too).
+            on nodes (the hierarchical contract of DeepSeek's EPLB, kept by AUTO too).
         num_nodes: nodes in the EP group; `num_gpus` must be a multiple of it.
         num_gpus: EP ranks; GPU g holds slots g*k .. g*k+k-1 with k = R / num_gpus.
-        policy: BALANCED (ours), or DeepSeek's HIERARCHICAL / GLOBAL baselines.
-        previous: the current placement ([L, R] over E experts). BALANCED keeps replicas in place
+        algorithm: AUTO (ours), or DeepSeek's HIERARCHICAL / GLOBAL baselines.
+        previous: the current placement ([L, R] over E experts). AUTO keeps replicas in place
             where balance allows; the baselines ignore it. Versions follow it.
-        locality_slack: BALANCED only. Where groups fit on nodes, a layer keeps its groups on
+        locality_slack: AUTO only. Where groups fit on nodes, a layer keeps its groups on
             their nodes unless that caps its balancedness more than this fraction below a global
             placement's (0: always global when that is better; 1: always keep groups local).
             With slack < 1, node-local layers may also trade up to 3 cold replicas per rebalance
@@ -72,21 +73,21 @@ def rebalance(
         num_nodes=num_nodes,
         num_gpus=num_gpus,
     )
-    policy = EplbPolicy(policy)
+    algorithm = EplbAlgorithm(algorithm)
     if not 0.0 <= locality_slack <= 1.0:
         raise EplbError(f"locality_slack must lie in [0, 1], got {locality_slack}")
     prev_map = None if previous is None else _check_previous(previous, layout)
-    if policy is EplbPolicy.HIERARCHICAL and num_groups % num_nodes:
+    if algorithm is EplbAlgorithm.HIERARCHICAL and num_groups % num_nodes:
         raise EplbError(
-            f"the hierarchical policy needs num_groups ({num_groups}) to be a multiple of "
-            f"num_nodes ({num_nodes}); use the global or balanced policy"
+            f"the hierarchical algorithm needs num_groups ({num_groups}) to be a multiple of "
+            f"num_nodes ({num_nodes}); use the global or auto algorithm"
         )
     # Inference mode skips autograd bookkeeping on the many small tensor operations; the maps are
     # cloned out of it so callers get ordinary tensors.
     with torch.inference_mode():
-        if policy is EplbPolicy.BALANCED:
+        if algorithm is EplbAlgorithm.AUTO:
             phy2log = balanced_placement(load, layout, prev_map, locality_slack)
-        elif policy is EplbPolicy.HIERARCHICAL:
+        elif algorithm is EplbAlgorithm.HIERARCHICAL:
             phy2log = deepseek_hierarchical(load, layout)
         else:
             phy2log = deepseek_global(load, layout)

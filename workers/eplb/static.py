@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbAlgorithm
-from moeplane.workers.eplb.controller import policy_for
 from moeplane.workers.eplb.rebalance import check_load, rebalance
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 
@@ -77,13 +76,13 @@ def static_placement(
     num_groups: int,
     num_nodes: int,
     num_gpus: int,
-    policy: EplbPolicy = EplbPolicy.BALANCED,
+    algorithm: EplbAlgorithm = EplbAlgorithm.AUTO,
     num_layers: int | None = None,
     num_logical: int | None = None,
 ) -> Placement:
     """The initial placement (version 0) for a recorded load; see `rebalance` for the layout."""
     load = read_load_file(path, num_layers=num_layers, num_logical=num_logical)
-    return rebalance(load, num_physical, num_groups, num_nodes, num_gpus, policy)
+    return rebalance(load, num_physical, num_groups, num_nodes, num_gpus, algorithm)
 
 
 def model_static_placement(
@@ -102,9 +101,9 @@ def model_static_placement(
 
     Raises:
         EplbError: the file is missing or malformed, its shape is not the model's, or the layout
-            does not fit the policy.
+            does not fit the algorithm.
     """
     return static_placement(
-        path, num_physical, arch.n_group, num_nodes, num_gpus, policy_for(EplbAlgorithm(algorithm)),
+        path, num_physical, arch.n_group, num_nodes, num_gpus, EplbAlgorithm(algorithm),
         num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
     )

@@ -47,7 +47,7 @@ return 1
 
 
 @dataclass(frozen=True)
-class GroupLoad:
+class ExpertLoadWindow:
     """Load windows of one or more EP groups, summed over their ranks.
 
     Attributes:
@@ -149,7 +149,7 @@ class EplbStore:
 
     def read_load(
         self, group_ids: list[str] | None = None, max_age_s: float | None = None, now_s: float | None = None
-    ) -> GroupLoad | None:
+    ) -> ExpertLoadWindow | None:
         """Summed windows of the given groups (default: every group of the pool); None if none."""
         windows = [
             w
@@ -163,7 +163,7 @@ class EplbStore:
         newest = max(w.placement_version for w in windows)
         current = [w for w in windows if w.placement_version == newest and w.slot_steps > 0]
         slots = windows[0].slot_counts.shape
-        return GroupLoad(
+        return ExpertLoadWindow(
             num_windows=len(windows),
             num_steps=min(w.num_steps for w in windows),
             logical_counts=torch.stack([w.logical_counts for w in windows]).sum(0),

@@ -1,25 +1,13 @@
-"""The balancer's vocabulary: policies, the validated EP layout, and the domain error."""
+"""The balancer's vocabulary: the validated EP layout and the domain error (the placement
+algorithms are `moeplane.api.enums.EplbAlgorithm`, the names `spec.eplb.algorithm` spells)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 
 class EplbError(ValueError):
     """Bad balancer input: a load, a layout or a previous placement that does not fit."""
-
-
-class EplbPolicy(StrEnum):
-    """How `rebalance` turns load into a placement.
-
-    BALANCED is moeplane's own policy (the default). HIERARCHICAL and GLOBAL re-implement the two
-    policies of DeepSeek's published EPLB and serve as baselines.
-    """
-
-    BALANCED = "balanced"
-    HIERARCHICAL = "hierarchical"
-    GLOBAL = "global"
 
 
 @dataclass(frozen=True)

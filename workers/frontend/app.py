@@ -34,8 +34,7 @@ from moeplane.workers.frontend.metrics import CONTENT_TYPE
 from moeplane.workers.frontend.pipeline import Chunk, Endpoint, GenerateRequest, Pipeline, Timings
 from moeplane.workers.frontend.requests import SamplingBody, parse_chat, parse_completion
 from moeplane.workers.model.tokenizer import Tokenizer
-from moeplane.workers.serving.sequence import FinishReason, SamplingParams
-from moeplane.workers.serving.sequence import InvalidRequest as EngineInvalidRequest
+from moeplane.workers.serving.sequence import EngineRequestError, FinishReason, SamplingParams
 
 from moeplane.bus.request_metrics import RequestStatus
 
@@ -173,7 +172,7 @@ class Frontend:
                 stop=body.stop,
                 ignore_eos=body.ignore_eos,
             )
-        except EngineInvalidRequest as exc:
+        except EngineRequestError as exc:
             detail = str(exc).removeprefix(f"{exc.field}: ")
             raise InvalidRequest(f"Invalid value for '{exc.field}': {detail}", param=exc.field) from None
         return GenerateRequest(f"{prefix}-{uuid.uuid4().hex}", model, endpoint, tuple(prompt), sampling)

@@ -1,8 +1,9 @@
 """`moeplane frontend`: the frontend as its own process, as the operator's frontend Deployment runs it.
 
-Configuration comes from the environment the operator sets (flags override it):
-- `MOEPLANE_ENGINE_CONFIG`: the deployment's engine.json (model architecture, served model name,
-  tokenizer, namespace and deployment);
+Configuration comes from the environment the operator sets (`moeplane.api.podcontract`; flags override it):
+- `MOEPLANE_ENGINE_CONFIG`: the deployment's runtime document, engine.json (the model, its served
+  name and tokenizer, the serving limits, namespace and deployment), read with
+  `read_engine_document` like every other process's;
 - `MOEPLANE_REDIS_URL`: the Redis holding the worker registry and the request-metrics stream;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services.
 It serves until SIGTERM or SIGINT, then drains: in-flight requests are cancelled upstream.
@@ -12,19 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from moeplane.api.arch import ModelArch
+from moeplane.api.podcontract import ENGINE_CONFIG_ENV, GRPC_TOKEN_ENV, REDIS_URL_ENV
+from moeplane.api.runtime import EngineDocument
+from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import TokenizerError, tokenizer_for
-from pydantic import ValidationError
 
 from moeplane.bus.keys import DeploymentKeys
 
@@ -35,41 +36,51 @@ class FrontendSetupError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    keys: DeploymentKeys
-    arch: ModelArch
-    served_model: str
+    document: EngineDocument
     redis_url: str
     grpc_token: str | None
+
+    @property
+    def keys(self) -> DeploymentKeys:
+        return DeploymentKeys(self.document.namespace, self.document.deployment)
+
+    @property
+    def arch(self) -> ModelArch:
+        return self.document.model.architecture
+
+    @property
+    def served_model(self) -> str:
+        return self.document.model.served_model_name
 
 
 def load_settings(engine_config: str | None, redis_url: str | None, token: str | None) -> Settings:
     if not engine_config:
-        raise FrontendSetupError("no engine config: set MOEPLANE_ENGINE_CONFIG or pass --engine-config")
+        raise FrontendSetupError(f"no engine config: set {ENGINE_CONFIG_ENV} or pass --engine-config")
     if not redis_url:
-        raise FrontendSetupError("no Redis: set MOEPLANE_REDIS_URL or pass --redis-url")
+        raise FrontendSetupError(f"no Redis: set {REDIS_URL_ENV} or pass --redis-url")
     try:
-        doc = json.loads(Path(engine_config).read_text())
-        model = doc["model"]
-        arch = ModelArch.model_validate(model["architecture"])
-        keys = DeploymentKeys(doc["namespace"], doc["deployment"])
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FrontendSetupError(f"cannot read the engine config {engine_config}: {exc}") from None
-    except KeyError as exc:
-        raise FrontendSetupError(f"engine config {engine_config} has no {exc.args[0]!r}") from None
-    except ValidationError as exc:
-        raise FrontendSetupError(f"engine config {engine_config}: model.architecture: {exc}") from None
-    return Settings(keys, arch, model.get("servedModelName") or keys.deployment, redis_url, token or None)
+        document = read_engine_document(engine_config)
+    except EngineDocumentError as exc:
+        raise FrontendSetupError(str(exc)) from None
+    return Settings(document, redis_url, token or None)
 
 
-async def serve(settings: Settings, host: str, port: int, request_timeout_s: float) -> None:
+def frontend_config(document: EngineDocument, request_timeout_s: float | None = None) -> FrontendConfig:
+    """The frontend's limits from the document's spec.serving (`request_timeout_s` overrides one)."""
+    serving = document.serving
+    return FrontendConfig(
+        served_model=document.model.served_model_name,
+        max_model_len=serving.max_model_len,
+        request_timeout_s=request_timeout_s or serving.request_timeout_seconds,
+    )
+
+
+async def serve(settings: Settings, host: str, port: int, request_timeout_s: float | None) -> None:
     try:
         tokenizer = tokenizer_for(settings.arch)
     except TokenizerError as exc:
         raise FrontendSetupError(str(exc)) from None
-    config = FrontendConfig(
-        served_model=settings.served_model, max_model_len=settings.arch.max_position_embeddings,
-        request_timeout_s=request_timeout_s,
-    )
+    config = frontend_config(settings.document, request_timeout_s)
     server = FrontendServer(
         config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token)
     )
@@ -90,9 +101,9 @@ async def serve(settings: Settings, host: str, port: int, request_timeout_s: flo
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
-            args.engine_config or os.environ.get("MOEPLANE_ENGINE_CONFIG"),
-            args.redis_url or os.environ.get("MOEPLANE_REDIS_URL"),
-            os.environ.get("MOEPLANE_GRPC_TOKEN"),
+            args.engine_config or os.environ.get(ENGINE_CONFIG_ENV),
+            args.redis_url or os.environ.get(REDIS_URL_ENV),
+            os.environ.get(GRPC_TOKEN_ENV),
         )
         asyncio.run(serve(settings, args.host, args.port, args.request_timeout))
     except FrontendSetupError as exc:

@@ -7,7 +7,6 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-config", default=None, help="engine.json (default: $MOEPLANE_ENGINE_CONFIG)")
-    p.add_argument("--placement", default=None, help="placement.json (default: $MOEPLANE_PLACEMENT)")
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $MOEPLANE_REDIS_URL)")
     p.add_argument("--role", choices=["prefill", "decode"], default=None, help="default: $MOEPLANE_ROLE")
     p.add_argument("--pool", default=None, help="pool name (default: $MOEPLANE_POOL)")

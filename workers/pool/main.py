@@ -16,25 +16,20 @@ import os
 import signal
 import sys
 
+from moeplane.api import podcontract
 from moeplane.workers.pool.connect import Backoff, ConnectTimeout, connect_with_backoff, ray_connector
 from moeplane.workers.pool.plan import PoolOptions, PoolPlanError
 from moeplane.workers.pool.runner import PoolRunner
-from moeplane.workers.pool.settings import (
-    EPLB_LOAD_FILE_ENV,
-    PoolSettings,
-    PoolSetupError,
-    load_pool_settings,
-)
+from moeplane.workers.pool.settings import PoolSettings, PoolSetupError, load_pool_settings
 
 # Flags that override an environment variable of the same meaning.
 _ENV_FLAGS = {
-    "engine_config": "MOEPLANE_ENGINE_CONFIG",
-    "placement": "MOEPLANE_PLACEMENT",
-    "redis_url": "MOEPLANE_REDIS_URL",
-    "role": "MOEPLANE_ROLE",
-    "pool": "MOEPLANE_POOL",
-    "advertise_host": "MOEPLANE_POD_IP",
-    "eplb_load_file": EPLB_LOAD_FILE_ENV,
+    "engine_config": podcontract.ENGINE_CONFIG_ENV,
+    "redis_url": podcontract.REDIS_URL_ENV,
+    "role": podcontract.ROLE_ENV,
+    "pool": podcontract.POOL_ENV,
+    "advertise_host": podcontract.POD_IP_ENV,
+    "eplb_load_file": podcontract.EPLB_LOAD_FILE_ENV,
 }
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.model.weights import SafetensorsWeights
-from moeplane.workers.pool.settings import BLOCK_SIZE_TOKENS, PoolSettings
+from moeplane.workers.pool.settings import PoolSettings
+from moeplane.workers.runtime import scheduler_config
 from moeplane.workers.serving.actor import RankSpec
-from moeplane.workers.serving.config import SchedulerConfig
 from moeplane.workers.serving.controller import GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
 
@@ -33,9 +33,7 @@ class PoolOptions:
     rank_host: str = "127.0.0.1"  # the ranks' KV services and collectives bind here
     groups: int | None = None  # None: as many as the Ray cluster's accelerators hold
     cpus_per_rank: float = 1.0  # CPU pools: Ray CPUs per rank actor
-    max_kv_blocks_per_rank: int | None = None
-    max_num_batched_tokens: int = 512
-    max_num_seqs: int = 64
+    max_kv_blocks_per_rank: int | None = None  # a cap below the layout's (tests' smaller caches)
     heartbeat_s: float = 1.0
     registry_ttl_s: float = 5.0
     reconcile_s: float = 5.0
@@ -79,16 +77,14 @@ def reconcile(desired: int, running: Iterable[int], failed: Iterable[int]) -> Re
 
 
 def group_spec(settings: PoolSettings, opts: PoolOptions, index: int) -> GroupSpec:
-    sched = SchedulerConfig(
-        max_num_batched_tokens=opts.max_num_batched_tokens,
-        max_num_seqs=opts.max_num_seqs,
-        max_model_len=settings.arch.max_position_embeddings,
-    )
+    """Group `index` of the pool, as its runtime document says (scheduler limits, KV blocks,
+    block size, placement, EPLB)."""
+    doc = settings.document
     engine = EngineConfig(
         role=settings.role,
         num_blocks=settings.kv_blocks_per_rank(opts.max_kv_blocks_per_rank),
-        block_size=BLOCK_SIZE_TOKENS,
-        scheduler=sched,
+        block_size=doc.serving.block_size_tokens,
+        scheduler=scheduler_config(doc.serving),
         lease_s=settings.lease_s,
     )
     # A checkpoint is opened lazily, by each rank on its own node.

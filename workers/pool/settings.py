@@ -1,42 +1,55 @@
 """What a pool's Ray head needs to run its EP groups, read from the files and environment the operator
-gives its pod (pure: files in, a frozen value out; no Ray, no sockets).
+gives its pod (pure: files in, a frozen value out; no Ray, no sockets). The names are
+`moeplane.api.podcontract`'s:
 
-- `MOEPLANE_ENGINE_CONFIG`: the deployment's engine.json (model architecture and weights, hardware,
-  both pools' group shapes, KV transfer, namespace and deployment);
-- `MOEPLANE_PLACEMENT`: the pool's initial placement.json (one `phy2log` row for every MoE layer);
+- `MOEPLANE_ENGINE_CONFIG`: the deployment's runtime document, engine.json (`api/runtime.py`),
+  read with `read_engine_document`, the reader every process uses;
+- `MOEPLANE_POOL_LAYOUT`: this pool's group layout, the MoEPool's `spec.layout` (which also shaped
+  the pod); without it, engine.json must carry `pools.<role>`;
 - `MOEPLANE_EPLB_LOAD_FILE` (static EPLB): where the pod sees `spec.eplb.loadFile` (the operator
-  mounts a `configmap://NAME/KEY` there); the placement computed from it replaces placement.json;
+  mounts a `configmap://NAME/KEY` there); without it, `eplb.loadFile` must be a path;
 - `MOEPLANE_ROLE`, `MOEPLANE_POOL`, `MOEPLANE_REVISION`: which pool this head runs;
 - `MOEPLANE_REDIS_URL`: the Redis of the worker registry;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of every worker gRPC service;
-- `MOEPLANE_POD_IP` (optional): the address the groups advertise in the registry.
+- `MOEPLANE_POD_IP` (optional): the address the groups advertise in the registry;
+- `MOEPLANE_VOLUME_ROOT`, `HF_HOME`: where pvc:// and hf:// checkpoints are mounted.
+
+The pool starts on `Placement.identity` over its layout's slots, or on its load file's placement.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
+from moeplane.api.enums import EplbMode, Role, WeightsFormat
 from moeplane.api.layout import GroupLayout
+from moeplane.api.podcontract import (
+    ENGINE_CONFIG_ENV,
+    EPLB_LOAD_FILE_ENV,
+    GRPC_TOKEN_ENV,
+    POD_IP_ENV,
+    POOL_ENV,
+    POOL_LAYOUT_ENV,
+    REDIS_URL_ENV,
+    REVISION_ENV,
+    ROLE_ENV,
+)
+from moeplane.api.runtime import EngineDocument
+from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
 from moeplane.api.spec import EplbSpec
-from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.layout import KVBackend
 from moeplane.workers.placement import Placement
-from pydantic import ValidationError
+from moeplane.workers.runtime import checkpoint_path, device_of, dtype_of, initial_placement, rank_kv_blocks
 
 from moeplane.bus.keys import DeploymentKeys
 
-BLOCK_SIZE_TOKENS = 16
-EPLB_LOAD_FILE_ENV = "MOEPLANE_EPLB_LOAD_FILE"
+__all__ = ["EPLB_LOAD_FILE_ENV", "PoolSettings", "PoolSetupError", "load_pool_settings"]
 
 
 class PoolSetupError(ValueError):
@@ -45,23 +58,55 @@ class PoolSetupError(ValueError):
 
 @dataclass(frozen=True)
 class PoolSettings:
-    keys: DeploymentKeys
+    document: EngineDocument  # with this pool's layout in `pools`
     role: Role
     pool_name: str
     revision: str
-    served_model: str
-    arch: ModelArch
-    weights: int | Path  # a random-weights seed, or a safetensors checkpoint on the worker nodes
-    group: GroupLayout
-    placement: Placement | None
-    eplb: EplbSpec
-    device: str  # "cpu" or "cuda"
-    kv_backend: KVBackend
-    kv_chunk_bytes: int
-    lease_s: float
+    placement: Placement = field(compare=False)
     redis_url: str
     grpc_token: str | None
     advertise_host: str | None
+    weights: int | Path  # a random-weights seed, or where the worker nodes read the checkpoint
+
+    @property
+    def keys(self) -> DeploymentKeys:
+        return DeploymentKeys(self.document.namespace, self.document.deployment)
+
+    @property
+    def served_model(self) -> str:
+        return self.document.model.served_model_name
+
+    @property
+    def arch(self) -> ModelArch:
+        return self.document.model.architecture
+
+    @property
+    def group(self) -> GroupLayout:
+        return self.document.pool(self.role)
+
+    @property
+    def eplb(self) -> EplbSpec:
+        return self.document.eplb
+
+    @property
+    def device(self) -> str:
+        return device_of(self.group)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return dtype_of(self.device)
+
+    @property
+    def kv_backend(self) -> KVBackend:
+        return self.document.kv_transfer.backend
+
+    @property
+    def kv_chunk_bytes(self) -> int:
+        return self.document.kv_transfer.chunk_bytes
+
+    @property
+    def lease_s(self) -> float:
+        return self.document.kv_transfer.lease_seconds
 
     @property
     def ep_size(self) -> int:
@@ -73,17 +118,12 @@ class PoolSettings:
         return f"{self.pool_name}{rev}-g{index}"
 
     def kv_blocks_per_rank(self, cap: int | None = None) -> int:
-        """Blocks of `BLOCK_SIZE_TOKENS` tokens that fit the layout's KV memory per GPU."""
-        blocks = max(1, self.group.kv_tokens_per_gpu // BLOCK_SIZE_TOKENS)
-        return blocks if cap is None else max(1, min(blocks, cap))
+        """Blocks of the document's block size that fit the layout's KV memory per rank."""
+        return rank_kv_blocks(self.document, self.role, cap)
 
     @property
     def security(self) -> GrpcSecurity:
         return GrpcSecurity(token=self.grpc_token)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.device == "cuda" else torch.float32
 
 
 def _require(env: Mapping[str, str], name: str, flag: str | None = None) -> str:
@@ -92,50 +132,6 @@ def _require(env: Mapping[str, str], name: str, flag: str | None = None) -> str:
         how = f" or pass {flag}" if flag else ""
         raise PoolSetupError(f"{name} is not set{how}")
     return value
-
-
-def _read_json(path: str, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PoolSetupError(f"cannot read the {what} {path}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise PoolSetupError(f"the {what} {path} is not a JSON object")
-    return doc
-
-
-def _weights(doc: Mapping[str, Any], path: str) -> int | Path:
-    try:
-        fmt = WeightsFormat(doc.get("format", WeightsFormat.SAFETENSORS.value))
-    except ValueError:
-        raise PoolSetupError(f"engine config {path}: model.weights.format {doc.get('format')!r}") from None
-    if fmt is WeightsFormat.RANDOM:
-        return int(doc.get("seed", 0))
-    uri = str(doc.get("uri") or "")
-    local = uri.removeprefix("file://")
-    if not local.startswith("/"):
-        raise PoolSetupError(
-            f"engine config {path}: model.weights.uri {uri!r}: the workers read a checkpoint from a "
-            "local path (file:// or absolute) mounted on every worker node; hf://, s3:// and pvc:// "
-            "must be staged there first"
-        )
-    return Path(local)
-
-
-def load_placement(path: str, group: GroupLayout, num_moe_layers: int) -> Placement:
-    doc = _read_json(path, "placement")
-    try:
-        row = [int(x) for x in doc["phy2logRow"]]
-        num_layers, num_logical = int(doc["numLayers"]), int(doc["numLogicalExperts"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PoolSetupError(f"placement {path}: missing or bad field {exc}") from None
-    if len(row) != group.expert_slots or num_layers != num_moe_layers:
-        raise PoolSetupError(
-            f"placement {path} has {len(row)} slots x {num_layers} layers; the pool's group has "
-            f"{group.expert_slots} slots and the model {num_moe_layers} MoE layers"
-        )
-    phy2log = torch.tensor(row, dtype=torch.int64).expand(num_layers, -1).clone()
-    return Placement.from_phy2log(phy2log, num_logical, int(doc.get("version", 0)))
 
 
 def static_load_path(eplb: EplbSpec, env: Mapping[str, str], engine_path: str) -> tuple[str, str]:
@@ -147,11 +143,8 @@ def static_load_path(eplb: EplbSpec, env: Mapping[str, str], engine_path: str) -
     mounted = env.get(EPLB_LOAD_FILE_ENV, "")
     if mounted:
         return mounted, EPLB_LOAD_FILE_ENV
-    if eplb.load_file is None:
-        raise PoolSetupError(
-            f"engine config {engine_path}: eplb.mode is static but neither eplb.loadFile nor "
-            f"{EPLB_LOAD_FILE_ENV} names a load file"
-        )
+    if eplb.load_file is None:  # the document's rules refuse it; a flag-less test may not
+        raise PoolSetupError(f"engine config {engine_path}: eplb.loadFile: is required when mode is static")
     if eplb.load_configmap is not None:
         raise PoolSetupError(
             f"engine config {engine_path}: eplb.loadFile {eplb.load_file} is a ConfigMap key, which the "
@@ -160,16 +153,13 @@ def static_load_path(eplb: EplbSpec, env: Mapping[str, str], engine_path: str) -
     return eplb.load_file, f"engine config {engine_path}: eplb.loadFile"
 
 
-def static_pool_placement(
-    eplb: EplbSpec, arch: ModelArch, group: GroupLayout, env: Mapping[str, str], engine_path: str
-) -> Placement:
-    """Version 0 of a static-EPLB pool: its load file placed over one EP group of the pool."""
-    path, source = static_load_path(eplb, env, engine_path)
+def pool_placement(doc: EngineDocument, role: Role, env: Mapping[str, str], engine_path: str) -> Placement:
+    """Version 0 of the pool: the identity placement, or (static EPLB) its load file's."""
+    if doc.eplb.mode is not EplbMode.STATIC:
+        return initial_placement(doc, role)
+    path, source = static_load_path(doc.eplb, env, engine_path)
     try:
-        return model_static_placement(
-            path, arch, group.expert_slots, group.nodes_per_group, group.expert_parallel,
-            EplbAlgorithm(eplb.algorithm),
-        )
+        return initial_placement(doc, role, path)
     except EplbError as exc:
         where = source if path in str(exc) else f"{source} {path}"
         raise PoolSetupError(f"{where}: {exc}") from None
@@ -178,70 +168,30 @@ def static_pool_placement(
 def load_pool_settings(env: Mapping[str, str]) -> PoolSettings:
     """The settings of the pool this process runs, from the operator's environment (flags are
     merged into `env` by the caller)."""
-    engine_path = _require(env, "MOEPLANE_ENGINE_CONFIG", "--engine-config")
-    redis_url = _require(env, "MOEPLANE_REDIS_URL", "--redis-url")
+    engine_path = _require(env, ENGINE_CONFIG_ENV, "--engine-config")
+    redis_url = _require(env, REDIS_URL_ENV, "--redis-url")
     try:
-        role = Role(_require(env, "MOEPLANE_ROLE", "--role"))
+        role = Role(_require(env, ROLE_ENV, "--role"))
     except ValueError:
-        raise PoolSetupError(
-            f"MOEPLANE_ROLE is {env.get('MOEPLANE_ROLE')!r}; expected prefill or decode"
-        ) from None
-    doc = _read_json(engine_path, "engine config")
+        raise PoolSetupError(f"{ROLE_ENV} is {env.get(ROLE_ENV)!r}; expected prefill or decode") from None
     try:
-        model = doc["model"]
-        arch = ModelArch.model_validate(model["architecture"])
-        group = GroupLayout.model_validate(doc["pools"][role.value])
-        keys = DeploymentKeys(doc["namespace"], doc["deployment"])
-        hardware = doc["hardware"]["name"]
-        kv = doc.get("kvTransfer", {})
-        weights = _weights(model["weights"], engine_path)
-        eplb = EplbSpec.model_validate(doc.get("eplb", {}))
-    except KeyError as exc:
-        raise PoolSetupError(f"engine config {engine_path} has no {exc.args[0]!r}") from None
-    except ValidationError as exc:
-        raise PoolSetupError(f"engine config {engine_path}: {exc}") from None
-    if group.attention_tp_size != 1 or group.attention_dp_size != group.expert_parallel:
-        raise PoolSetupError(
-            f"engine config {engine_path}: pools.{role.value}: the workers run data-parallel attention "
-            f"on every rank (attentionTpSize 1, attentionDpSize = expertParallel); got "
-            f"attentionTpSize {group.attention_tp_size}, attentionDpSize {group.attention_dp_size}, "
-            f"expertParallel {group.expert_parallel}"
-        )
-    num_moe_layers = arch.num_layers - arch.first_k_dense_layers
-    placement_path = env.get("MOEPLANE_PLACEMENT", "")
-    placement = load_placement(placement_path, group, num_moe_layers) if placement_path else None
-    if EplbMode(eplb.mode) is EplbMode.STATIC:
-        # The operator's placement.json is the identity map; the load file's placement replaces it.
-        placement = static_pool_placement(eplb, arch, group, env, engine_path)
-    try:
-        backend = KVBackend(kv.get("backend", KVBackend.GRPC.value))
-    except ValueError:
-        raise PoolSetupError(
-            f"engine config {engine_path}: kvTransfer.backend {kv.get('backend')!r} is not grpc or mooncake"
-        ) from None
-    chunk_bytes = int(kv.get("chunkBytes", 512 * 1024))
-    lease_s = float(kv.get("leaseSeconds", 30.0))
-    if not math.isfinite(lease_s) or lease_s <= 0:
-        raise PoolSetupError(
-            f"engine config {engine_path}: kvTransfer.leaseSeconds must be > 0, got {lease_s}"
-        )
-    pool_name = env.get("MOEPLANE_POOL") or f"{keys.deployment}-{role.value}"
+        doc = read_engine_document(engine_path, role=role, pool_layout=env.get(POOL_LAYOUT_ENV) or None)
+    except EngineDocumentError as exc:
+        raise PoolSetupError(str(exc)) from None
+    weights = doc.model.weights
+    if weights.format is WeightsFormat.RANDOM:
+        source: int | Path = weights.seed
+    else:
+        assert weights.uri is not None  # the document's rules require it
+        source = checkpoint_path(weights.uri, env)
     return PoolSettings(
-        keys=keys,
+        document=doc,
         role=role,
-        pool_name=pool_name,
-        revision=env.get("MOEPLANE_REVISION", ""),
-        served_model=model.get("servedModelName") or keys.deployment,
-        arch=arch,
-        weights=weights,
-        group=group,
-        placement=placement,
-        eplb=eplb,
-        device="cpu" if hardware == "cpu" else "cuda",
-        kv_backend=backend,
-        kv_chunk_bytes=chunk_bytes,
-        lease_s=lease_s,
+        pool_name=env.get(POOL_ENV) or f"{doc.deployment}-{role.value}",
+        revision=env.get(REVISION_ENV, ""),
+        placement=pool_placement(doc, role, env, engine_path),
         redis_url=redis_url,
-        grpc_token=env.get("MOEPLANE_GRPC_TOKEN") or None,
-        advertise_host=env.get("MOEPLANE_POD_IP") or None,
+        grpc_token=env.get(GRPC_TOKEN_ENV) or None,
+        advertise_host=env.get(POD_IP_ENV) or None,
+        weights=source,
     )

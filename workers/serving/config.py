@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moeplane.api.enums import Role
+from moeplane.api.runtime import BLOCK_SIZE_TOKENS
+from moeplane.api.spec import KvTransferSpec
 
 __all__ = ["EngineConfig", "EngineConfigError", "Role", "SchedulerConfig"]
 
@@ -50,9 +52,9 @@ class EngineConfig:
 
     role: Role
     num_blocks: int
-    block_size: int = 16
+    block_size: int = BLOCK_SIZE_TOKENS
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    lease_s: float = 30.0
+    lease_s: float = KvTransferSpec.model_fields["lease_seconds"].default
     kv_pull_timeout_s: float = 60.0
     sampler_seed: int = 0
     # EPLB: count routed tokens per expert slot over this many seconds (None: no counting), in

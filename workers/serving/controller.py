@@ -25,7 +25,7 @@ from moeplane.workers.placement import Placement
 from moeplane.workers.serving.actor import RankSpec, RankWorker
 from moeplane.workers.serving.config import EngineConfigError, Role
 from moeplane.workers.serving.engine import NewRequest, RankStats, StepInput, TokenOutput
-from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
+from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind, FinishReason, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class GroupController:
         """Compute the prompt and sample the first token; the output carries the KV handle unless the
         request already finished."""
         if self.spec.role is not Role.PREFILL:
-            raise InvalidRequest("role", f"group {self.spec.group_id} is a {self.spec.role} group")
+            raise EngineRequestError("role", f"group {self.spec.group_id} is a {self.spec.role} group")
         waiter = self._submit(NewRequest(request_id, tuple(prompt_token_ids), sampling))
         try:
             out = await waiter.queue.get()
@@ -212,7 +212,7 @@ class GroupController:
         """Stream the request's outputs until one carries a finish reason. Closing the iterator
         early (a client that went away) cancels the request and frees its blocks."""
         if self.spec.role is not Role.DECODE:
-            raise InvalidRequest("role", f"group {self.spec.group_id} is a {self.spec.role} group")
+            raise EngineRequestError("role", f"group {self.spec.group_id} is a {self.spec.role} group")
         waiter = self._submit(NewRequest(request_id, tuple(prompt_token_ids), sampling, first_token_id, kv))
         finished = False
         try:
@@ -242,7 +242,7 @@ class GroupController:
         if not self.healthy:
             raise GroupUnavailable(f"group {self.spec.group_id} is not serving: {self.status_message}")
         if req.request_id in self._waiters:
-            raise InvalidRequest("request_id", f"{req.request_id!r} is already being served")
+            raise EngineRequestError("request_id", f"{req.request_id!r} is already being served")
         waiter = _Waiter(self._pick_rank())
         self._waiters[req.request_id] = waiter
         self._new[waiter.rank].append(req)

@@ -32,7 +32,7 @@ def sampling_to_pb(p: SamplingParams) -> pb.SamplingParams:
 
 
 def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
-    """Raises InvalidRequest naming the field. top_p 0 (unset) means 1."""
+    """Raises EngineRequestError naming the field. top_p 0 (unset) means 1."""
     return SamplingParams(
         temperature=msg.temperature,
         top_p=msg.top_p or 1.0,

@@ -36,7 +36,7 @@ from moeplane.workers.serving.kv_io import PagedKVSink, PagedKVSource
 from moeplane.workers.serving.loop import LoopThread
 from moeplane.workers.serving.sampling import Sampler
 from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
-from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
+from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind, FinishReason, SamplingParams
 from moeplane.workers.serving.sequence import Sequence as Seq
 from moeplane.workers.serving.text import TextStream, TokenDecoder
 
@@ -329,13 +329,13 @@ class RankEngine:
                 stream.update(seq.output_token_ids)  # the prefill already released this text
             if req.kv is not None:
                 if self.transport is None:
-                    raise InvalidRequest("kv", "this rank has no KV transport to pull with")
+                    raise EngineRequestError("kv", "this rank has no KV transport to pull with")
                 self.scheduler.add_import(seq)
                 self._imports[req.request_id] = _Import(seq, req.kv)
             else:
                 self.scheduler.add(seq)
             self._texts[req.request_id] = stream
-        except InvalidRequest as exc:
+        except EngineRequestError as exc:
             outputs.append(
                 TokenOutput(
                     req.request_id, (), "", 0, FinishReason.ERROR, str(exc), ErrorKind.INVALID_REQUEST
@@ -347,16 +347,18 @@ class RankEngine:
         ids = list(req.prompt_token_ids)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise InvalidRequest("prompt_token_ids", f"ids {bad[:5]} are outside the vocabulary of {vocab}")
+            raise EngineRequestError(
+                "prompt_token_ids", f"ids {bad[:5]} are outside the vocabulary of {vocab}"
+            )
         if req.kv is not None and req.first_token_id is None:
-            raise InvalidRequest("first_token_id", "required with a KV handle")
+            raise EngineRequestError("first_token_id", "required with a KV handle")
         if req.kv is not None and req.kv.layout.num_tokens != len(ids):
-            raise InvalidRequest(
+            raise EngineRequestError(
                 "kv", f"the handle holds KV of {req.kv.layout.num_tokens} tokens, the prompt has {len(ids)}"
             )
         if req.first_token_id is not None:
             if not 0 <= req.first_token_id < vocab:
-                raise InvalidRequest("first_token_id", f"{req.first_token_id} is outside the vocabulary")
+                raise EngineRequestError("first_token_id", f"{req.first_token_id} is outside the vocabulary")
             ids.append(req.first_token_id)
         return Seq(req.request_id, ids, len(req.prompt_token_ids), req.sampling)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from moeplane.workers.serving.block_manager import BlockManager
 from moeplane.workers.serving.config import SchedulerConfig
-from moeplane.workers.serving.sequence import FinishReason, InvalidRequest, Sequence, SequenceStatus
+from moeplane.workers.serving.sequence import EngineRequestError, FinishReason, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -73,23 +73,23 @@ class Scheduler:
         limit = self.config.max_model_len
         total = seq.num_prompt_tokens + seq.sampling.max_tokens
         if seq.num_prompt_tokens >= limit:
-            raise InvalidRequest(
+            raise EngineRequestError(
                 "prompt_token_ids",
                 f"{seq.num_prompt_tokens} prompt tokens leave no room in max_model_len {limit}",
             )
         if total > limit:
-            raise InvalidRequest(
+            raise EngineRequestError(
                 "max_tokens",
                 f"{seq.num_prompt_tokens} prompt + {seq.sampling.max_tokens} max_tokens = {total} exceeds "
                 f"max_model_len {limit}",
             )
         need = self.blocks.blocks_for(total)
         if need > self.blocks.num_blocks:
-            raise InvalidRequest(
+            raise EngineRequestError(
                 "max_tokens", f"{total} tokens need {need} KV blocks, the rank has {self.blocks.num_blocks}"
             )
         if self.find(seq.request_id) is not None:
-            raise InvalidRequest("request_id", f"{seq.request_id!r} is already being served")
+            raise EngineRequestError("request_id", f"{seq.request_id!r} is already being served")
 
     def add(self, seq: Sequence) -> None:
         """Queue a sequence to compute from scratch (a prompt, on prefill or aggregated ranks)."""

@@ -8,7 +8,7 @@ from enum import Enum, StrEnum
 MAX_STOP_STRINGS = 8
 
 
-class InvalidRequest(ValueError):
+class EngineRequestError(ValueError):
     """A request the engine cannot serve; `field` names the offending parameter."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -51,17 +51,17 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 100.0:
-            raise InvalidRequest("temperature", f"must be in [0, 100], got {self.temperature}")
+            raise EngineRequestError("temperature", f"must be in [0, 100], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
+            raise EngineRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
-            raise InvalidRequest("max_tokens", f"must be >= 1, got {self.max_tokens}")
+            raise EngineRequestError("max_tokens", f"must be >= 1, got {self.max_tokens}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InvalidRequest("seed", f"must be in [0, 2**63), got {self.seed}")
+            raise EngineRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise InvalidRequest("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+            raise EngineRequestError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any(not s for s in self.stop):
-            raise InvalidRequest("stop", "stop strings must not be empty")
+            raise EngineRequestError("stop", "stop strings must not be empty")
 
     @property
     def is_greedy(self) -> bool:
@@ -90,9 +90,9 @@ class Sequence:
 
     def __post_init__(self) -> None:
         if not self.request_id:
-            raise InvalidRequest("request_id", "must not be empty")
+            raise EngineRequestError("request_id", "must not be empty")
         if self.num_prompt_tokens < 1 or self.num_prompt_tokens > len(self.token_ids):
-            raise InvalidRequest(
+            raise EngineRequestError(
                 "prompt_token_ids", f"need at least one prompt token, got {self.num_prompt_tokens}"
             )
 

@@ -22,7 +22,7 @@ from moeplane.workers.kv.rpc_parse import parsing_generic_handler
 from moeplane.workers.serving.controller import GroupController, GroupUnavailable
 from moeplane.workers.serving.convert import FINISH_TO_PB, ROLE_TO_PB, sampling_from_pb
 from moeplane.workers.serving.engine import TokenOutput
-from moeplane.workers.serving.sequence import ErrorKind, InvalidRequest
+from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind
 
 CONTROL_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerControl"]
 
@@ -51,7 +51,7 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
             done = await self.controller.prefill(
                 request.request_id, list(request.prompt_token_ids), sampling
             )
-        except InvalidRequest as exc:
+        except EngineRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GroupUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -79,7 +79,7 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
                 request.request_id, list(request.prompt_token_ids), sampling, first, kv
             )
             first_out = await anext(stream)
-        except InvalidRequest as exc:
+        except EngineRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except KVTransferError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kv: {exc}")

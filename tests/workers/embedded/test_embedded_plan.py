@@ -7,6 +7,8 @@ import itertools
 
 import pytest
 from moeplane.api.enums import Role
+from moeplane.api.errors import SpecInvalid
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import SlaSpec
 from moeplane.workers.embedded.loadgen import Arrival, LoadSpec, Result, poisson_schedule
 from moeplane.workers.embedded.plan import (
@@ -29,6 +31,10 @@ def test_tiny_cpu_manifest_gives_one_prefill_and_one_decode_group_of_ep2() -> No
     assert plan.decode.num_blocks_per_rank * plan.decode.block_size_tokens == 8192  # minKvTokensPerGpu
     assert plan.served_model == "tiny" and plan.keys.prefix == "moeplane:default/tiny:"
     assert plan.max_model_len == plan.arch.max_position_embeddings == 2048
+    # The plan is the runtime document a pod of this deployment reads, and its limits are the manifest's.
+    assert plan.document == resolve_runtime(dep)
+    assert (plan.scheduler.max_num_batched_tokens, plan.scheduler.max_num_seqs) == (512, 64)
+    assert plan.decode.layout == plan.document.pool(Role.DECODE)
     assert (plan.sla.ttft_ms, plan.sla.itl_ms, plan.sla.percentile) == (1000, 200, 90)
     aggregated = plan_from_deployment(dep, prefill_groups=0, decode_groups=2, max_model_len=512)
     assert aggregated.prefill.num_groups == 0 and aggregated.decode.num_ranks == 4
@@ -41,9 +47,12 @@ def test_plans_the_embedded_stack_cannot_run_name_the_field() -> None:
     model = dep.spec.model.model_copy(update={"weights": weights})
     with pytest.raises(EmbeddedPlanError, match=r"spec\.model\.weights\.format is safetensors"):
         plan_from_deployment(dep.model_copy(update={"spec": dep.spec.model_copy(update={"model": model})}))
+    # What `moeplane validate` refuses, the plan refuses with the same message.
     decode = dep.spec.decode.model_copy(update={"data_parallel_attention": 1})
-    with pytest.raises(EmbeddedPlanError, match=r"spec\.decode\.dataParallelAttention \(1\) must equal"):
+    with pytest.raises(SpecInvalid, match=r"spec\.decode\.dataParallelAttention: 1 must equal expert"):
         plan_from_deployment(dep.model_copy(update={"spec": dep.spec.model_copy(update={"decode": decode})}))
+    with pytest.raises(SpecInvalid, match=r"spec\.serving\.maxModelLen: 4096 exceeds the model's"):
+        plan_from_deployment(dep, max_model_len=4096)
     with pytest.raises(EmbeddedPlanError, match="at least one decode group"):
         plan_from_deployment(dep, decode_groups=0)
 

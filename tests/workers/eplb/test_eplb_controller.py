@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.controller import (
     ControllerConfig,
     Keep,
@@ -12,12 +11,11 @@ from moeplane.workers.eplb.controller import (
     Rebalance,
     decide,
     measured_balancedness,
-    policy_for,
 )
 from moeplane.workers.eplb.metrics import placement_balancedness
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.store import GroupLoad
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.store import ExpertLoadWindow
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 from .loads import zipf_load
@@ -29,9 +27,9 @@ CONFIG = ControllerConfig(threshold=0.9, num_groups=4, num_nodes=1, num_gpus=4, 
 
 def group_load(
     logical: torch.Tensor, steps: int = 10, version: int = 0, slots: torch.Tensor | None = None
-) -> GroupLoad:
+) -> ExpertLoadWindow:
     num_layers = logical.shape[0]
-    return GroupLoad(
+    return ExpertLoadWindow(
         num_windows=2,
         num_steps=steps,
         logical_counts=logical.to(torch.int64),
@@ -93,5 +91,3 @@ def test_config_and_shape_errors_are_clear() -> None:
         ControllerConfig(threshold=1.5, num_groups=1, num_nodes=1, num_gpus=1)
     with pytest.raises(EplbError, match=r"load window is \(2, 8\) but the placement covers 2 layers x 16"):
         decide(group_load(torch.ones(2, 8)), Placement.identity(2, 16, 20), CONFIG)
-    assert policy_for(EplbAlgorithm.AUTO) is EplbPolicy.BALANCED
-    assert policy_for(EplbAlgorithm.GLOBAL) is EplbPolicy.GLOBAL

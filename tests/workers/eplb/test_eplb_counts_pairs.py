@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.counts import _moved_peaks, _pair_peaks, _pair_start, pair_counts
 from moeplane.workers.eplb.metrics import moved_slots, placement_balancedness
 from moeplane.workers.eplb.packing import expand_replicas, replica_counts
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.types import EplbPolicy
 
 from .loads import drifted, zipf_load
 
@@ -119,7 +119,7 @@ def test_ours_beats_deepseek_on_a_decode_shaped_zipf_06_load() -> None:
     load = zipf_load(4, 256, 0.6, seed=11)
     ours = placement_balancedness(load, rebalance(load, physical, groups, nodes, gpus), gpus)
     theirs = placement_balancedness(
-        load, rebalance(load, physical, groups, nodes, gpus, EplbPolicy.GLOBAL), gpus
+        load, rebalance(load, physical, groups, nodes, gpus, EplbAlgorithm.GLOBAL), gpus
     )
     assert float(ours.mean()) > float(theirs.mean()) * 1.01, (ours.tolist(), theirs.tolist())
     assert float(ours.min()) > float(theirs.min())
@@ -129,12 +129,12 @@ def test_decode_rebalances_stay_ahead_and_move_few_weights() -> None:
     physical, groups, nodes, gpus = DECODE
     load = zipf_load(4, 256, 0.6, seed=12)
     ours_prev = rebalance(load, physical, groups, nodes, gpus)
-    base_prev = rebalance(load, physical, groups, nodes, gpus, EplbPolicy.GLOBAL)
+    base_prev = rebalance(load, physical, groups, nodes, gpus, EplbAlgorithm.GLOBAL)
     ours_moved = base_moved = 0
     for step in range(2):
         load = drifted(load, 0.1, seed=200 + step)
         ours = rebalance(load, physical, groups, nodes, gpus, previous=ours_prev)
-        base = rebalance(load, physical, groups, nodes, gpus, EplbPolicy.GLOBAL, previous=base_prev)
+        base = rebalance(load, physical, groups, nodes, gpus, EplbAlgorithm.GLOBAL, previous=base_prev)
         ours_bal = placement_balancedness(load, ours, gpus)
         base_bal = placement_balancedness(load, base, gpus)
         assert float(ours_bal.mean()) > float(base_bal.mean())

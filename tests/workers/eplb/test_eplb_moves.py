@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.metrics import moved_slots
 from moeplane.workers.eplb.moves import apply_plan_to_maps, plan_moves
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 from .loads import drifted, zipf_load
@@ -39,7 +40,7 @@ def simulate(old: Placement, new: Placement, num_ranks: int, layers_per_step: in
 def test_the_plan_turns_old_weights_into_the_new_placement(layers_per_step: int) -> None:
     load = zipf_load(7, 64, 1.0, seed=0)
     old = rebalance(load, 80, 8, 2, 8)
-    new = rebalance(drifted(load, 0.5, seed=1), 80, 8, 2, 8, EplbPolicy.GLOBAL)
+    new = rebalance(drifted(load, 0.5, seed=1), 80, 8, 2, 8, EplbAlgorithm.GLOBAL)
     live = simulate(old, new, 8, layers_per_step)
     assert torch.equal(live, new.phy2log)
     plan = plan_moves(old, new, 8, layers_per_step)

@@ -112,7 +112,7 @@ def test_settings_from_the_spec_and_their_errors() -> None:
     spec = EplbSpec(mode="online", algorithm="global", windowSeconds=8, intervalSeconds=20,
                     balancednessThreshold=0.85)
     got = GroupEplb.from_spec(spec, "redis://x", keys, 4, 2)
-    assert got is not None and got.balance.threshold == 0.85 and got.balance.policy == "global"
+    assert got is not None and got.balance.threshold == 0.85 and got.balance.algorithm == "global"
     assert got.publish_period_s == 2.0  # a quarter window
     with pytest.raises(EplbError, match="interval_s must be > 0"):
         GroupEplb(EplbMode.ONLINE, "redis://x", keys, 1.0, 0.0, got.balance)

@@ -7,10 +7,11 @@ import itertools
 
 import pytest
 import torch
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.metrics import gpu_load, moved_slots, placement_balancedness
 from moeplane.workers.eplb.optimum import balancedness_ceiling, peak_floor
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 from .loads import drifted, zipf_load
@@ -82,7 +83,7 @@ def test_the_pair_floor_is_below_the_exhaustive_optimum(seed: int) -> None:
     floor = float(peak_floor(load, 10, 5)[0])
     assert floor <= best * (1 + 1e-12)
     # Every policy's placement is a valid one: at or above the exhaustive optimum.
-    for policy in (EplbPolicy.GLOBAL, EplbPolicy.BALANCED):
+    for policy in (EplbAlgorithm.GLOBAL, EplbAlgorithm.AUTO):
         peak = float(gpu_load(load, rebalance(load, 10, 1, 1, 5, policy), 5).amax())
         assert peak >= best * (1 - 1e-12)
 
@@ -117,7 +118,7 @@ def test_ours_meets_the_ceiling_without_redundancy_where_locality_alone_does_not
     load = zipf_load(6, 64, 1.2, seed=5)
     floor = peak_floor(load, 64, 16)
     ours = gpu_load(load, rebalance(load, 64, 4, 4, 16), 16).amax(-1)
-    deepseek = gpu_load(load, rebalance(load, 64, 4, 4, 16, EplbPolicy.HIERARCHICAL), 16).amax(-1)
+    deepseek = gpu_load(load, rebalance(load, 64, 4, 4, 16, EplbAlgorithm.HIERARCHICAL), 16).amax(-1)
     assert torch.allclose(ours, floor, rtol=1e-12)
     assert bool((deepseek >= ours * (1 - 1e-12)).all())
     strict = gpu_load(load, rebalance(load, 64, 4, 4, 16, locality_slack=1.0), 16).amax(-1)
@@ -141,7 +142,7 @@ def test_a_drifting_load_without_redundancy_stays_optimal_and_moves_little() -> 
         new = rebalance(load, 64, 4, 4, 16, previous=placement)
         peak = gpu_load(load, new, 16).amax(-1)
         assert torch.allclose(peak, peak_floor(load, 64, 16), rtol=1e-12)
-        deepseek = rebalance(load, 64, 4, 4, 16, EplbPolicy.HIERARCHICAL)
+        deepseek = rebalance(load, 64, 4, 4, 16, EplbAlgorithm.HIERARCHICAL)
         assert int(moved_slots(placement, new, 16).sum()) * 4 <= int(
             moved_slots(Placement.identity(6, 64, 64), deepseek, 16).sum()
         )

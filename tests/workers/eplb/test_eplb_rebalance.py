@@ -6,11 +6,12 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from moeplane.api.enums import EplbAlgorithm
 from moeplane.workers.eplb.balanced import _WARM_SLACK as WARM_SLACK
 from moeplane.workers.eplb.metrics import balancedness_bound, moved_slots, placement_balancedness
 from moeplane.workers.eplb.nudge import STRAY_SWAPS
 from moeplane.workers.eplb.rebalance import rebalance
-from moeplane.workers.eplb.types import EplbError, EplbPolicy
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 
 from .loads import drifted, zipf_load
@@ -55,19 +56,19 @@ def groups_stay_on_nodes(placement: Placement, num_groups: int, num_nodes: int) 
     return bool(((homes > 0).sum(-1) == 1).all())
 
 
-@pytest.mark.parametrize("policy", list(EplbPolicy))
+@pytest.mark.parametrize("policy", list(EplbAlgorithm))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_every_policy_returns_a_valid_placement(policy: EplbPolicy, layout: str) -> None:
+def test_every_policy_returns_a_valid_placement(policy: EplbAlgorithm, layout: str) -> None:
     num_physical, groups, nodes, gpus = LAYOUTS[layout]
     load = zipf_load(6, 64, 1.0, seed=1)
-    if policy is EplbPolicy.HIERARCHICAL and groups % nodes:
+    if policy is EplbAlgorithm.HIERARCHICAL and groups % nodes:
         with pytest.raises(EplbError, match="multiple of num_nodes"):
             rebalance(load, num_physical, groups, nodes, gpus, policy)
         return
     placement = rebalance(load, num_physical, groups, nodes, gpus, policy, locality_slack=1.0)
     assert_valid(placement, load, num_physical)
     assert placement.version == 0
-    if groups % nodes == 0 and policy is not EplbPolicy.GLOBAL:
+    if groups % nodes == 0 and policy is not EplbAlgorithm.GLOBAL:
         assert groups_stay_on_nodes(placement, groups, nodes)
 
 
@@ -95,7 +96,7 @@ def test_layers_give_up_node_locality_only_when_it_costs_more_than_the_slack() -
 def test_ours_is_at_least_as_balanced_as_deepseek(s: float) -> None:
     load = zipf_load(12, 64, s, seed=7)
     for layout, (num_physical, groups, nodes, gpus) in LAYOUTS.items():
-        baseline = EplbPolicy.HIERARCHICAL if groups % nodes == 0 else EplbPolicy.GLOBAL
+        baseline = EplbAlgorithm.HIERARCHICAL if groups % nodes == 0 else EplbAlgorithm.GLOBAL
         ours = placement_balancedness(load, rebalance(load, num_physical, groups, nodes, gpus), gpus)
         theirs = placement_balancedness(
             load, rebalance(load, num_physical, groups, nodes, gpus, baseline), gpus
@@ -109,7 +110,7 @@ def test_ours_beats_lpt_where_packing_is_hard() -> None:
     # Nine slots per GPU: LPT leaves slack that the swap search removes.
     load = zipf_load(16, 256, 1.0, seed=3)
     ours = placement_balancedness(load, rebalance(load, 288, 8, 4, 32), 32)
-    theirs = placement_balancedness(load, rebalance(load, 288, 8, 4, 32, EplbPolicy.HIERARCHICAL), 32)
+    theirs = placement_balancedness(load, rebalance(load, 288, 8, 4, 32, EplbAlgorithm.HIERARCHICAL), 32)
     assert float(ours.mean()) > float(theirs.mean())
 
 
@@ -126,7 +127,7 @@ def test_an_unchanged_load_moves_nothing_and_bumps_the_version() -> None:
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_a_drifting_load_moves_far_fewer_weights_than_deepseek(layout: str) -> None:
     num_physical, groups, nodes, gpus = LAYOUTS[layout]
-    baseline = EplbPolicy.HIERARCHICAL if groups % nodes == 0 else EplbPolicy.GLOBAL
+    baseline = EplbAlgorithm.HIERARCHICAL if groups % nodes == 0 else EplbAlgorithm.GLOBAL
     load = zipf_load(12, 64, 1.0, seed=5)
     ours_prev = rebalance(load, num_physical, groups, nodes, gpus)
     base_prev = rebalance(load, num_physical, groups, nodes, gpus, baseline)
@@ -160,11 +161,12 @@ def test_previous_must_match_the_layout() -> None:
         ({"num_nodes": 3}, r"num_gpus \(8\) must be a multiple of num_nodes \(3\)"),
         ({"num_groups": 5}, r"num_logical \(64\) must be a multiple of num_groups \(5\)"),
         ({"num_gpus": 0}, r"num_gpus must be >= 1, got 0"),
-        ({"policy": "fastest"}, r"'fastest' is not a valid EplbPolicy"),
+        ({"algorithm": "fastest"}, r"'fastest' is not a valid EplbAlgorithm"),
     ],
 )
 def test_bad_layouts_name_the_field_and_numbers(kwargs: dict, message: str) -> None:
-    args = {"num_physical": 72, "num_groups": 8, "num_nodes": 4, "num_gpus": 8, "policy": EplbPolicy.BALANCED}
+    args = {"num_physical": 72, "num_groups": 8, "num_nodes": 4, "num_gpus": 8}
+    args["algorithm"] = EplbAlgorithm.AUTO
     args.update(kwargs)
     with pytest.raises((EplbError, ValueError), match=message):
         rebalance(zipf_load(2, 64, 1.0, seed=0), **args)
@@ -187,7 +189,7 @@ def test_bad_loads_say_what_is_wrong(load: object, message: str) -> None:
 def test_an_idle_layer_still_gets_a_valid_placement() -> None:
     load = torch.zeros(3, 64)
     load[1] = zipf_load(1, 64, 1.0, seed=0)[0]
-    for policy in EplbPolicy:
+    for policy in EplbAlgorithm:
         placement = rebalance(load, 72, 8, 4, 8, policy)
         assert_valid(placement, load, 72)
 
@@ -215,8 +217,8 @@ def test_any_fitting_layout_gives_a_valid_placement_and_a_stable_rerun(
     if num_experts < num_groups:
         return
     load = zipf_load(3, num_experts, s, seed=seed)
-    for policy in EplbPolicy:
-        if policy is EplbPolicy.HIERARCHICAL and num_groups % nodes:
+    for policy in EplbAlgorithm:
+        if policy is EplbAlgorithm.HIERARCHICAL and num_groups % nodes:
             continue
         placement = rebalance(load, num_physical, num_groups, nodes, num_gpus, policy)
         assert_valid(placement, load, num_physical)

@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from moeplane.api.presets import model_preset
+from moeplane.api.runtime import resolve_runtime
+from moeplane.operator.builders.configmaps import engine_json
 from moeplane.workers.embedded.local_redis import LocalRedis
+from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest
 from moeplane.workers.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,11 +34,14 @@ def _get(url: str) -> tuple[int, dict]:
 def test_frontend_command_serves_from_env_and_stops_on_sigterm(
     tmp_path: Path, redis_server: LocalRedis
 ) -> None:
+    # The engine ConfigMap's document, as the operator writes it.
+    dep = load_manifest(DEFAULT_MANIFEST)
+    name = f"fe-{uuid.uuid4().hex[:6]}"
+    dep = dep.model_copy(update={"metadata": dep.metadata.model_copy(update={"name": name})})
+    document = resolve_runtime(dep, namespace="test")
+    model = document.model.model_copy(update={"served_model_name": "tiny-chat"})
     engine = tmp_path / "engine.json"
-    engine.write_text(json.dumps({
-        "namespace": "test", "deployment": f"fe-{uuid.uuid4().hex[:6]}",
-        "model": {"architecture": model_preset("tiny").to_wire(), "servedModelName": "tiny-chat"},
-    }))
+    engine.write_text(engine_json(document.model_copy(update={"model": model})))
     port = free_port()
     env = {**os.environ, "MOEPLANE_ENGINE_CONFIG": str(engine), "MOEPLANE_REDIS_URL": redis_server.url,
            "PYTHONUNBUFFERED": "1"}
@@ -66,9 +71,16 @@ def test_frontend_command_names_missing_configuration(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert run.returncode == 1 and "set MOEPLANE_ENGINE_CONFIG" in run.stderr
     bad = tmp_path / "engine.json"
-    bad.write_text(json.dumps({"namespace": "n", "deployment": "d", "model": {}}))
+    document = json.loads(engine_json(resolve_runtime(load_manifest(DEFAULT_MANIFEST))))
+    document["serving"]["maxNumSeqs"] = 0
+    del document["model"]["architecture"]
+    bad.write_text(json.dumps(document))
     run = subprocess.run([sys.executable, "-m", "moeplane", "frontend", "--engine-config", str(bad),
                           "--redis-url", "redis://127.0.0.1:1/0"], env=env, capture_output=True, text=True,
                          timeout=60)
-    assert run.returncode == 1 and "has no 'architecture'" in run.stderr
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip() == (
+        f"moeplane frontend: engine config {bad}: model.architecture: is required; serving.maxNumSeqs: "
+        "must be greater than 0 (got 0)"
+    )
     assert time.monotonic() - started < 60

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.api.layout import resolve_layout
-from moeplane.operator.builders.configmaps import engine_config, initial_placement
+from moeplane.api.runtime import resolve_runtime
+from moeplane.operator.builders.configmaps import engine_json
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest
 from moeplane.workers.pool.args import add_arguments
 from moeplane.workers.pool.connect import Backoff, ConnectTimeout, connect_with_backoff
@@ -100,15 +100,11 @@ def free_port() -> int:
 
 
 def test_moeplane_pool_exits_1_when_no_head_comes_up(tmp_path: Path, monkeypatch, capsys) -> None:
-    dep = load_manifest(DEFAULT_MANIFEST)
-    layout = resolve_layout(dep.spec)
-    arch = dep.spec.model.resolve_arch()
-    (tmp_path / "engine.json").write_text(json.dumps(engine_config(dep, "tiny", "ns1", layout)))
-    group = layout.pool(Role.DECODE).group
-    placement = initial_placement(group, arch.num_moe_layers, arch.num_routed_experts)
-    (tmp_path / "placement.json").write_text(json.dumps(placement))
+    document = resolve_runtime(load_manifest(DEFAULT_MANIFEST), namespace="ns1")
+    (tmp_path / "engine.json").write_text(engine_json(document))
+    layout = json.dumps(document.pool(Role.DECODE).to_wire())
     for var, value in {"MOEPLANE_ENGINE_CONFIG": str(tmp_path / "engine.json"),
-                       "MOEPLANE_PLACEMENT": str(tmp_path / "placement.json"), "MOEPLANE_ROLE": "decode",
+                       "MOEPLANE_POOL_LAYOUT": layout, "MOEPLANE_ROLE": "decode",
                        "MOEPLANE_REDIS_URL": "redis://127.0.0.1:1/0"}.items():
         monkeypatch.setenv(var, value)
     parser = argparse.ArgumentParser()

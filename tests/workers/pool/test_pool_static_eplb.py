@@ -15,16 +15,15 @@ import pytest
 import torch
 import yaml
 from moeplane.api.enums import EplbAlgorithm, EplbMode, Role
-from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import parse_deployment, parse_pool
-from moeplane.operator.builders.configmaps import build_engine_configmap, build_placement_configmap
+from moeplane.operator.builders.configmaps import build_engine_configmap
 from moeplane.operator.builders.pools import build_pool
 from moeplane.operator.builders.raycluster import POOL_CONTAINER, build_raycluster
 from moeplane.operator.config import OperatorConfig
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, EmbeddedPlanError, plan_from_deployment
-from moeplane.workers.eplb.controller import policy_for
 from moeplane.workers.eplb.static import model_static_placement, static_placement
+from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.placement import Placement
 from moeplane.workers.pool.args import add_arguments
 from moeplane.workers.pool.main import run
@@ -56,21 +55,13 @@ def operator_pod(tmp_path: Path, raw: dict[str, Any], load_doc: str | None) -> d
     ConfigMap volume of the head pod written under `tmp_path` the way the kubelet mounts it
     (`load_doc` is the content of the user's load ConfigMap key; None: the key is absent)."""
     dep = parse_deployment(raw)
-    layout = resolve_layout(dep.spec)
-    arch = dep.spec.model.resolve_arch()
+    document = resolve_runtime(dep, namespace=NAMESPACE)
     name = str(dep.metadata.name)
-    pool = build_pool(dep, name, NAMESPACE, Role.PREFILL, layout, 1)
+    pool = build_pool(dep, name, NAMESPACE, Role.PREFILL, document.pool(Role.PREFILL), 1)
     spec, pool_name = parse_pool(pool).spec, str(pool["metadata"]["name"])
-    rc = build_raycluster(spec, pool_name, NAMESPACE, HardwarePreset.CPU, OperatorConfig())
-    configmaps = {
-        cm["metadata"]["name"]: cm["data"]
-        for cm in (
-            build_engine_configmap(dep, name, NAMESPACE, layout),
-            build_placement_configmap(
-                spec, pool_name, NAMESPACE, {}, arch.num_moe_layers, arch.num_routed_experts
-            ),
-        )
-    }
+    rc = build_raycluster(spec, pool_name, NAMESPACE, spec.layout.gpu, OperatorConfig())
+    engine = build_engine_configmap(document)
+    configmaps = {engine["metadata"]["name"]: engine["data"]}
     configmaps[LOAD_CONFIGMAP] = {} if load_doc is None else {LOAD_KEY: load_doc}
     head = rc["spec"]["headGroupSpec"]["template"]["spec"]
     sidecar = next(c for c in head["containers"] if c["name"] == POOL_CONTAINER)
@@ -109,13 +100,13 @@ def test_a_configmap_load_file_gives_the_static_placement(tmp_path: Path) -> Non
     s = load_pool_settings(env)
     arch = s.arch
     expected = static_placement(
-        path, 20, arch.n_group, 1, 2, policy_for(EplbAlgorithm.AUTO),
+        path, 20, arch.n_group, 1, 2, EplbAlgorithm.AUTO,
         num_layers=arch.num_moe_layers, num_logical=arch.num_routed_experts,
     )
     assert s.placement is not None and s.placement.version == 0
     assert torch.equal(s.placement.phy2log, expected.phy2log)
     identity = Placement.identity(arch.num_moe_layers, arch.num_routed_experts, 20)
-    assert not torch.equal(s.placement.phy2log, identity.phy2log), "the identity ConfigMap is overridden"
+    assert not torch.equal(s.placement.phy2log, identity.phy2log), "the identity placement is replaced"
     assert bool((s.placement.logcnt[:, [4, 5, 6]] >= 2).all()), "the hot experts get the redundant slots"
     spec = group_spec(s, PoolOptions(cpus_per_rank=0.5), 0)
     assert spec.rank.placement is s.placement
@@ -165,15 +156,22 @@ def test_a_bad_load_file_is_a_setup_error_naming_the_path(
         load_pool_settings(env)
 
 
-def test_a_layout_the_policy_cannot_place_names_the_path(tmp_path: Path) -> None:
+def test_a_hand_edited_layout_is_refused_before_the_load_file_is_placed(tmp_path: Path) -> None:
     raw = manifest(mode="static", loadFile=f"configmap://{LOAD_CONFIGMAP}/{LOAD_KEY}")
     env = operator_pod(tmp_path, raw, json.dumps(skewed_load().tolist()))
-    doc = json.loads(Path(env["MOEPLANE_ENGINE_CONFIG"]).read_text())
-    doc["pools"]["prefill"]["nodesPerGroup"] = 3  # a hand-edited engine config: 2 ranks on 3 nodes
-    Path(env["MOEPLANE_ENGINE_CONFIG"]).write_text(json.dumps(doc))
-    with pytest.raises(PoolSetupError, match=r"^MOEPLANE_EPLB_LOAD_FILE \S+prefill-load\.json: "
-                                             r"num_gpus \(2\) must be a multiple of num_nodes \(3\)"):
-        load_pool_settings(env)
+    layout = json.loads(env["MOEPLANE_POOL_LAYOUT"])
+    layout["nodesPerGroup"] = 3  # 2 ranks on 3 nodes: no pod shape the operator would make
+    with pytest.raises(PoolSetupError, match=r"^MOEPLANE_POOL_LAYOUT: nodesPerGroup: is 3, expected 1 for "
+                                             r"expertParallel 2 on 2 GPUs per node$"):
+        load_pool_settings({**env, "MOEPLANE_POOL_LAYOUT": json.dumps(layout)})
+    # Were it placed anyway, the algorithm itself would name the numbers.
+    doc = resolve_runtime(parse_deployment(raw))
+    bad = doc.model_copy(update={"pools": {Role.PREFILL: doc.pool(Role.PREFILL).model_copy(
+        update={"nodes_per_group": 3})}})
+    from moeplane.workers.runtime import initial_placement
+
+    with pytest.raises(EplbError, match=r"num_gpus \(2\) must be a multiple of num_nodes \(3\)"):
+        initial_placement(bad, Role.PREFILL, env["MOEPLANE_EPLB_LOAD_FILE"])
 
 
 def test_a_configmap_reference_without_its_mount_is_a_setup_error(tmp_path: Path) -> None:
@@ -186,7 +184,7 @@ def test_a_configmap_reference_without_its_mount_is_a_setup_error(tmp_path: Path
         load_pool_settings(env)
 
 
-def test_online_mode_keeps_the_operators_identity_placement(tmp_path: Path) -> None:
+def test_online_mode_starts_on_the_identity_placement(tmp_path: Path) -> None:
     env = operator_pod(tmp_path, manifest(mode="online"), None)
     assert "MOEPLANE_EPLB_LOAD_FILE" not in env
     s = load_pool_settings(env)

@@ -1,5 +1,5 @@
 """`moeplane pool`, the Ray head's entrypoint of a Kubernetes pool: its settings come from the files
-the operator builds (engine.json and placement.json, made here by the operator's own builders), and
+the operator builds (engine.json and the MoEPool's layout, made here by the operator's own builders), and
 `PoolRunner` starts real groups on Ray, registers them in a real Redis, scales them down and
 deregisters them.
 """
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.api.layout import resolve_layout
-from moeplane.operator.builders.configmaps import engine_config, initial_placement
+from moeplane.api.hardware import HardwarePreset
+from moeplane.api.runtime import resolve_runtime
+from moeplane.operator.builders.configmaps import engine_json
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest
+from moeplane.workers.placement import Placement
 from moeplane.workers.pool.args import add_arguments
 from moeplane.workers.pool.main import run, settings_from
 from moeplane.workers.pool.plan import (
@@ -37,19 +39,14 @@ from moeplane.bus.registry import WorkerRegistry
 
 
 def write_config(tmp_path: Path, namespace: str = "ns1") -> dict[str, str]:
-    """The pod's environment, with the ConfigMaps the operator would mount for the tiny manifest."""
-    dep = load_manifest(DEFAULT_MANIFEST)
-    layout = resolve_layout(dep.spec)
+    """The pod's environment, with the engine ConfigMap the operator would mount for the tiny
+    manifest and the prefill MoEPool's layout."""
+    document = resolve_runtime(load_manifest(DEFAULT_MANIFEST), namespace=namespace)
     engine = tmp_path / "engine.json"
-    engine.write_text(json.dumps(engine_config(dep, "tiny", namespace, layout)))
-    arch = dep.spec.model.resolve_arch()
-    placement = tmp_path / "placement.json"
-    group = layout.pool(Role.PREFILL).group
-    num_moe = arch.num_layers - arch.first_k_dense_layers
-    placement.write_text(json.dumps(initial_placement(group, num_moe, arch.num_routed_experts)))
+    engine.write_text(engine_json(document))
     return {
         "MOEPLANE_ENGINE_CONFIG": str(engine),
-        "MOEPLANE_PLACEMENT": str(placement),
+        "MOEPLANE_POOL_LAYOUT": json.dumps(document.pool(Role.PREFILL).to_wire()),
         "MOEPLANE_ROLE": "prefill",
         "MOEPLANE_POOL": "tiny-prefill",
         "MOEPLANE_REVISION": "abcd1234",
@@ -65,7 +62,8 @@ def test_settings_from_the_operators_configmaps(tmp_path: Path) -> None:
         DeploymentKeys("ns1", "tiny"), Role.PREFILL, "tiny", 0, "cpu"
     )
     assert s.ep_size == 2 and s.group.expert_slots == 20
-    assert s.placement is not None and tuple(s.placement.phy2log.shape) == (3, 20)
+    identity = Placement.identity(3, 16, 20)  # tiny: 3 MoE layers, 16 experts, 4 redundant slots
+    assert s.placement is not None and s.placement.phy2log.equal(identity.phy2log)
     assert s.group_id(1) == "tiny-prefill-abcd1234-g1"
     assert (s.kv_chunk_bytes, s.lease_s, s.grpc_token) == (262144, 10.0, "s3cret")
     spec = group_spec(s, PoolOptions(cpus_per_rank=0.5, max_kv_blocks_per_rank=64), 1)
@@ -81,9 +79,13 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
     env = write_config(tmp_path)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--role", "decode", "--redis-url", "redis://10.0.0.1:6379/0"])
+    args = parser.parse_args(["--pool", "other", "--redis-url", "redis://10.0.0.1:6379/0"])
     s = settings_from(args, env)
-    assert s.role is Role.DECODE and s.redis_url == "redis://10.0.0.1:6379/0"
+    assert s.pool_name == "other" and s.redis_url == "redis://10.0.0.1:6379/0"
+    # The layout in the environment is the prefill MoEPool's: it cannot run as the decode pool.
+    with pytest.raises(PoolSetupError, match=r"^MOEPLANE_POOL_LAYOUT: role: is prefill: the layout of "
+                                             r"another pool$"):
+        settings_from(parser.parse_args(["--role", "decode"]), env)
 
 
 @pytest.mark.unit
@@ -94,15 +96,15 @@ def test_bad_configuration_names_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(PoolSetupError, match="MOEPLANE_ROLE is 'both'"):
         load_pool_settings({**env, "MOEPLANE_ROLE": "both"})
     doc = json.loads(Path(env["MOEPLANE_ENGINE_CONFIG"]).read_text())
-    doc["model"]["weights"] = {"format": "safetensors", "uri": "hf://deepseek-ai/DeepSeek-R1"}
+    doc["model"]["weights"] = {"format": "safetensors", "uri": "s3://bucket/DeepSeek-R1"}
     Path(env["MOEPLANE_ENGINE_CONFIG"]).write_text(json.dumps(doc))
-    with pytest.raises(PoolSetupError, match=r"model\.weights\.uri 'hf://deepseek-ai/DeepSeek-R1'"):
+    with pytest.raises(PoolSetupError, match=r"^engine config \S+engine\.json: model\.weights\.uri: "
+                                             r"s3://bucket/DeepSeek-R1: the scheme s3:// is not supported"):
         load_pool_settings(env)
     env = write_config(tmp_path)
-    Path(env["MOEPLANE_PLACEMENT"]).write_text(json.dumps({"phy2logRow": [0] * 7, "numLayers": 3,
-                                                           "numLogicalExperts": 16}))
-    with pytest.raises(PoolSetupError, match="has 7 slots x 3 layers; the pool's group has 20 slots"):
-        load_pool_settings(env)
+    with pytest.raises(PoolSetupError, match=r"^engine config \S+: pools\.prefill: is required: the prefill "
+                                             r"pool's layout comes from MOEPLANE_POOL_LAYOUT"):
+        load_pool_settings({**env, "MOEPLANE_POOL_LAYOUT": ""})
     with pytest.raises(PoolPlanError, match="heartbeat_s"):
         PoolOptions(heartbeat_s=5.0, registry_ttl_s=5.0)
 
@@ -114,7 +116,9 @@ def test_groups_follow_the_clusters_capacity(tmp_path: Path) -> None:
     nodes = [head, {"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 1.0}]
     assert groups_that_fit(nodes, s, PoolOptions(cpus_per_rank=1.0)) == 2  # 5 CPUs, 2 per group
     assert groups_that_fit(nodes, s, PoolOptions(cpus_per_rank=0.25)) == 10
-    gpu = replace(s, device="cuda")
+    on_gpus = s.group.model_copy(update={"gpu": HardwarePreset.H100})
+    gpu = replace(s, document=s.document.model_copy(update={"pools": {Role.PREFILL: on_gpus}}))
+    assert gpu.device == "cuda"
     assert groups_that_fit([{"GPU": 8.0, "CPU": 64.0}] * 3, gpu, PoolOptions()) == 12
     assert groups_that_fit([head], gpu, PoolOptions()) == 0
 

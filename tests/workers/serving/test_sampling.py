@@ -6,7 +6,7 @@ import pytest
 import torch
 from moeplane.workers.model.tokenizer import ByteTokenizer
 from moeplane.workers.serving.sampling import Sampler, top_p_filter
-from moeplane.workers.serving.sequence import InvalidRequest, SamplingParams
+from moeplane.workers.serving.sequence import EngineRequestError, SamplingParams
 from moeplane.workers.serving.text import TextStream
 
 pytestmark = pytest.mark.unit
@@ -60,7 +60,7 @@ def test_top_p_keeps_the_nucleus() -> None:
     ],
 )
 def test_bad_params_name_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(EngineRequestError) as info:
         SamplingParams(**kwargs)
     assert info.value.field == field and str(info.value).startswith(f"{field}: ")
 

@@ -9,8 +9,8 @@ from moeplane.workers.serving.block_manager import BlockManager
 from moeplane.workers.serving.config import EngineConfigError, SchedulerConfig
 from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
 from moeplane.workers.serving.sequence import (
+    EngineRequestError,
     FinishReason,
-    InvalidRequest,
     SamplingParams,
     Sequence,
     SequenceStatus,
@@ -177,13 +177,13 @@ def test_cancel_frees_blocks_from_every_state() -> None:
 def test_requests_that_can_never_fit_are_rejected_with_numbers() -> None:
     s = make(num_blocks=4, block_size=4, max_num_batched_tokens=16, max_num_seqs=4, max_model_len=32)
     with pytest.raises(
-        InvalidRequest, match=r"max_tokens: 20 prompt \+ 16 max_tokens = 36 exceeds max_model_len 32"
+        EngineRequestError, match=r"max_tokens: 20 prompt \+ 16 max_tokens = 36 exceeds max_model_len 32"
     ):
         s.add(seq("a", 20, max_tokens=16))
-    with pytest.raises(InvalidRequest, match="need 5 KV blocks, the rank has 4"):
+    with pytest.raises(EngineRequestError, match="need 5 KV blocks, the rank has 4"):
         s.add(seq("b", 10, max_tokens=10))
     s.add(seq("c", 4))
-    with pytest.raises(InvalidRequest, match="already being served"):
+    with pytest.raises(EngineRequestError, match="already being served"):
         s.add(seq("c", 4))
     with pytest.raises(EngineConfigError, match="max_num_batched_tokens"):
         SchedulerConfig(max_num_batched_tokens=4, max_num_seqs=8)

@@ -1,0 +1,87 @@
+"""What the worker processes derive from the runtime document (`moeplane.api.runtime`), in one place
+for `moeplane pool` (`pool/settings.py`, `pool/plan.py`) and `moeplane up` (`embedded/plan.py`):
+the scheduler limits, the KV blocks of a rank, the device and dtype, where the checkpoint is, and
+the placement a pool starts on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from moeplane.api.enums import EplbAlgorithm, EplbMode, Role
+from moeplane.api.hardware import HardwarePreset
+from moeplane.api.layout import GroupLayout
+from moeplane.api.locations import LocationKind, parse_location
+from moeplane.api.runtime import EngineDocument, ServingRuntime, kv_blocks_per_rank
+from moeplane.workers.eplb.static import model_static_placement
+from moeplane.workers.placement import Placement
+from moeplane.workers.serving.config import SchedulerConfig
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def scheduler_config(serving: ServingRuntime) -> SchedulerConfig:
+    """One rank's batching limits (spec.serving)."""
+    return SchedulerConfig(
+        max_num_batched_tokens=serving.max_num_batched_tokens,
+        max_num_seqs=serving.max_num_seqs,
+        max_model_len=serving.max_model_len,
+    )
+
+
+def rank_kv_blocks(doc: EngineDocument, role: Role, cap: int | None = None) -> int:
+    """KV blocks of one rank of pool `role`, at most `cap` when given (a test's smaller cache)."""
+    blocks = kv_blocks_per_rank(doc.pool(role), doc.serving.block_size_tokens)
+    return blocks if cap is None else max(1, min(blocks, cap))
+
+
+def device_of(layout: GroupLayout) -> str:
+    """"cpu" for the cpu preset, else "cuda"."""
+    return "cpu" if layout.gpu is HardwarePreset.CPU else "cuda"
+
+
+def dtype_of(device: str) -> torch.dtype:
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def initial_placement(doc: EngineDocument, role: Role, load_file: Path | str | None = None) -> Placement:
+    """Version 0 of pool `role`'s placement over its layout's expert slots.
+
+    Modes off and online start from expert e on slot e (the extra slots replicate the lowest ids
+    until the first rebalance); static places `load_file` (the caller finds it: a mounted
+    ConfigMap key, a path) with `eplb.algorithm` over one group of the layout. EplbError names
+    the file when it cannot be read or placed.
+    """
+    arch, layout = doc.model.architecture, doc.pool(role)
+    if doc.eplb.mode is not EplbMode.STATIC:
+        return Placement.identity(arch.num_moe_layers, arch.num_routed_experts, layout.expert_slots)
+    if load_file is None:
+        raise ValueError("static EPLB needs its load file")
+    return model_static_placement(
+        load_file, arch, layout.expert_slots, layout.nodes_per_group, layout.expert_parallel,
+        EplbAlgorithm(doc.eplb.algorithm),
+    )
+
+
+def checkpoint_path(weights_uri: str, env: Mapping[str, str]) -> Path:
+    """Where this process reads a safetensors checkpoint at `weights_uri` (validated form).
+
+    A local path as it is; pvc://CLAIM/PATH under the pod's volume root; hf://ORG/REPO[@REV] in the
+    Hugging Face cache (`HF_HOME`, whose `hub/models--ORG--REPO/refs/REV` names the snapshot). The
+    path is not checked here: whether it can be read is the loader's question, answered with an
+    error naming the path.
+    """
+    location = parse_location(weights_uri)
+    if location.kind is not LocationKind.HF:
+        return location.local_path(env)
+    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    repo = home / "hub" / ("models--" + location.repo.replace("/", "--"))
+    ref = location.revision or "main"
+    commit = ref
+    if not _COMMIT.fullmatch(ref):
+        ref_file = repo / "refs" / ref
+        commit = ref_file.read_text().strip() if ref_file.is_file() else ref
+    return repo / "snapshots" / commit
