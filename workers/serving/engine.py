@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -32,9 +32,11 @@ from moeplane.workers.model.runner import EPModelRunner, empty_metadata
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.block_manager import BlockManager
 from moeplane.workers.serving.config import EngineConfig, EngineConfigError, Role
+from moeplane.workers.serving.detok import decoder_for
 from moeplane.workers.serving.kv_io import PagedKVSink, PagedKVSource
+from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.loop import LoopThread
-from moeplane.workers.serving.sampling import Sampler
+from moeplane.workers.serving.sampling import Sampler, SampleRow, token_logprobs
 from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
 from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
 from moeplane.workers.serving.sequence import Sequence as Seq
@@ -76,6 +78,12 @@ class TokenOutput:
     error: str = ""
     error_kind: ErrorKind | None = None
     kv: TransferHandle | None = None  # prefill: where the decode side pulls the prompt's KV
+    # Sampling extras (issue 14): one entry per token in token_ids when the request asked for
+    # logprobs; prompt tokens 1.. with the request's first output token when it asked for
+    # prompt_logprobs; the stop string or stop token id that ended it (None for EOS or length).
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    stop_reason: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,9 +141,10 @@ class RankEngine:
         self.loop = loop
         self.blocks = BlockManager(config.num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
-        self.sampler = Sampler(config.sampler_seed)
+        self.sampler = Sampler(tokenizer.eos_id, config.sampler_seed)
         self.num_steps = 0
         self._texts: dict[str, TextStream] = {}
+        self._unarmed: set[str] = set()  # requests whose stop strings wait for min_tokens
         self._imports: dict[str, _Import] = {}
         self._done_imports: deque[str] = deque()
         self._leased: dict[str, int] = {}  # transfer id -> blocks
@@ -207,37 +216,90 @@ class RankEngine:
             steps.append(SeqStep(chunk.start, chunk.num_tokens, table, chunk.samples))
         meta = build_metadata(steps, self.config.block_size, device)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=device)
-        return self.runner.forward(input_ids, meta, self.kv_cache)
+        if not any(c.seq.sampling.prompt_logprobs is not None for c in sched.chunks):
+            return self.runner.forward(input_ids, meta, self.kv_cache)
+        # Issue 14: prompt logprobs need the logits of prompt positions too (the same collective
+        # forward; the extra logits are local to this rank).
+        hidden = self.runner.forward_hidden(input_ids, meta, self.kv_cache)
+        with torch.inference_mode():
+            offset = 0
+            for chunk in sched.chunks:
+                if chunk.seq.sampling.prompt_logprobs is not None:
+                    rows = hidden[offset : offset + chunk.num_tokens]
+                    self._prompt_logprobs(chunk.seq, chunk.start, chunk.end, rows)
+                offset += chunk.num_tokens
+            return self.runner.model.logits(hidden[meta.logits_indices])
+
+    def _prompt_logprobs(self, seq: Seq, start: int, end: int, hidden: torch.Tensor) -> None:
+        """Append the logprobs of prompt tokens start+1..end (the logits at position i score token
+        i+1) that `seq` does not have yet, in slices that bound the [rows, vocab] logits."""
+        n = seq.sampling.prompt_logprobs or 0
+        first = max(start, len(seq.prompt_logprobs))
+        last = min(end, seq.num_prompt_tokens - 1)
+        for lo in range(first, last, 256):
+            hi = min(lo + 256, last)
+            raw = torch.log_softmax(self.runner.model.logits(hidden[lo - start : hi - start]).float(), dim=-1)
+            seq.prompt_logprobs.extend(token_logprobs(raw, seq.token_ids[lo + 1 : hi + 1], [n] * (hi - lo)))
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, outputs: list[TokenOutput]) -> None:
         sampled = [c.seq for c in sched.chunks if c.samples]
         if not sampled:
             return
-        tokens = self.sampler(logits, [s.sampling for s in sampled], [s.num_output_tokens for s in sampled])
-        for seq, token in zip(sampled, tokens, strict=True):
+        rows = [
+            SampleRow(s.sampling, s.token_ids[: s.num_true_prompt_tokens], s.all_output_token_ids)
+            for s in sampled
+        ]
+        for seq, pick in zip(sampled, self.sampler(logits, rows), strict=True):
+            token = pick.token_id
             seq.token_ids.append(token)
-            reason, text = self._check_finish(seq, token)
+            reason, text, stop_reason = self._check_finish(seq, token)
+            # The prompt's logprobs go out with the first token this rank samples for it.
+            first = seq.num_output_tokens == 1 and seq.sampling.prompt_logprobs is not None
+            extras = {
+                "logprobs": () if pick.logprobs is None else (pick.logprobs,),
+                "prompt_logprobs": tuple(seq.prompt_logprobs) if first else None,
+                "stop_reason": stop_reason,
+            }
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 self._texts.pop(seq.request_id, None)
-                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, reason))
+                self._unarmed.discard(seq.request_id)
+                n = seq.num_output_tokens
+                outputs.append(TokenOutput(seq.request_id, (token,), text, n, reason, **extras))
             elif self.config.role is Role.PREFILL:
-                outputs.append(self._hand_off(seq, token, text))
+                outputs.append(replace(self._hand_off(seq, token, text), **extras))
             else:
-                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens))
+                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, **extras))
 
-    def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str]:
-        stream = self._texts[seq.request_id]
+    def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str, str | int | None]:
+        """(finish reason, text to release, stop reason), with vLLM's rules: nothing but the length
+        ends a request before `min_tokens` outputs; a stop token's text (EOS, stop_token_ids) and
+        a stop string are left out unless `include_stop_str_in_output`."""
+        p, rid = seq.sampling, seq.request_id
+        stream = self._texts[rid]
         output = seq.output_token_ids
-        if token == self.tokenizer.eos_id and not seq.sampling.ignore_eos:
-            return FinishReason.STOP, stream.flush(output)
+        num_out = p.output_offset + seq.num_output_tokens
+        if num_out >= p.min_tokens:
+            is_eos = token == self.tokenizer.eos_id and not p.ignore_eos
+            if is_eos or token in p.stop_token_ids:
+                text = stream.flush(output if p.include_stop_str_in_output else output[:-1])
+                return FinishReason.STOP, text, None if is_eos else token
+        if rid in self._unarmed and num_out > p.min_tokens:
+            # Stop strings count only after min_tokens outputs (as in vLLM's detokenizer).
+            self._unarmed.discard(rid)
+            decoder = decoder_for(self.tokenizer, p.skip_special_tokens)
+            stream = self._texts[rid] = TextStream(decoder, p.stop, emitted=stream.emitted)
         delta = stream.update(output)
         if delta.stopped:
-            return FinishReason.STOP, delta.text
+            found = decoder_for(self.tokenizer, p.skip_special_tokens).decode(output)
+            cut = len(stream.emitted)
+            stop = next((s for s in p.stop if found.startswith(s, cut)), "")
+            text = delta.text + (stop if p.include_stop_str_in_output else "")
+            return FinishReason.STOP, text, stop or None
         at_limit = seq.num_tokens >= self.config.scheduler.max_model_len
-        if seq.num_output_tokens >= seq.sampling.max_tokens or at_limit:
-            return FinishReason.LENGTH, delta.text + stream.flush(output)
-        return None, delta.text
+        if seq.num_output_tokens >= p.max_tokens or at_limit:
+            return FinishReason.LENGTH, delta.text + stream.flush(output), None
+        return None, delta.text, None
 
     # ---- prefill: hand the KV to a lease -----------------------------------------------------
     def _hand_off(self, seq: Seq, token: int, text: str) -> TokenOutput:
@@ -248,6 +310,7 @@ class RankEngine:
         source = PagedKVSource(self.kv_cache, slots)
         self.scheduler.detach(seq)
         self._texts.pop(rid, None)
+        self._unarmed.discard(rid)
         transfer_id = f"{rid}/{uuid.uuid4().hex[:12]}"
         self.blocks.rename(rid, transfer_id)
         self._leased[transfer_id] = self.blocks.num_blocks_of(transfer_id)
@@ -315,6 +378,7 @@ class RankEngine:
         self._imports.pop(rid, None)
         seq = self.scheduler.fail_import(rid)
         self._texts.pop(rid, None)
+        self._unarmed.discard(rid)
         n = seq.num_output_tokens if seq is not None else 0
         outputs.append(TokenOutput(rid, (), "", n, FinishReason.ERROR, error, ErrorKind.KV_TRANSFER))
 
@@ -322,7 +386,13 @@ class RankEngine:
     def _add(self, req: NewRequest, outputs: list[TokenOutput]) -> None:
         try:
             seq = self._sequence(req)
-            stream = TextStream(self.tokenizer, req.sampling.stop)
+            p = req.sampling
+            decoder = decoder_for(self.tokenizer, p.skip_special_tokens)
+            # Armed when the next token's check may stop on a string (see _check_finish).
+            armed = p.output_offset + seq.num_output_tokens >= p.min_tokens
+            stream = TextStream(decoder, p.stop if armed else ())
+            if not armed and p.stop:
+                self._unarmed.add(req.request_id)
             if req.first_token_id is not None:
                 stream.update(seq.output_token_ids)  # the prefill already released this text
             if req.kv is not None:
@@ -352,6 +422,11 @@ class RankEngine:
             raise InvalidRequest(
                 "kv", f"the handle holds KV of {req.kv.layout.num_tokens} tokens, the prompt has {len(ids)}"
             )
+        p = req.sampling
+        for name, values in (("stop_token_ids", p.stop_token_ids), ("allowed_token_ids", p.allowed_token_ids),
+                             ("logit_bias", tuple(t for t, _ in p.logit_bias))):
+            if bad := [i for i in values if i >= vocab]:
+                raise InvalidRequest(name, f"token ids {bad[:5]} are outside the vocabulary of {vocab}")
         if req.first_token_id is not None:
             if not 0 <= req.first_token_id < vocab:
                 raise InvalidRequest("first_token_id", f"{req.first_token_id} is outside the vocabulary")
@@ -364,6 +439,7 @@ class RankEngine:
             imp.future.cancel()  # the pull writes only its staging buffer, never the cache
         seq = self.scheduler.cancel(rid)
         self._texts.pop(rid, None)
+        self._unarmed.discard(rid)
         if seq is not None:
             outputs.append(TokenOutput(rid, (), "", seq.num_output_tokens, FinishReason.CANCELLED))
         if self.transport is not None:  # cancelled after its hand-off: nobody will pull the KV
