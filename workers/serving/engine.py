@@ -255,21 +255,19 @@ class RankEngine:
             reason, text, stop_reason = self._check_finish(seq, token)
             # The prompt's logprobs go out with the first token this rank samples for it.
             first = seq.num_output_tokens == 1 and seq.sampling.prompt_logprobs is not None
-            extras = {
-                "logprobs": () if pick.logprobs is None else (pick.logprobs,),
-                "prompt_logprobs": tuple(seq.prompt_logprobs) if first else None,
-                "stop_reason": stop_reason,
-            }
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 self._texts.pop(seq.request_id, None)
                 self._unarmed.discard(seq.request_id)
-                n = seq.num_output_tokens
-                outputs.append(TokenOutput(seq.request_id, (token,), text, n, reason, **extras))
+                out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, reason)
             elif self.config.role is Role.PREFILL:
-                outputs.append(replace(self._hand_off(seq, token, text), **extras))
+                out = self._hand_off(seq, token, text)
             else:
-                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, **extras))
+                out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens)
+            outputs.append(replace(
+                out, logprobs=() if pick.logprobs is None else (pick.logprobs,),
+                prompt_logprobs=tuple(seq.prompt_logprobs) if first else None, stop_reason=stop_reason,
+            ))
 
     def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str, str | int | None]:
         """(finish reason, text to release, stop reason), with vLLM's rules: nothing but the length

@@ -7,7 +7,7 @@ from enum import Enum, StrEnum
 
 from moeplane.workers.serving.logprobs import TokenLogprobs
 
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = 32
 
 
 class InvalidRequest(ValueError):

@@ -31,9 +31,15 @@ def engine(chunk_tokens: int = 0) -> RankEngine:
     torch.set_num_threads(1)
     runner = EPModelRunner(ARCH, SEED)
     config = EngineConfig(
-        role=Role.DECODE, num_blocks=64, block_size=4,
-        scheduler=SchedulerConfig(max_num_batched_tokens=64, max_prefill_chunk_tokens=chunk_tokens, max_num_seqs=8,
-                                  max_model_len=256),
+        role=Role.DECODE,
+        num_blocks=64,
+        block_size=4,
+        scheduler=SchedulerConfig(
+            max_num_batched_tokens=64,
+            max_prefill_chunk_tokens=chunk_tokens,
+            max_num_seqs=8,
+            max_model_len=256,
+        ),
     )
     return RankEngine(config, runner, runner.allocate_kv_cache(64, 4), TOK)
 
@@ -92,11 +98,26 @@ def test_stop_token_ids_stop_strings_and_min_tokens() -> None:
     stop_id = ids[5]
     first = ids.index(stop_id)
     reqs = {
-        "id": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=(stop_id,))),
-        "id+": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=(stop_id,),
-                                       include_stop_str_in_output=True)),
-        "min": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=(stop_id,),
-                                       min_tokens=first + 2)),
+        "id": (
+            prompt,
+            SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=(stop_id,)),
+        ),
+        "id+": (
+            prompt,
+            SamplingParams(
+                temperature=0,
+                max_tokens=24,
+                ignore_eos=True,
+                stop_token_ids=(stop_id,),
+                include_stop_str_in_output=True,
+            ),
+        ),
+        "min": (
+            prompt,
+            SamplingParams(
+                temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=(stop_id,), min_tokens=first + 2
+            ),
+        ),
     }
     got = run(engine(), reqs)
     # The stop token is counted and its logprob kept, but its text is left out (vLLM).
@@ -108,13 +129,28 @@ def test_stop_token_ids_stop_strings_and_min_tokens() -> None:
     assert len(tokens(got["min"])) > first + 1
     stop = text[6:8]
     cut = text.index(stop)
-    got = run(engine(), {
-        "s": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,))),
-        "s+": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,),
-                                      include_stop_str_in_output=True)),
-        "late": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,),
-                                        min_tokens=cut + 4)),
-    })
+    got = run(
+        engine(),
+        {
+            "s": (prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,))),
+            "s+": (
+                prompt,
+                SamplingParams(
+                    temperature=0,
+                    max_tokens=24,
+                    ignore_eos=True,
+                    stop=(stop,),
+                    include_stop_str_in_output=True,
+                ),
+            ),
+            "late": (
+                prompt,
+                SamplingParams(
+                    temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,), min_tokens=cut + 4
+                ),
+            ),
+        },
+    )
     assert "".join(o.text for o in got["s"]) == text[:cut] and got["s"][-1].stop_reason == stop
     assert "".join(o.text for o in got["s+"]) == text[: cut + len(stop)]
     late = "".join(o.text for o in got["late"])
@@ -126,8 +162,13 @@ def test_special_tokens_are_skipped_unless_asked() -> None:
     # A logit bias forces BOS twice among ordinary tokens; skip_special_tokens decides its text.
     force = ((TOK.bos_id, 100.0),)
     p = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, logit_bias=force)
-    got = run(engine(), {"skip": (prompt, p),
-                         "keep": (prompt, SamplingParams(**{**p.__dict__, "skip_special_tokens": False}))})
+    got = run(
+        engine(),
+        {
+            "skip": (prompt, p),
+            "keep": (prompt, SamplingParams(**{**p.__dict__, "skip_special_tokens": False})),
+        },
+    )
     assert tokens(got["skip"]) == [TOK.bos_id] * 2
     assert "".join(o.text for o in got["skip"]) == ""
     assert "".join(o.text for o in got["keep"]) == "<s><s>"
@@ -135,8 +176,9 @@ def test_special_tokens_are_skipped_unless_asked() -> None:
 
 def test_a_resumed_seeded_request_continues_identically() -> None:
     prompt = TOK.encode("resume me")
-    p = SamplingParams(temperature=1.0, seed=42, max_tokens=12, ignore_eos=True, frequency_penalty=0.5,
-                       min_tokens=3)
+    p = SamplingParams(
+        temperature=1.0, seed=42, max_tokens=12, ignore_eos=True, frequency_penalty=0.5, min_tokens=3
+    )
     whole = tokens(run(engine(), {"w": (prompt, p)})["w"])
     # The same request after 5 tokens moved to a fresh rank: those tokens end the prompt.
     rest = tokens(run(engine(), {"r": (prompt + whole[:5], p.resumed(5))})["r"])
