@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -112,7 +114,8 @@ async def _up(
         _on_signals(stop.set)  # again: starting Ray may have installed its own handlers
         lines = [
             f"moeplane is up: {plan.served_model} ({plan.arch.name}), deployment {plan.keys.prefix}",
-            f"  OpenAI API   {stack.url}/v1   (model {plan.served_model!r})",
+            f"  OpenAI API   {stack.url}/v1   (model {plan.served_model!r}"
+            + (", API key required)" if options.api_key else ")"),
             f"  health       {stack.url}/health",
             f"  metrics      {stack.url}/metrics",
             f"  redis        {stack.redis_url}",
@@ -189,7 +192,10 @@ def _options(args: argparse.Namespace) -> StackOptions:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    return _run(lambda: _up(_plan(args), _options(args), _planner_options(args, default_on=True)))
+    # Issue 14: `--api-key` or MOEPLANE_API_KEY makes the frontend require the key (demo: never).
+    key = args.api_key or os.environ.get("MOEPLANE_API_KEY") or None
+    options = dataclasses.replace(_options(args), api_key=key)
+    return _run(lambda: _up(_plan(args), options, _planner_options(args, default_on=True)))
 
 
 def run_demo(args: argparse.Namespace) -> int:

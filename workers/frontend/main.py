@@ -4,7 +4,8 @@ Configuration comes from the environment the operator sets (flags override it):
 - `MOEPLANE_ENGINE_CONFIG`: the deployment's engine.json (model architecture, served model name,
   tokenizer, namespace and deployment);
 - `MOEPLANE_REDIS_URL`: the Redis holding the worker registry and the request-metrics stream;
-- `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services.
+- `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services;
+- `MOEPLANE_API_KEY` (optional, or `--api-key`): the key clients must send as a Bearer token.
 It serves until SIGTERM or SIGINT, then drains: in-flight requests are cancelled upstream.
 """
 
@@ -61,14 +62,16 @@ def load_settings(engine_config: str | None, redis_url: str | None, token: str |
     return Settings(keys, arch, model.get("servedModelName") or keys.deployment, redis_url, token or None)
 
 
-async def serve(settings: Settings, host: str, port: int, request_timeout_s: float) -> None:
+async def serve(
+    settings: Settings, host: str, port: int, request_timeout_s: float, api_key: str | None = None
+) -> None:
     try:
         tokenizer = tokenizer_for(settings.arch)
     except TokenizerError as exc:
         raise FrontendSetupError(str(exc)) from None
     config = FrontendConfig(
         served_model=settings.served_model, max_model_len=settings.arch.max_position_embeddings,
-        request_timeout_s=request_timeout_s,
+        request_timeout_s=request_timeout_s, api_key=api_key,
     )
     server = FrontendServer(
         config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token)
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             args.redis_url or os.environ.get("MOEPLANE_REDIS_URL"),
             os.environ.get("MOEPLANE_GRPC_TOKEN"),
         )
-        asyncio.run(serve(settings, args.host, args.port, args.request_timeout))
+        api_key = getattr(args, "api_key", None) or os.environ.get("MOEPLANE_API_KEY") or None
+        asyncio.run(serve(settings, args.host, args.port, args.request_timeout, api_key))
     except FrontendSetupError as exc:
         print(f"moeplane frontend: {exc}", file=sys.stderr)
         return 1

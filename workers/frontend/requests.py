@@ -320,6 +320,7 @@ _PLAIN = {
     "less_than": "must be < {lt}",
     "string_too_short": "must not be empty",
     "string_too_long": "must be at most {max_length} characters",
+    "string_pattern_mismatch": "must be 1 to 128 visible ASCII characters",
 }
 
 
