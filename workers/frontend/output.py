@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from moeplane.workers.frontend import responses as R
+from moeplane.workers.frontend.errors import UpstreamError
 from moeplane.workers.frontend.generation import ChoicePlan
 from moeplane.workers.frontend.logprobs import TokenNames, chat_logprobs, completion_logprobs, prompt_logprobs
 from moeplane.workers.frontend.pipeline import Chunk, Endpoint
@@ -48,6 +49,10 @@ class OutputSpec:
     include_usage: bool = False
     continuous_usage: bool = False
 
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.prompt_logprobs is not None or (self.echo and self.logprobs is not None)
+
 
 @dataclass
 class _Choice:
@@ -72,6 +77,14 @@ class Output:
 
     def _add(self, index: int, chunk: Chunk) -> _Choice:
         c = self.choices[index]
+        # A group that predates logprobs (a rolling upgrade) ignores the request for them: say so
+        # rather than render misaligned logprobs.
+        if self.spec.logprobs is not None and len(chunk.logprobs) != len(chunk.token_ids):
+            raise UpstreamError("the worker group returned no logprobs for the tokens it generated")
+        if self.spec.wants_prompt_logprobs and not c.token_ids and (
+            chunk.prompt_logprobs is None or len(chunk.prompt_logprobs) != len(c.plan.prompt.token_ids) - 1
+        ):
+            raise UpstreamError("the worker group returned no logprobs for the prompt")
         c.text.append(chunk.text)
         c.token_ids.extend(chunk.token_ids)
         c.logprobs.extend(chunk.logprobs)
