@@ -32,15 +32,15 @@ from moeplane.workers.model.runner import EPModelRunner, empty_metadata
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.block_manager import BlockManager
 from moeplane.workers.serving.config import EngineConfig, EngineConfigError, Role
-from moeplane.workers.serving.detok import decoder_for
 from moeplane.workers.serving.kv_io import PagedKVSink, PagedKVSource
 from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.loop import LoopThread
-from moeplane.workers.serving.sampling import Sampler, SampleRow, token_logprobs
+from moeplane.workers.serving.sampling import Sampler, SampleRow, extend_prompt_logprobs
 from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
 from moeplane.workers.serving.sequence import ErrorKind, FinishReason, InvalidRequest, SamplingParams
 from moeplane.workers.serving.sequence import Sequence as Seq
-from moeplane.workers.serving.text import TextStream, TokenDecoder
+from moeplane.workers.serving.stopping import StopChecker
+from moeplane.workers.serving.text import TokenDecoder
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ class RankEngine:
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         self.sampler = Sampler(tokenizer.eos_id, config.sampler_seed)
         self.num_steps = 0
-        self._texts: dict[str, TextStream] = {}
-        self._unarmed: set[str] = set()  # requests whose stop strings wait for min_tokens
+        self._stops = StopChecker(tokenizer, config.scheduler.max_model_len)  # text and stop rules
         self._imports: dict[str, _Import] = {}
         self._done_imports: deque[str] = deque()
         self._leased: dict[str, int] = {}  # transfer id -> blocks
@@ -226,20 +225,9 @@ class RankEngine:
             for chunk in sched.chunks:
                 if chunk.seq.sampling.prompt_logprobs is not None:
                     rows = hidden[offset : offset + chunk.num_tokens]
-                    self._prompt_logprobs(chunk.seq, chunk.start, chunk.end, rows)
+                    extend_prompt_logprobs(chunk.seq, chunk.start, chunk.end, rows, self.runner.model.logits)
                 offset += chunk.num_tokens
             return self.runner.model.logits(hidden[meta.logits_indices])
-
-    def _prompt_logprobs(self, seq: Seq, start: int, end: int, hidden: torch.Tensor) -> None:
-        """Append the logprobs of prompt tokens start+1..end (the logits at position i score token
-        i+1) that `seq` does not have yet, in slices that bound the [rows, vocab] logits."""
-        n = seq.sampling.prompt_logprobs or 0
-        first = max(start, len(seq.prompt_logprobs))
-        last = min(end, seq.num_prompt_tokens - 1)
-        for lo in range(first, last, 256):
-            hi = min(lo + 256, last)
-            raw = torch.log_softmax(self.runner.model.logits(hidden[lo - start : hi - start]).float(), dim=-1)
-            seq.prompt_logprobs.extend(token_logprobs(raw, seq.token_ids[lo + 1 : hi + 1], [n] * (hi - lo)))
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, outputs: list[TokenOutput]) -> None:
         sampled = [c.seq for c in sched.chunks if c.samples]
@@ -252,13 +240,13 @@ class RankEngine:
         for seq, pick in zip(sampled, self.sampler(logits, rows), strict=True):
             token = pick.token_id
             seq.token_ids.append(token)
-            reason, text, stop_reason = self._check_finish(seq, token)
+            step = self._stops.check(seq, token)
+            reason, text = step.finish_reason, step.text
             # The prompt's logprobs go out with the first token this rank samples for it.
             first = seq.num_output_tokens == 1 and seq.sampling.prompt_logprobs is not None
             if reason is not None:
                 self.scheduler.finish(seq, reason)
-                self._texts.pop(seq.request_id, None)
-                self._unarmed.discard(seq.request_id)
+                self._stops.drop(seq.request_id)
                 out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, reason)
             elif self.config.role is Role.PREFILL:
                 out = self._hand_off(seq, token, text)
@@ -266,38 +254,8 @@ class RankEngine:
                 out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens)
             outputs.append(replace(
                 out, logprobs=() if pick.logprobs is None else (pick.logprobs,),
-                prompt_logprobs=tuple(seq.prompt_logprobs) if first else None, stop_reason=stop_reason,
+                prompt_logprobs=tuple(seq.prompt_logprobs) if first else None, stop_reason=step.stop_reason,
             ))
-
-    def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str, str | int | None]:
-        """(finish reason, text to release, stop reason), with vLLM's rules: nothing but the length
-        ends a request before `min_tokens` outputs; a stop token's text (EOS, stop_token_ids) and
-        a stop string are left out unless `include_stop_str_in_output`."""
-        p, rid = seq.sampling, seq.request_id
-        stream = self._texts[rid]
-        output = seq.output_token_ids
-        num_out = p.output_offset + seq.num_output_tokens
-        if num_out >= p.min_tokens:
-            is_eos = token == self.tokenizer.eos_id and not p.ignore_eos
-            if is_eos or token in p.stop_token_ids:
-                text = stream.flush(output if p.include_stop_str_in_output else output[:-1])
-                return FinishReason.STOP, text, None if is_eos else token
-        if rid in self._unarmed and num_out > p.min_tokens:
-            # Stop strings count only after min_tokens outputs (as in vLLM's detokenizer).
-            self._unarmed.discard(rid)
-            decoder = decoder_for(self.tokenizer, p.skip_special_tokens)
-            stream = self._texts[rid] = TextStream(decoder, p.stop, emitted=stream.emitted)
-        delta = stream.update(output)
-        if delta.stopped:
-            found = decoder_for(self.tokenizer, p.skip_special_tokens).decode(output)
-            cut = len(stream.emitted)
-            stop = next((s for s in p.stop if found.startswith(s, cut)), "")
-            text = delta.text + (stop if p.include_stop_str_in_output else "")
-            return FinishReason.STOP, text, stop or None
-        at_limit = seq.num_tokens >= self.config.scheduler.max_model_len
-        if seq.num_output_tokens >= p.max_tokens or at_limit:
-            return FinishReason.LENGTH, delta.text + stream.flush(output), None
-        return None, delta.text, None
 
     # ---- prefill: hand the KV to a lease -----------------------------------------------------
     def _hand_off(self, seq: Seq, token: int, text: str) -> TokenOutput:
@@ -307,8 +265,7 @@ class RankEngine:
         slots = torch.tensor(self.blocks.slot_mapping(rid, 0, seq.num_prompt_tokens), dtype=torch.int64)
         source = PagedKVSource(self.kv_cache, slots)
         self.scheduler.detach(seq)
-        self._texts.pop(rid, None)
-        self._unarmed.discard(rid)
+        self._stops.drop(rid)
         transfer_id = f"{rid}/{uuid.uuid4().hex[:12]}"
         self.blocks.rename(rid, transfer_id)
         self._leased[transfer_id] = self.blocks.num_blocks_of(transfer_id)
@@ -375,8 +332,7 @@ class RankEngine:
     def _fail_import(self, rid: str, error: str, outputs: list[TokenOutput]) -> None:
         self._imports.pop(rid, None)
         seq = self.scheduler.fail_import(rid)
-        self._texts.pop(rid, None)
-        self._unarmed.discard(rid)
+        self._stops.drop(rid)
         n = seq.num_output_tokens if seq is not None else 0
         outputs.append(TokenOutput(rid, (), "", n, FinishReason.ERROR, error, ErrorKind.KV_TRANSFER))
 
@@ -384,15 +340,6 @@ class RankEngine:
     def _add(self, req: NewRequest, outputs: list[TokenOutput]) -> None:
         try:
             seq = self._sequence(req)
-            p = req.sampling
-            decoder = decoder_for(self.tokenizer, p.skip_special_tokens)
-            # Armed when the next token's check may stop on a string (see _check_finish).
-            armed = p.output_offset + seq.num_output_tokens >= p.min_tokens
-            stream = TextStream(decoder, p.stop if armed else ())
-            if not armed and p.stop:
-                self._unarmed.add(req.request_id)
-            if req.first_token_id is not None:
-                stream.update(seq.output_token_ids)  # the prefill already released this text
             if req.kv is not None:
                 if self.transport is None:
                     raise InvalidRequest("kv", "this rank has no KV transport to pull with")
@@ -400,7 +347,7 @@ class RankEngine:
                 self._imports[req.request_id] = _Import(seq, req.kv)
             else:
                 self.scheduler.add(seq)
-            self._texts[req.request_id] = stream
+            self._stops.add(seq)  # a first token from the prefill counts as released text
         except InvalidRequest as exc:
             outputs.append(
                 TokenOutput(
@@ -420,11 +367,7 @@ class RankEngine:
             raise InvalidRequest(
                 "kv", f"the handle holds KV of {req.kv.layout.num_tokens} tokens, the prompt has {len(ids)}"
             )
-        p = req.sampling
-        for name, values in (("stop_token_ids", p.stop_token_ids), ("allowed_token_ids", p.allowed_token_ids),
-                             ("logit_bias", tuple(t for t, _ in p.logit_bias))):
-            if bad := [i for i in values if i >= vocab]:
-                raise InvalidRequest(name, f"token ids {bad[:5]} are outside the vocabulary of {vocab}")
+        req.sampling.check_vocab(vocab)
         if req.first_token_id is not None:
             if not 0 <= req.first_token_id < vocab:
                 raise InvalidRequest("first_token_id", f"{req.first_token_id} is outside the vocabulary")
@@ -436,8 +379,7 @@ class RankEngine:
         if imp is not None and imp.future is not None:
             imp.future.cancel()  # the pull writes only its staging buffer, never the cache
         seq = self.scheduler.cancel(rid)
-        self._texts.pop(rid, None)
-        self._unarmed.discard(rid)
+        self._stops.drop(rid)
         if seq is not None:
             outputs.append(TokenOutput(rid, (), "", seq.num_output_tokens, FinishReason.CANCELLED))
         if self.transport is not None:  # cancelled after its hand-off: nobody will pull the KV

@@ -17,12 +17,13 @@ the sampler's own generator. Nothing touches torch's global RNG.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.sequence import SamplingParams
+from moeplane.workers.serving.sequence import Sequence as Seq
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, index) pairs over 63 bits
 
@@ -168,6 +169,22 @@ def token_logprobs(
         top = tuple(zip(top_ids[i][:n], top_vals[i][:n], strict=True))
         out.append(TokenLogprobs(int(tok), float(lp), int(ranks[i]), top))
     return out
+
+
+def extend_prompt_logprobs(
+    seq: Seq, start: int, end: int, hidden: torch.Tensor, logits: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """A step computed `seq`'s tokens [start, end) with final hidden states `hidden` [end - start, H]:
+    append the logprobs of the prompt tokens they score (the logits at position i score token i+1)
+    that `seq.prompt_logprobs` does not hold yet (a recomputed prefix adds nothing), in slices that
+    bound the [rows, vocab] logits. `logits` maps hidden states to fp32 logits."""
+    n = seq.sampling.prompt_logprobs or 0
+    first = max(start, len(seq.prompt_logprobs))
+    last = min(end, seq.num_prompt_tokens - 1)
+    for lo in range(first, last, 256):
+        hi = min(lo + 256, last)
+        raw = torch.log_softmax(logits(hidden[lo - start : hi - start]).float(), dim=-1)
+        seq.prompt_logprobs.extend(token_logprobs(raw, seq.token_ids[lo + 1 : hi + 1], [n] * (hi - lo)))
 
 
 # ---- the sampler --------------------------------------------------------------------------------

@@ -130,6 +130,17 @@ class SamplingParams:
                 "min_tokens", f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}"
             )
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise InvalidRequest if a token id this request names is outside the vocabulary."""
+        ids = {
+            "stop_token_ids": self.stop_token_ids,
+            "allowed_token_ids": self.allowed_token_ids,
+            "logit_bias": tuple(t for t, _ in self.logit_bias),
+        }
+        for name, values in ids.items():
+            if bad := [i for i in values if i >= vocab_size]:
+                raise InvalidRequest(name, f"token ids {bad[:5]} are outside the vocabulary of {vocab_size}")
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
