@@ -44,7 +44,8 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
             f"Invalid {REQUEST_ID_HEADER} header: use 1 to 128 visible ASCII characters",
             code="invalid_request_id",
         )
-        return web.json_response(err.body(), status=err.http_status)
+        own_id = {REQUEST_ID_HEADER: uuid.uuid4().hex}
+        return web.json_response(err.body(), status=err.http_status, headers=own_id)
     request[CLIENT_ID] = given
     resp = await handler(request)
     if not resp.prepared and REQUEST_ID_HEADER not in resp.headers:

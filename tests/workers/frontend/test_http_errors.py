@@ -149,6 +149,19 @@ async def test_valid_request_without_capacity_is_503_with_retry_after(frontend) 
     assert records[0].isl_tokens == 6 and records[0].ttft_ms is None  # BOS + "hello"
 
 
+async def test_request_ids_are_echoed_and_checked(frontend) -> None:
+    _, session = frontend
+    async with session.post(CMPL, json={"model": "tiny"}, headers={"X-Request-Id": "req-1"}) as resp:
+        assert resp.status == 400 and resp.headers["X-Request-Id"] == "req-1"
+    async with session.get("/v1/nothing", headers={"X-Request-Id": "req-2"}) as resp:
+        assert resp.status == 404 and resp.headers["X-Request-Id"] == "req-2"
+    async with session.post(CMPL, json={"model": "tiny"}) as resp:
+        assert resp.headers["X-Request-Id"].startswith("cmpl-")  # the response's own id
+    async with session.post(CMPL, json={"model": "tiny"}, headers={"X-Request-Id": "x" * 200}) as resp:
+        err = (await resp.json())["error"]
+        assert resp.status == 400 and err["code"] == "invalid_request_id" and resp.headers["X-Request-Id"]
+
+
 async def test_unknown_routes_and_methods_get_openai_bodies(frontend) -> None:
     _, session = frontend
     async with session.get("/v1/nothing") as resp:
@@ -162,6 +175,8 @@ async def test_models_health_and_metrics(frontend) -> None:
     async with session.get("/v1/models") as resp:
         body = await resp.json()
     assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["tiny"]
+    card = body["data"][0]
+    assert (card["owned_by"], card["root"], card["max_model_len"]) == ("moeplane", "tiny", 512)
     async with session.get("/health") as resp:
         assert resp.status == 503  # no decode group registered
         assert (await resp.json())["groups"] == {"prefill": 0, "decode": 0}

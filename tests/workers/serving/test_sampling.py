@@ -186,6 +186,28 @@ def test_seeded_sampling_is_reproducible_per_output_index_and_batch_independent(
     assert draw(Sampler(), logits, [negative]) == draw(Sampler(seed=5), logits, [negative])
 
 
+@pytest.mark.gpu
+def test_the_sampler_runs_on_the_logits_device() -> None:
+    """On CUDA: greedy tokens, logprobs and filters as on the CPU; seeded draws reproducible."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(2))
+    params = [
+        SamplingParams(temperature=0, logprobs=5, repetition_penalty=1.3, frequency_penalty=0.5),
+        SamplingParams(temperature=0, logit_bias=((7, 50.0),), min_tokens=3, stop_token_ids=(7,)),
+        SamplingParams(temperature=0.8, top_k=10, top_p=0.9, min_p=0.05, seed=11),
+        SamplingParams(temperature=1.0, allowed_token_ids=(1, 2, 3), seed=12),
+    ]
+    rows = [row(p, prompt=[1, 5, 9], output=[5, 5]) for p in params]
+    cpu = Sampler(eos_id=7)(logits, rows)
+    gpu = Sampler(eos_id=7)(logits.cuda(), rows)
+    again = Sampler(eos_id=7, seed=3)(logits.cuda(), rows)
+    assert [s.token_id for s in gpu[:2]] == [s.token_id for s in cpu[:2]]
+    assert [s.token_id for s in gpu] == [s.token_id for s in again]
+    assert gpu[3].token_id in (1, 2, 3)
+    assert gpu[0].logprobs is not None and cpu[0].logprobs is not None
+    assert [t for t, _ in gpu[0].logprobs.top] == [t for t, _ in cpu[0].logprobs.top]
+    assert gpu[0].logprobs.logprob == pytest.approx(cpu[0].logprobs.logprob, abs=1e-5)
+
+
 def test_random_draws_follow_the_distribution() -> None:
     probs = [0.5, 0.3, 0.15, 0.05]
     logits = torch.log(torch.tensor([probs])).repeat(4000, 1)
