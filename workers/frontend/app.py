@@ -62,6 +62,7 @@ from moeplane.workers.frontend.requests import (
     parse_tokenize,
 )
 from moeplane.workers.model.tokenizer import Tokenizer
+from moeplane.workers.serving.sequence import SamplingParams
 
 from moeplane.bus.request_metrics import RequestStatus
 
@@ -167,7 +168,7 @@ class Frontend:
 
     async def _generate(
         self, request: web.Request, body: SamplingBody, endpoint: Endpoint, prompts: Sequence[PromptPlan],
-        sampling: Sequence[Any], spec: OutputSpec, timings: Timings,
+        sampling: Sequence[SamplingParams], spec: OutputSpec, timings: Timings,
     ) -> web.StreamResponse:
         base = spec.request_id
         if base in self._live_ids:  # a client reusing its X-Request-Id while the first still runs
