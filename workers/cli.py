@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_stack_arguments(up, default_port=8000)
     up.add_argument("--no-planner", action="store_true", help="do not run the planner and dashboard")
+    up.add_argument("--api-key", default=None,
+                    help="require this key as 'Authorization: Bearer KEY' on the OpenAI API "
+                    "(default: $MOEPLANE_API_KEY; unset: no key)")
     up.set_defaults(func=_up)
 
     demo = subparsers.add_parser(
@@ -33,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fe = subparsers.add_parser(
         "frontend", help="run the OpenAI-compatible frontend of a deployment (as in its Kubernetes pod)",
         description="Serve the OpenAI-compatible API, routing over the deployment's worker registry in "
-        "Redis. Reads MOEPLANE_ENGINE_CONFIG, MOEPLANE_REDIS_URL and MOEPLANE_GRPC_TOKEN.",
+        "Redis. Reads MOEPLANE_ENGINE_CONFIG, MOEPLANE_REDIS_URL, MOEPLANE_GRPC_TOKEN and MOEPLANE_API_KEY.",
     )
     fe.add_argument("--engine-config", default=None, help="engine.json (default: $MOEPLANE_ENGINE_CONFIG)")
     fe.add_argument("--redis-url", default=None, help="Redis URL (default: $MOEPLANE_REDIS_URL)")
@@ -41,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fe.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     fe.add_argument("--request-timeout", type=float, default=None,
                     help="request timeout in seconds (default: spec.serving.requestTimeoutSeconds)")
+    fe.add_argument("--api-key", default=None,
+                    help="require this key as 'Authorization: Bearer KEY' (default: $MOEPLANE_API_KEY; "
+                    "unset: no key); /health and /metrics stay open")
     fe.set_defaults(func=_frontend)
 
     pool = subparsers.add_parser(

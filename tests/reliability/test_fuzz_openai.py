@@ -1,10 +1,10 @@
 """Fuzzed OpenAI request bodies against the real aiohttp frontend over loopback HTTP: never a 500.
 
 The registry is empty (a real redis-server), so a body that passes validation meets the real
-"no capacity" path. Every answer is one of: 400 with an OpenAI error body whose `param` names the
-field (for a JSON object body) and whose message is non-empty, 404 for an unknown model, or 503
-with Retry-After. The frontend runs on its own event-loop thread so hypothesis can drive it from a
-plain synchronous test.
+"no capacity" path. Every answer carries X-Request-Id and is one of: 400 with an OpenAI error body
+whose `param` names the field (for a JSON object body), with a code and one clean message, 404 for
+an unknown model, 503 with Retry-After, or 200 from /tokenize and /detokenize. The frontend runs
+on its own event-loop thread so hypothesis can drive it from a plain synchronous test.
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ JSON = st.recursive(
 NUMBER = st.integers(min_value=-5, max_value=5000) | st.floats(min_value=-3, max_value=3) | JSON
 FIELDS = {
     "model": st.sampled_from(["tiny", "gpt-4", ""]) | JSON,
-    "prompt": st.text(max_size=40) | st.lists(st.integers(min_value=-2, max_value=300), max_size=5) | JSON,
+    "prompt": st.text(max_size=40)
+    | st.lists(st.integers(min_value=-2, max_value=300), max_size=5)
+    | st.lists(st.text(max_size=8) | st.lists(st.integers(min_value=-2, max_value=300), max_size=3),
+               max_size=3)
+    | JSON,
+    "tokens": st.lists(st.integers(min_value=-2, max_value=300), max_size=5) | JSON,
     "messages": st.lists(
         st.fixed_dictionaries(
             {},
@@ -71,11 +76,46 @@ FIELDS = {
     "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans() | JSON}) | JSON,
     "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=6) | JSON,
     "ignore_eos": st.booleans() | JSON,
-    "logprobs": JSON,
-    "echo": JSON,
+    "logprobs": st.booleans() | st.integers(min_value=-2, max_value=25) | JSON,
+    "top_logprobs": st.integers(min_value=-2, max_value=25) | JSON,
+    "prompt_logprobs": st.integers(min_value=-2, max_value=25) | JSON,
+    "echo": st.booleans() | JSON,
     "user": JSON,
+    # vLLM's sampling fields and the OpenAI ones this server implements now
+    "top_k": NUMBER,
+    "min_p": NUMBER,
+    "presence_penalty": NUMBER,
+    "frequency_penalty": NUMBER,
+    "repetition_penalty": NUMBER,
+    "min_tokens": NUMBER,
+    "logit_bias": st.dictionaries(st.text(max_size=4) | st.integers(0, 400).map(str), NUMBER, max_size=3)
+    | JSON,
+    "stop_token_ids": st.lists(st.integers(min_value=-2, max_value=400), max_size=3) | JSON,
+    "allowed_token_ids": st.lists(st.integers(min_value=-2, max_value=400), max_size=3) | JSON,
+    "include_stop_str_in_output": st.booleans() | JSON,
+    "skip_special_tokens": st.booleans() | JSON,
+    "truncate_prompt_tokens": NUMBER,
+    "return_tokens_as_token_ids": st.booleans() | JSON,
+    "request_id": st.text(max_size=12) | JSON,
+    "add_special_tokens": st.booleans() | JSON,
+    # known but unsupported (a 400 naming them unless they carry their no-op value), and unknown ones
+    "best_of": NUMBER,
+    "suffix": JSON,
+    "use_beam_search": JSON,
+    "priority": NUMBER,
+    "response_format": st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema"])}
+    )
+    | JSON,
+    "tools": JSON,
+    "tool_choice": st.sampled_from(["none", "auto", "required"]) | JSON,
+    "add_generation_prompt": JSON,
+    "guided_json": JSON,
+    "metadata": JSON,
+    "store": JSON,
 }
 BODY = st.fixed_dictionaries({}, optional=FIELDS) | st.dictionaries(st.text(max_size=10), JSON, max_size=4)
+PATHS = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +143,19 @@ def post(port: int, path: str, data: bytes) -> tuple[int, dict[str, str], bytes]
 
 def check(port: int, path: str, data: bytes, is_object: bool) -> None:
     status, headers, raw = post(port, path, data)
+    assert headers.get("x-request-id"), (status, raw[:300])
+    if status == 200:  # /tokenize and /detokenize need no worker group
+        assert path in ("/tokenize", "/detokenize"), (data[:300], raw[:300])
+        assert isinstance(json.loads(raw), dict)
+        return
     assert status in (400, 404, 503), (status, data[:300], raw[:300])
     err = json.loads(raw)["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"].strip()
+    assert set(err) == {"message", "type", "param", "code"} and err["message"].strip() and err["code"]
     if status == 400 and is_object:
         assert err["param"], (data[:300], err)
-        assert err["param"].split("[")[0].split(".")[0] in err["message"] or err["code"], err
+        assert err["param"].split("[")[0].split(".")[0] in err["message"], err
+        # One clean sentence: no repeated "(got ...)", none of pydantic's wording.
+        assert err["message"].count("(got") <= 1 and "should" not in err["message"], err
     if status == 404:
         assert err["param"] == "model"
     if status == 503:
@@ -116,14 +163,14 @@ def check(port: int, path: str, data: bytes, is_object: bool) -> None:
 
 
 @FUZZ
-@given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]), body=BODY)
+@given(path=st.sampled_from(PATHS), body=BODY)
 def test_fuzzed_json_bodies_never_500(frontend: int, path: str, body: dict) -> None:
     check(frontend, path, json.dumps(body).encode(), is_object=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+    path=st.sampled_from(PATHS),
     data=st.binary(max_size=64) | JSON.map(lambda v: json.dumps(v).encode()),
 )
 def test_fuzzed_raw_bytes_never_500(frontend: int, path: str, data: bytes) -> None:

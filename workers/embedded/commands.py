@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -113,7 +115,8 @@ async def _up(
         _on_signals(stop.set)  # again: starting Ray may have installed its own handlers
         lines = [
             f"moeplane is up: {plan.served_model} ({plan.arch.name}), deployment {plan.keys.prefix}",
-            f"  OpenAI API   {stack.url}/v1   (model {plan.served_model!r})",
+            f"  OpenAI API   {stack.url}/v1   (model {plan.served_model!r}"
+            + (", API key required)" if options.api_key else ")"),
             f"  health       {stack.url}/health",
             f"  metrics      {stack.url}/metrics",
             f"  redis        {stack.redis_url}",
@@ -192,9 +195,13 @@ def _options(args: argparse.Namespace, plan: EmbeddedPlan) -> StackOptions:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    # `--api-key` or MOEPLANE_API_KEY makes the frontend require the key (demo: never).
+    key = args.api_key or os.environ.get("MOEPLANE_API_KEY") or None
+
     def up() -> Coroutine[Any, Any, int]:
         plan = _plan(args)
-        return _up(plan, _options(args, plan), _planner_options(args, default_on=True))
+        options = dataclasses.replace(_options(args, plan), api_key=key)
+        return _up(plan, options, _planner_options(args, default_on=True))
 
     return _run(up)
 

@@ -72,6 +72,7 @@ class StackOptions:
     eplb_publish_s: float | None = None  # load-window uploads; None: a quarter of spec.eplb's window
     drain_timeout_s: float = 120.0  # a shrink waits this long at most for a group's requests
     drain_poll_s: float = 0.25
+    api_key: str | None = None  # the frontend requires it (issue 14); None: open
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class EmbeddedStack:
         progress("starting the frontend")
         config = FrontendConfig(
             served_model=plan.served_model, max_model_len=plan.max_model_len,
-            request_timeout_s=opts.request_timeout_s,
+            request_timeout_s=opts.request_timeout_s, api_key=opts.api_key,
         )
         self.frontend = FrontendServer(
             config, self.redis_url, plan.keys, tokenizer_for(plan.arch), self.security,

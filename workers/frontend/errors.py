@@ -54,6 +54,19 @@ class InvalidRequest(FrontendError):
     error_type = ErrorType.INVALID_REQUEST
 
 
+class Unauthorized(FrontendError):
+    """No API key, or a wrong one: 401 with the OpenAI API's `invalid_api_key` body."""
+
+    http_status = 401
+    error_type = ErrorType.INVALID_REQUEST
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="moeplane"'}
+
+
 class ModelNotFound(FrontendError):
     http_status = 404
     error_type = ErrorType.NOT_FOUND

@@ -5,7 +5,8 @@ Configuration comes from the environment the operator sets (`moeplane.api.podcon
   name and tokenizer, the serving limits, namespace and deployment), read with
   `read_engine_document` like every other process's;
 - `MOEPLANE_REDIS_URL`: the Redis holding the worker registry and the request-metrics stream;
-- `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services.
+- `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services;
+- `MOEPLANE_API_KEY` (optional, or `--api-key`): the key clients must send as a Bearer token.
 It serves until SIGTERM or SIGINT, then drains: in-flight requests are cancelled upstream.
 """
 
@@ -65,22 +66,27 @@ def load_settings(engine_config: str | None, redis_url: str | None, token: str |
     return Settings(document, redis_url, token or None)
 
 
-def frontend_config(document: EngineDocument, request_timeout_s: float | None = None) -> FrontendConfig:
+def frontend_config(
+    document: EngineDocument, request_timeout_s: float | None = None, api_key: str | None = None
+) -> FrontendConfig:
     """The frontend's limits from the document's spec.serving (`request_timeout_s` overrides one)."""
     serving = document.serving
     return FrontendConfig(
         served_model=document.model.served_model_name,
         max_model_len=serving.max_model_len,
         request_timeout_s=request_timeout_s or serving.request_timeout_seconds,
+        api_key=api_key,
     )
 
 
-async def serve(settings: Settings, host: str, port: int, request_timeout_s: float | None) -> None:
+async def serve(
+    settings: Settings, host: str, port: int, request_timeout_s: float | None, api_key: str | None = None
+) -> None:
     try:
         tokenizer = tokenizer_for(settings.arch)
     except TokenizerError as exc:
         raise FrontendSetupError(str(exc)) from None
-    config = frontend_config(settings.document, request_timeout_s)
+    config = frontend_config(settings.document, request_timeout_s, api_key)
     server = FrontendServer(
         config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token)
     )
@@ -105,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             args.redis_url or os.environ.get(REDIS_URL_ENV),
             os.environ.get(GRPC_TOKEN_ENV),
         )
-        asyncio.run(serve(settings, args.host, args.port, args.request_timeout))
+        api_key = getattr(args, "api_key", None) or os.environ.get("MOEPLANE_API_KEY") or None
+        asyncio.run(serve(settings, args.host, args.port, args.request_timeout, api_key))
     except FrontendSetupError as exc:
         print(f"moeplane frontend: {exc}", file=sys.stderr)
         return 1

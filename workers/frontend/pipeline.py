@@ -29,6 +29,7 @@ from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, Upst
 from moeplane.workers.frontend.metrics import FrontendMetrics
 from moeplane.workers.frontend.router import Inflight, RegistryCache, Reservation, Route, choose_route
 from moeplane.workers.serving.client import WorkerControlError
+from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 from moeplane.workers.serving.text import TextStream, TokenDecoder
 
@@ -55,11 +56,18 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class Chunk:
-    """New output: text released by the group (stop strings already cut) and its token ids."""
+    """New output: text released by the group (stop strings already cut) and its token ids.
+
+    With the request's `logprobs`, one TokenLogprobs per token id; with `prompt_logprobs`, the
+    first chunk carries the prompt's (tokens 1..); a chunk that stopped on a stop string or stop
+    token id names it in `stop_reason`."""
 
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    stop_reason: str | int | None = None
 
 
 class _GroupFailed(Exception):
@@ -166,7 +174,9 @@ class Exchange:
     async def _attempt(self, route: Route, attempt: int, max_tokens: int) -> AsyncGenerator[Chunk, None]:
         rid = self.req.request_id if attempt == 0 else f"{self.req.request_id}~{attempt}"
         prompt = [*self.req.prompt_token_ids, *self.output_ids]  # resumes after a failed group
-        sampling = replace(self.req.sampling, max_tokens=max_tokens)
+        # A resumed attempt keeps the request's seeds, penalties and min_tokens (output_offset)
+        # and does not ask for the prompt's logprobs again (issue 14).
+        sampling = self.req.sampling.resumed(len(self.output_ids))
         decode_client = self.p.clients.get(route.decode.address)
         # The decode group only allocates when the decode call starts, so its heartbeats cannot
         # show this request before then (sent_at_s = inf until it does).
@@ -193,7 +203,10 @@ class Exchange:
                 finally:
                     self.p.inflight.remove(prefill_res)
                 self.t.worker_queue_s += first.queue_ms / 1e3
-                chunk = Chunk(first.text, (first.first_token_id,), first.finish_reason)
+                chunk = Chunk(
+                    first.text, (first.first_token_id,), first.finish_reason, first.logprobs,
+                    first.prompt_logprobs, first.stop_reason,
+                )
                 if resumed is not None:
                     chunk = _rederive(resumed, [*self.output_ids, first.first_token_id], chunk)
                 yield self._emit(chunk)
@@ -210,7 +223,10 @@ class Exchange:
                         raise _GroupFailed(route.decode.group_id, "decode", ev.error or "error event")
                     if ev.finish_reason is FinishReason.CANCELLED:
                         raise UpstreamError(f"decode group {route.decode.group_id} cancelled the request")
-                    chunk = Chunk(ev.text, ev.token_ids, ev.finish_reason)
+                    chunk = Chunk(
+                        ev.text, ev.token_ids, ev.finish_reason, ev.logprobs, ev.prompt_logprobs,
+                        ev.stop_reason,
+                    )
                     if resumed is not None:
                         chunk = _rederive(resumed, [*self.output_ids, *ev.token_ids], chunk)
                     yield self._emit(chunk)
@@ -305,10 +321,10 @@ def _rederive(text: TextStream, output_ids: list[int], chunk: Chunk) -> Chunk:
     """`chunk` with its text decoded by the frontend from all `output_ids` (stop strings cut)."""
     delta = text.update(output_ids)
     if delta.stopped:
-        return Chunk(delta.text, chunk.token_ids, FinishReason.STOP)
+        return replace(chunk, text=delta.text, finish_reason=FinishReason.STOP)
     if chunk.finish_reason is not None:
-        return Chunk(delta.text + text.flush(output_ids), chunk.token_ids, chunk.finish_reason)
-    return Chunk(delta.text, chunk.token_ids, None)
+        return replace(chunk, text=delta.text + text.flush(output_ids))
+    return replace(chunk, text=delta.text, finish_reason=None)
 
 
 def _translate(exc: WorkerControlError) -> FrontendError:
@@ -316,7 +332,9 @@ def _translate(exc: WorkerControlError) -> FrontendError:
     if exc.code.name == "INVALID_ARGUMENT":
         field_name, _, _ = exc.message.partition(":")
         param = field_name if field_name.isidentifier() else None
-        return InvalidRequest(f"The worker rejected the request: {exc.message}", param=param)
+        return InvalidRequest(
+            f"The worker rejected the request: {exc.message}", param=param, code="invalid_value"
+        )
     return UpstreamError(f"worker group error {exc.code.name}: {exc.message}")
 
 

@@ -18,7 +18,13 @@ from moeplane.protos import kv_transfer_pb2 as kv_pb
 from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
 from moeplane.workers.grpc_security import GrpcSecurity
-from moeplane.workers.serving.convert import FINISH_FROM_PB, sampling_to_pb
+from moeplane.workers.serving.convert import (
+    FINISH_FROM_PB,
+    logprobs_from_pb,
+    sampling_to_pb,
+    stop_reason_from_pb,
+)
+from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 
 
@@ -38,6 +44,9 @@ class PrefillResult:
     kv: kv_pb.KVHandle | None  # pass unchanged to the decode group
     prefill_ms: float  # the whole Prefill call on the worker, its queue time included
     queue_ms: float = 0.0  # worker side: waiting for the group's step loop to take the request
+    logprobs: tuple[TokenLogprobs, ...] = ()  # the first token's, when asked for
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None  # prompt tokens 1.., when asked for
+    stop_reason: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class TokenEvent:
     finish_reason: FinishReason | None
     error: str
     num_output_tokens: int
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    stop_reason: str | int | None = None
 
 
 class WorkerControlClient:
@@ -83,6 +95,10 @@ class WorkerControlClient:
             reply.kv if reply.HasField("kv") else None,
             reply.prefill_ms,
             reply.queue_ms,
+            (logprobs_from_pb(reply.first_logprobs),) if reply.HasField("first_logprobs") else (),
+            tuple(map(logprobs_from_pb, reply.prompt_logprobs))
+            if sampling.prompt_logprobs is not None else None,
+            stop_reason_from_pb(reply.stop_reason),
         )
 
     async def decode(
@@ -109,6 +125,9 @@ class WorkerControlClient:
                     FINISH_FROM_PB[ev.finish_reason],
                     ev.error,
                     ev.num_output_tokens,
+                    tuple(map(logprobs_from_pb, ev.logprobs)),
+                    tuple(map(logprobs_from_pb, ev.prompt_logprobs)) if ev.has_prompt_logprobs else None,
+                    stop_reason_from_pb(ev.stop_reason),
                 )
         except grpc.aio.AioRpcError as exc:
             raise WorkerControlError(exc.code(), exc.details() or "") from None

@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -33,12 +33,14 @@ from moeplane.workers.placement import Placement
 from moeplane.workers.serving.block_manager import BlockManager
 from moeplane.workers.serving.config import EngineConfig, EngineConfigError, Role
 from moeplane.workers.serving.kv_io import PagedKVSink, PagedKVSource
+from moeplane.workers.serving.logprobs import TokenLogprobs
 from moeplane.workers.serving.loop import LoopThread
-from moeplane.workers.serving.sampling import Sampler
+from moeplane.workers.serving.sampling import Sampler, SampleRow, extend_prompt_logprobs
 from moeplane.workers.serving.scheduler import Scheduler, SchedulerOutput
 from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind, FinishReason, SamplingParams
 from moeplane.workers.serving.sequence import Sequence as Seq
-from moeplane.workers.serving.text import TextStream, TokenDecoder
+from moeplane.workers.serving.stopping import StopChecker
+from moeplane.workers.serving.text import TokenDecoder
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,12 @@ class TokenOutput:
     error: str = ""
     error_kind: ErrorKind | None = None
     kv: TransferHandle | None = None  # prefill: where the decode side pulls the prompt's KV
+    # Sampling extras (issue 14): one entry per token in token_ids when the request asked for
+    # logprobs; prompt tokens 1.. with the request's first output token when it asked for
+    # prompt_logprobs; the stop string or stop token id that ended it (None for EOS or length).
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    stop_reason: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,10 @@ class RankEngine:
         self.loop = loop
         self.blocks = BlockManager(config.num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
-        self.sampler = Sampler(config.sampler_seed)
+        self.sampler = Sampler(self._eos_ids, config.sampler_seed)
         self.num_steps = 0
-        self._texts: dict[str, TextStream] = {}
+        # Each request's text and stop rules.
+        self._stops = StopChecker(tokenizer, config.scheduler.max_model_len, self._eos_ids)
         self._imports: dict[str, _Import] = {}
         self._done_imports: deque[str] = deque()
         self._leased: dict[str, int] = {}  # transfer id -> blocks
@@ -209,37 +218,47 @@ class RankEngine:
             steps.append(SeqStep(chunk.start, chunk.num_tokens, table, chunk.samples))
         meta = build_metadata(steps, self.config.block_size, device)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=device)
-        return self.runner.forward(input_ids, meta, self.kv_cache)
+        if not any(c.seq.sampling.prompt_logprobs is not None for c in sched.chunks):
+            return self.runner.forward(input_ids, meta, self.kv_cache)
+        # Issue 14: prompt logprobs need the logits of prompt positions too (the same collective
+        # forward; the extra logits are local to this rank).
+        hidden = self.runner.forward_hidden(input_ids, meta, self.kv_cache)
+        with torch.inference_mode():
+            offset = 0
+            for chunk in sched.chunks:
+                if chunk.seq.sampling.prompt_logprobs is not None:
+                    rows = hidden[offset : offset + chunk.num_tokens]
+                    extend_prompt_logprobs(chunk.seq, chunk.start, chunk.end, rows, self.runner.model.logits)
+                offset += chunk.num_tokens
+            return self.runner.model.logits(hidden[meta.logits_indices])
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, outputs: list[TokenOutput]) -> None:
         sampled = [c.seq for c in sched.chunks if c.samples]
         if not sampled:
             return
-        tokens = self.sampler(logits, [s.sampling for s in sampled], [s.num_output_tokens for s in sampled])
-        for seq, token in zip(sampled, tokens, strict=True):
+        rows = [
+            SampleRow(s.sampling, s.token_ids[: s.num_true_prompt_tokens], s.all_output_token_ids)
+            for s in sampled
+        ]
+        for seq, pick in zip(sampled, self.sampler(logits, rows), strict=True):
+            token = pick.token_id
             seq.token_ids.append(token)
-            reason, text = self._check_finish(seq, token)
+            step = self._stops.check(seq, token)
+            reason, text = step.finish_reason, step.text
+            # The prompt's logprobs go out with the first token this rank samples for it.
+            first = seq.num_output_tokens == 1 and seq.sampling.prompt_logprobs is not None
             if reason is not None:
                 self.scheduler.finish(seq, reason)
-                self._texts.pop(seq.request_id, None)
-                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, reason))
+                self._stops.drop(seq.request_id)
+                out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens, reason)
             elif self.config.role is Role.PREFILL:
-                outputs.append(self._hand_off(seq, token, text))
+                out = self._hand_off(seq, token, text)
             else:
-                outputs.append(TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens))
-
-    def _check_finish(self, seq: Seq, token: int) -> tuple[FinishReason | None, str]:
-        stream = self._texts[seq.request_id]
-        output = seq.output_token_ids
-        if token in self._eos_ids and not seq.sampling.ignore_eos:
-            return FinishReason.STOP, stream.flush(output)
-        delta = stream.update(output)
-        if delta.stopped:
-            return FinishReason.STOP, delta.text
-        at_limit = seq.num_tokens >= self.config.scheduler.max_model_len
-        if seq.num_output_tokens >= seq.sampling.max_tokens or at_limit:
-            return FinishReason.LENGTH, delta.text + stream.flush(output)
-        return None, delta.text
+                out = TokenOutput(seq.request_id, (token,), text, seq.num_output_tokens)
+            outputs.append(replace(
+                out, logprobs=() if pick.logprobs is None else (pick.logprobs,),
+                prompt_logprobs=tuple(seq.prompt_logprobs) if first else None, stop_reason=step.stop_reason,
+            ))
 
     # ---- prefill: hand the KV to a lease -----------------------------------------------------
     def _hand_off(self, seq: Seq, token: int, text: str) -> TokenOutput:
@@ -249,7 +268,7 @@ class RankEngine:
         slots = torch.tensor(self.blocks.slot_mapping(rid, 0, seq.num_prompt_tokens), dtype=torch.int64)
         source = PagedKVSource(self.kv_cache, slots)
         self.scheduler.detach(seq)
-        self._texts.pop(rid, None)
+        self._stops.drop(rid)
         transfer_id = f"{rid}/{uuid.uuid4().hex[:12]}"
         self.blocks.rename(rid, transfer_id)
         self._leased[transfer_id] = self.blocks.num_blocks_of(transfer_id)
@@ -316,7 +335,7 @@ class RankEngine:
     def _fail_import(self, rid: str, error: str, outputs: list[TokenOutput]) -> None:
         self._imports.pop(rid, None)
         seq = self.scheduler.fail_import(rid)
-        self._texts.pop(rid, None)
+        self._stops.drop(rid)
         n = seq.num_output_tokens if seq is not None else 0
         outputs.append(TokenOutput(rid, (), "", n, FinishReason.ERROR, error, ErrorKind.KV_TRANSFER))
 
@@ -324,9 +343,6 @@ class RankEngine:
     def _add(self, req: NewRequest, outputs: list[TokenOutput]) -> None:
         try:
             seq = self._sequence(req)
-            stream = TextStream(self.tokenizer, req.sampling.stop)
-            if req.first_token_id is not None:
-                stream.update(seq.output_token_ids)  # the prefill already released this text
             if req.kv is not None:
                 if self.transport is None:
                     raise EngineRequestError("kv", "this rank has no KV transport to pull with")
@@ -334,7 +350,7 @@ class RankEngine:
                 self._imports[req.request_id] = _Import(seq, req.kv)
             else:
                 self.scheduler.add(seq)
-            self._texts[req.request_id] = stream
+            self._stops.add(seq)  # a first token from the prefill counts as released text
         except EngineRequestError as exc:
             outputs.append(
                 TokenOutput(
@@ -356,6 +372,7 @@ class RankEngine:
             raise EngineRequestError(
                 "kv", f"the handle holds KV of {req.kv.layout.num_tokens} tokens, the prompt has {len(ids)}"
             )
+        req.sampling.check_vocab(vocab)
         if req.first_token_id is not None:
             if not 0 <= req.first_token_id < vocab:
                 raise EngineRequestError("first_token_id", f"{req.first_token_id} is outside the vocabulary")
@@ -367,7 +384,7 @@ class RankEngine:
         if imp is not None and imp.future is not None:
             imp.future.cancel()  # the pull writes only its staging buffer, never the cache
         seq = self.scheduler.cancel(rid)
-        self._texts.pop(rid, None)
+        self._stops.drop(rid)
         if seq is not None:
             outputs.append(TokenOutput(rid, (), "", seq.num_output_tokens, FinishReason.CANCELLED))
         if self.transport is not None:  # cancelled after its hand-off: nobody will pull the KV

@@ -20,7 +20,13 @@ from moeplane.workers.kv.errors import KVTransferError
 from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.kv.rpc_parse import parsing_generic_handler
 from moeplane.workers.serving.controller import GroupController, GroupUnavailable
-from moeplane.workers.serving.convert import FINISH_TO_PB, ROLE_TO_PB, sampling_from_pb
+from moeplane.workers.serving.convert import (
+    FINISH_TO_PB,
+    ROLE_TO_PB,
+    logprobs_to_pb,
+    sampling_from_pb,
+    stop_reason_to_pb,
+)
 from moeplane.workers.serving.engine import TokenOutput
 from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind
 
@@ -35,6 +41,10 @@ def token_event(out: TokenOutput) -> pb.TokenEvent:
         finish_reason=FINISH_TO_PB[out.finish_reason],  # type: ignore[arg-type]
         error=out.error,
         num_output_tokens=out.num_output_tokens,
+        logprobs=[logprobs_to_pb(lp) for lp in out.logprobs],
+        prompt_logprobs=[logprobs_to_pb(lp) for lp in out.prompt_logprobs or ()],
+        has_prompt_logprobs=out.prompt_logprobs is not None,
+        stop_reason=stop_reason_to_pb(out.stop_reason),
     )
 
 
@@ -66,6 +76,9 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
             kv=out.kv.to_proto() if out.kv is not None else None,
             queue_ms=done.queue_s * 1e3,
             prefill_ms=time_ms() - start,
+            first_logprobs=logprobs_to_pb(out.logprobs[0]) if out.logprobs else None,
+            prompt_logprobs=[logprobs_to_pb(lp) for lp in out.prompt_logprobs or ()],
+            stop_reason=stop_reason_to_pb(out.stop_reason),
         )
 
     async def Decode(

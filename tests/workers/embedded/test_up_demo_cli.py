@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def moeplane(*args: str) -> subprocess.Popen[str]:
 
 
 def test_up_serves_then_ctrl_c_stops_everything() -> None:
-    proc = moeplane("up", "--port", "0", "--max-model-len", "256")
+    proc = moeplane("up", "--port", "0", "--max-model-len", "256", "--api-key", "up-key")
     watch = Watch(proc)
     output: list[str] = []
     try:
@@ -112,8 +113,14 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
         with urllib.request.urlopen(dashboard + "/dashboard", timeout=10) as resp:
             assert resp.status == 200
         body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 4}).encode()
+        headers = {"Content-Type": "application/json"}
+        with pytest.raises(urllib.error.HTTPError) as denied:  # --api-key: the OpenAI API needs it
+            urllib.request.urlopen(
+                urllib.request.Request(url + "/v1/completions", data=body, headers=headers), timeout=10
+            )
+        assert denied.value.code == 401
         req = urllib.request.Request(
-            url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+            url + "/v1/completions", data=body, headers={**headers, "Authorization": "Bearer up-key"}
         )
         with urllib.request.urlopen(req, timeout=60) as resp:
             assert json.load(resp)["usage"]["completion_tokens"] >= 1

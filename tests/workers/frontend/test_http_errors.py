@@ -25,32 +25,55 @@ CMPL, CHAT = "/v1/completions", "/v1/chat/completions"
 OK_CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 # (path, body, status, param, code)
+X = {"model": "tiny", "prompt": "x"}
 CASES = [
     (CMPL, b"{not json", 400, None, "invalid_json"),
     (CMPL, b"[1, 2]", 400, None, "invalid_json"),
     (CMPL, b"\xff\xfe", 400, None, "invalid_json"),
-    (CMPL, b"{}", 400, "model", "missing_required_parameter"),
+    (CMPL, b"{}", 400, "prompt", "missing_required_parameter"),
     (CMPL, {"model": "tiny"}, 400, "prompt", "missing_required_parameter"),
     (CMPL, {"model": "tiny", "prompt": ""}, 400, "prompt", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt", "invalid_value"),
+    (CMPL, {"model": "tiny", "prompt": []}, 400, "prompt", "invalid_value"),
+    (CMPL, {"model": "tiny", "prompt": ["a", 3]}, 400, "prompt", "invalid_value"),
     (CMPL, {"model": "tiny", "prompt": [1, 2, 300]}, 400, "prompt", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens",
-     "context_length_exceeded"),
+    (CMPL, {"model": "tiny", "prompt": [[1, 2], [3, 999]]}, 400, "prompt[1]", "invalid_value"),
+    (CMPL, {**X, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+    (CMPL, {**X, "max_tokens": "5"}, 400, "max_tokens", "invalid_value"),
+    (CMPL, {**X, "max_tokens": 5000}, 400, "max_tokens", "context_length_exceeded"),
     (CMPL, {"model": "tiny", "prompt": "x" * 600}, 400, "prompt", "context_length_exceeded"),
-    (CMPL, {"model": "tiny", "prompt": "x", "temperature": 2.5}, 400, "temperature", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "n": 2}, 400, "n", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "stop": [""]}, 400, "stop", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "seed": -1}, 400, "seed", None),
-    (CMPL, {"model": "tiny", "prompt": "x", "echo": True}, 400, "echo", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}}, 400,
-     "stream_options", "invalid_value"),
-    (CMPL, {"model": "tiny", "prompt": "x", "bogus": 1}, 400, "bogus", "unrecognized_argument"),
+    (CMPL, {**X, "temperature": 2.5}, 400, "temperature", "invalid_value"),
+    (CMPL, {**X, "top_p": 0}, 400, "top_p", "invalid_value"),
+    (CMPL, {**X, "top_k": -2}, 400, "top_k", "invalid_value"),
+    (CMPL, {**X, "min_p": 1.5}, 400, "min_p", "invalid_value"),
+    (CMPL, {**X, "repetition_penalty": 0}, 400, "repetition_penalty", "invalid_value"),
+    (CMPL, {**X, "presence_penalty": 3}, 400, "presence_penalty", "invalid_value"),
+    (CMPL, {**X, "frequency_penalty": -2.5}, 400, "frequency_penalty", "invalid_value"),
+    (CMPL, {**X, "n": 0}, 400, "n", "invalid_value"),
+    (CMPL, {**X, "n": 129}, 400, "n", "invalid_value"),
+    (CMPL, {"model": "tiny", "prompt": ["a"] * 3, "n": 100}, 400, "n", "invalid_value"),
+    (CMPL, {**X, "stream": "yes"}, 400, "stream", "invalid_value"),
+    (CMPL, {**X, "stop": ["a"] * 33}, 400, "stop", "invalid_value"),
+    (CMPL, {**X, "stop": [""]}, 400, "stop", "invalid_value"),
+    (CMPL, {**X, "stop_token_ids": [999]}, 400, "stop_token_ids", "invalid_value"),
+    (CMPL, {**X, "stop_token_ids": ["a"]}, 400, "stop_token_ids", "invalid_value"),
+    (CMPL, {**X, "allowed_token_ids": [-1]}, 400, "allowed_token_ids", "invalid_value"),
+    (CMPL, {**X, "logit_bias": {"abc": 1}}, 400, "logit_bias", "invalid_value"),
+    (CMPL, {**X, "logit_bias": {"300": 1}}, 400, "logit_bias", "invalid_value"),
+    (CMPL, {**X, "logit_bias": {"3": 101}}, 400, "logit_bias", "invalid_value"),
+    (CMPL, {**X, "seed": 2**64}, 400, "seed", "invalid_value"),
+    (CMPL, {**X, "seed": 1.5}, 400, "seed", "invalid_value"),
+    (CMPL, {**X, "min_tokens": 20, "max_tokens": 10}, 400, "min_tokens", "invalid_value"),
+    (CMPL, {**X, "logprobs": 21}, 400, "logprobs", "invalid_value"),
+    (CMPL, {**X, "logprobs": -1}, 400, "logprobs", "invalid_value"),
+    (CMPL, {**X, "stream": True, "prompt_logprobs": 1}, 400, "prompt_logprobs", "invalid_value"),
+    (CMPL, {**X, "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
+    (CMPL, {**X, "best_of": 2}, 400, "best_of", "unsupported_parameter"),
+    (CMPL, {**X, "suffix": "tail"}, 400, "suffix", "unsupported_parameter"),
+    (CMPL, {**X, "use_beam_search": True}, 400, "use_beam_search", "unsupported_parameter"),
+    (CMPL, {**X, "guided_json": {"type": "object"}}, 400, "guided_json", "unsupported_parameter"),
+    (CMPL, {**X, "priority": 1}, 400, "priority", "unsupported_parameter"),
+    (CMPL, {**X, "response_format": {"type": "json_object"}}, 400, "response_format",
+     "unsupported_parameter"),
     (CMPL, {"model": "gpt-4", "prompt": "x"}, 404, "model", "model_not_found"),
     (CHAT, {"model": "tiny"}, 400, "messages", "missing_required_parameter"),
     (CHAT, {"model": "tiny", "messages": []}, 400, "messages", "invalid_value"),
@@ -64,9 +87,23 @@ CASES = [
     (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
      "messages[0].content", "invalid_value"),
     (CHAT, {**OK_CHAT, "max_completion_tokens": -3}, 400, "max_completion_tokens", "invalid_value"),
-    (CHAT, {**OK_CHAT, "logprobs": True}, 400, "logprobs", "invalid_value"),
+    (CHAT, {**OK_CHAT, "top_logprobs": 2}, 400, "top_logprobs", "invalid_value"),
+    (CHAT, {**OK_CHAT, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs", "invalid_value"),
+    (CHAT, {**OK_CHAT, "logprobs": 1}, 400, "logprobs", "invalid_value"),
+    (CHAT, {**OK_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools",
+     "unsupported_parameter"),
+    (CHAT, {**OK_CHAT, "tool_choice": "required"}, 400, "tool_choice", "unsupported_parameter"),
+    (CHAT, {**OK_CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400,
+     "response_format", "unsupported_parameter"),
+    (CHAT, {**OK_CHAT, "add_generation_prompt": False}, 400, "add_generation_prompt",
+     "unsupported_parameter"),
+    (CHAT, {**OK_CHAT, "chat_template": "{{ x }}"}, 400, "chat_template", "unsupported_parameter"),
+    ("/tokenize", {"model": "tiny"}, 400, "prompt", "invalid_value"),
+    ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, 400, "prompt",
+     "invalid_value"),
+    ("/detokenize", {"tokens": [1, 999]}, 400, "tokens", "invalid_value"),
+    ("/detokenize", {"tokens": "abc"}, 400, "tokens", "invalid_value"),
 ]
-
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def frontend(redis_server):
@@ -88,12 +125,14 @@ async def test_malformed_request_is_an_openai_error(frontend, path, body, status
         assert resp.status == status, await resp.text()
         err = (await resp.json())["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert err["param"] == param
-    if code is not None:
-        assert err["code"] == code
+    assert err["param"] == param and err["code"] == code
     assert err["type"] in ("invalid_request_error", "not_found_error")
     if param is not None:
         assert param.split("[")[0].split(".")[0] in err["message"]
+    # One clean sentence: no repeated "(got ...)", none of pydantic's wording.
+    assert err["message"].count("(got") <= 1, err["message"]
+    assert "should" not in err["message"] and "validation" not in err["message"], err["message"]
+    assert resp.headers["X-Request-Id"]  # every error carries the request id
 
 
 async def test_valid_request_without_capacity_is_503_with_retry_after(frontend) -> None:
@@ -110,6 +149,19 @@ async def test_valid_request_without_capacity_is_503_with_retry_after(frontend) 
     assert records[0].isl_tokens == 6 and records[0].ttft_ms is None  # BOS + "hello"
 
 
+async def test_request_ids_are_echoed_and_checked(frontend) -> None:
+    _, session = frontend
+    async with session.post(CMPL, json={"model": "tiny"}, headers={"X-Request-Id": "req-1"}) as resp:
+        assert resp.status == 400 and resp.headers["X-Request-Id"] == "req-1"
+    async with session.get("/v1/nothing", headers={"X-Request-Id": "req-2"}) as resp:
+        assert resp.status == 404 and resp.headers["X-Request-Id"] == "req-2"
+    async with session.post(CMPL, json={"model": "tiny"}) as resp:
+        assert resp.headers["X-Request-Id"].startswith("cmpl-")  # the response's own id
+    async with session.post(CMPL, json={"model": "tiny"}, headers={"X-Request-Id": "x" * 200}) as resp:
+        err = (await resp.json())["error"]
+        assert resp.status == 400 and err["code"] == "invalid_request_id" and resp.headers["X-Request-Id"]
+
+
 async def test_unknown_routes_and_methods_get_openai_bodies(frontend) -> None:
     _, session = frontend
     async with session.get("/v1/nothing") as resp:
@@ -123,6 +175,8 @@ async def test_models_health_and_metrics(frontend) -> None:
     async with session.get("/v1/models") as resp:
         body = await resp.json()
     assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["tiny"]
+    card = body["data"][0]
+    assert (card["owned_by"], card["root"], card["max_model_len"]) == ("moeplane", "tiny", 512)
     async with session.get("/health") as resp:
         assert resp.status == 503  # no decode group registered
         assert (await resp.json())["groups"] == {"prefill": 0, "decode": 0}
