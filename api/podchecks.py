@@ -18,7 +18,6 @@ from moeplane.api import podcontract as pc
 from moeplane.api.enums import KvTransferBackend, Role
 from moeplane.api.errors import Problem
 from moeplane.api.hardware import HardwarePreset
-from moeplane.api.locations import LocationError, parse_location
 from moeplane.api.podtemplate import MooncakeProtocol, PodOverrides, PoolPodOverrides, RdmaSpec
 from moeplane.api.spec import MoEDeploymentSpec
 
@@ -85,7 +84,7 @@ def shm_size(pod: PoolPodOverrides | None, gpu: HardwarePreset) -> str:
 # ---- the whole spec -------------------------------------------------------------------------------
 def pod_problems(spec: MoEDeploymentSpec) -> list[Problem]:
     """Every problem of the pod-template, storage and fabric fields of `spec`, in field order."""
-    problems = _location_problems(spec)
+    problems = _hf_cache_problems(spec)
     problems += _hardware_problems(spec)
     rdma = spec.hardware.rdma
     for role in Role:
@@ -104,20 +103,11 @@ def pod_problems(spec: MoEDeploymentSpec) -> list[Problem]:
     return problems
 
 
-def _location_problems(spec: MoEDeploymentSpec) -> list[Problem]:
-    problems = []
-    model = spec.model
-    if model.weights.uri is not None:
-        try:
-            parse_location(model.weights.uri)
-        except LocationError as exc:
-            problems.append(Problem("spec.model.weights.uri", str(exc)))
-    if model.tokenizer is not None and model.tokenizer != BYTES_TOKENIZER:
-        try:
-            parse_location(model.tokenizer)
-        except LocationError as exc:
-            problems.append(Problem("spec.model.tokenizer", f"{exc} (or `{BYTES_TOKENIZER}`)"))
-    cache = model.hf_cache
+def _hf_cache_problems(spec: MoEDeploymentSpec) -> list[Problem]:
+    # The weights' and tokenizer's forms are checked with the other runtime rules
+    # (runtime_rules.weights_problems, tokenizer_problems); here only the cache that holds hf:// ones.
+    problems: list[Problem] = []
+    cache = spec.model.hf_cache
     if cache is not None:
         if cache.claim_name is not None and not _DNS_SUBDOMAIN.match(cache.claim_name):
             problems.append(

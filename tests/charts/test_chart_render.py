@@ -365,7 +365,7 @@ def test_image_pull_secrets_reach_every_pod_the_operator_makes() -> None:
     every pod it makes (frontend, Ray head and workers)."""
     from moeplane.api.enums import Role
     from moeplane.api.hardware import HardwarePreset
-    from moeplane.api.layout import resolve_layout
+    from moeplane.api.runtime import resolve_runtime
     from moeplane.api.spec import parse_deployment, parse_pool
     from moeplane.operator.builders.frontend import build_frontend_deployment
     from moeplane.operator.builders.pools import build_pool
@@ -380,7 +380,7 @@ def test_image_pull_secrets_reach_every_pod_the_operator_makes() -> None:
     config = config_from_args(build_parser().parse_args(op["containers"][0]["args"]))
     assert config.image_pull_secrets == ("registry-a", "registry-b")
     dep = parse_deployment(yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text()))
-    pool = build_pool(dep, "tiny", "default", Role.DECODE, resolve_layout(dep.spec), 1)
+    pool = build_pool(dep, "tiny", "default", Role.DECODE, resolve_runtime(dep).pool(Role.DECODE), 1)
     rc = build_raycluster(parse_pool(pool).spec, "tiny-decode", "default", HardwarePreset.CPU, config)
     specs = [
         build_frontend_deployment(dep, "tiny", "default", config)["spec"]["template"]["spec"],

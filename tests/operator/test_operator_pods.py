@@ -13,9 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from moeplane.api.enums import Role
-from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
 from moeplane.api.locations import parse_location
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
 from moeplane.operator import names
 from moeplane.operator.builders.frontend import build_frontend_deployment
@@ -51,9 +50,10 @@ def pods(doc: Obj, role: Role = Role.DECODE, config: OperatorConfig = CONFIG) ->
     """(RayCluster, head pod spec, worker pod spec, frontend pod spec) of one role."""
     dep: MoEDeployment = parse_deployment(doc)
     name = str(dep.metadata.name)
-    pool = build_pool(dep, name, "default", role, resolve_layout(dep.spec), dep.spec.pool(role).replicas)
-    accelerator = HardwarePreset(pool["metadata"]["annotations"][names.ACCELERATOR])
-    rc = build_raycluster(parse_pool(pool).spec, pool["metadata"]["name"], "default", accelerator, config)
+    layout = resolve_runtime(dep).pool(role)
+    pool = build_pool(dep, name, "default", role, layout, dep.spec.pool(role).replicas)
+    spec = parse_pool(pool).spec
+    rc = build_raycluster(spec, pool["metadata"]["name"], "default", spec.layout.gpu, config)
     front = build_frontend_deployment(dep, name, "default", config)
     return (
         rc,

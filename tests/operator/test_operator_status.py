@@ -195,13 +195,14 @@ def test_replica_failure_and_eplb_state_reach_status(
 def test_a_moepool_made_by_hand_is_refused_with_an_event(
     kube_crds: EmulatedCluster, kuberay: KubeRayDriver, start_operator: Any
 ) -> None:
-    from moeplane.api.layout import resolve_layout
+    from moeplane.api.runtime import resolve_runtime
     from moeplane.api.spec import parse_deployment
     from moeplane.operator.builders.pools import build_pool
 
     cluster = kube_crds
     deployment = parse_deployment(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()))
-    pool = build_pool(deployment, "tiny", "default", Role.DECODE, resolve_layout(deployment.spec), replicas=1)
+    layout = resolve_runtime(deployment).pool(Role.DECODE)
+    pool = build_pool(deployment, "tiny", "default", Role.DECODE, layout, replicas=1)
     pool["metadata"]["name"] = "by-hand"
     with start_operator():
         cluster.kubectl("apply", "-f", "-", input=json.dumps(pool))
