@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from moeplane.api.presets import model_preset
+from moeplane.api.runtime import resolve_runtime
+from moeplane.operator.builders.configmaps import engine_json
 from moeplane.workers.embedded.local_redis import LocalRedis
+from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest
 from moeplane.workers.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,11 +34,14 @@ def _get(url: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
 
 @pytest.mark.parametrize("source", ["env", "flag"])
 def test_frontend_requires_the_api_key(tmp_path: Path, redis_server: LocalRedis, source: str) -> None:
+    # The engine ConfigMap's document, as the operator writes it.
+    dep = load_manifest(DEFAULT_MANIFEST)
+    name = f"key-{uuid.uuid4().hex[:6]}"
+    dep = dep.model_copy(update={"metadata": dep.metadata.model_copy(update={"name": name})})
+    document = resolve_runtime(dep, namespace="test")
+    model = document.model.model_copy(update={"served_model_name": "tiny"})
     engine = tmp_path / "engine.json"
-    engine.write_text(json.dumps({
-        "namespace": "test", "deployment": f"key-{uuid.uuid4().hex[:6]}",
-        "model": {"architecture": model_preset("tiny").to_wire(), "servedModelName": "tiny"},
-    }))
+    engine.write_text(engine_json(document.model_copy(update={"model": model})))
     port = free_port()
     env = {**os.environ, "MOEPLANE_ENGINE_CONFIG": str(engine), "MOEPLANE_REDIS_URL": redis_server.url,
            "PYTHONUNBUFFERED": "1"}

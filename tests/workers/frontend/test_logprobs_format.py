@@ -24,11 +24,11 @@ def test_completion_logprobs_put_the_chosen_token_first_and_keep_up_to_n_plus_on
         TokenLogprobs(C, -math.inf, 9, ((A, -0.1), (B, -2.0))),  # chosen outside them; -inf clamped
     ]
     body, end = completion_logprobs(TokenNames(TOK), [TOK.bos_id, B, C], entries, num_top=2, initial_offset=5)
-    assert body["tokens"] == ["<s>", "b", "c"]
+    assert body["tokens"] == ["<|bos|>", "b", "c"]
     assert body["token_logprobs"] == [None, -1.5, -9999.0]
     assert body["top_logprobs"] == [None, {"b": -1.5, "a": -0.5}, {"c": -9999.0, "a": -0.1, "b": -2.0}]
     assert list(body["top_logprobs"][1]) == ["b", "a"]  # the chosen token first, as vLLM
-    assert body["text_offset"] == [5, 8, 9] and end == 10
+    assert body["text_offset"] == [5, 12, 13] and end == 14
     as_ids, _ = completion_logprobs(TokenNames(TOK, as_ids=True), [B], entries[1:2], num_top=0)
     assert as_ids["tokens"] == [f"token_id:{B}"] and as_ids["top_logprobs"] == [{f"token_id:{B}": -1.5}]
 

@@ -166,7 +166,7 @@ async def test_echo_returns_the_prompt_and_its_logprobs(stack, client, weights) 
     c = only.choices[0]
     assert c.text == prompt
     assert (
-        c.logprobs.tokens[0] == "<s>"
+        c.logprobs.tokens[0] == "<|bos|>"
         and c.logprobs.token_logprobs[0] is None
         and c.logprobs.top_logprobs[0] is None
     )
@@ -399,7 +399,7 @@ async def test_skip_special_tokens(stack, client) -> None:
     }
     skip = await client.completions.create(**body, extra_body=NO_EOS)
     keep = await client.completions.create(**body, extra_body={"skip_special_tokens": False, **NO_EOS})
-    assert (skip.choices[0].text, keep.choices[0].text) == ("", "<s><s><s>")
+    assert (skip.choices[0].text, keep.choices[0].text) == ("", "<|bos|><|bos|><|bos|>")
     assert skip.usage.completion_tokens == 3
     allowed = await client.completions.create(
         model="tiny",

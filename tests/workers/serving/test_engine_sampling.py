@@ -171,7 +171,7 @@ def test_special_tokens_are_skipped_unless_asked() -> None:
     )
     assert tokens(got["skip"]) == [TOK.bos_id] * 2
     assert "".join(o.text for o in got["skip"]) == ""
-    assert "".join(o.text for o in got["keep"]) == "<s><s>"
+    assert "".join(o.text for o in got["keep"]) == "<|bos|><|bos|>"
 
 
 def test_a_resumed_seeded_request_continues_identically() -> None:
