@@ -51,7 +51,7 @@ pytest: setup sysdeps
 
 crds: setup
 	$(BIN)/moeplane crds
-	$(PY) -m moeplane.api.helmvalues
+	$(PY) -m moeplane.codegen.chart
 
 protos: setup
 	$(PY) -m moeplane.protos.generate

@@ -1,4 +1,4 @@
-"""`moeplane validate`, `moeplane plan` and `moeplane crds`: thin adapters over the pure API core."""
+"""`moeplane validate` and `moeplane plan`: thin adapters over the pure API core."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from moeplane.api.errors import Problem, SpecInvalid
 from moeplane.api.layout import DeploymentLayout, PoolLayout, resolve_layout
 from moeplane.api.spec import MoEDeployment, parse_deployment, parse_pool
 
-# api/ sits at the repository root beside crds/ (an editable install); `--out-dir` overrides it.
-DEFAULT_CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="check MoEDeployment/MoEPool manifests")
@@ -27,11 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--filename", dest="file", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_plan)
-
-    p = subparsers.add_parser("crds", help="generate crds/*.yaml from the API models")
-    p.add_argument("--check", action="store_true", help="exit 1 if the files on disk are stale")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_CRD_DIR, help="default: %(default)s")
-    p.set_defaults(func=cmd_crds)
 
 
 # ---- validate ---------------------------------------------------------------------------------
@@ -159,30 +151,3 @@ def plan_table(deployment: MoEDeployment, layout: DeploymentLayout) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
-
-
-# ---- crds -------------------------------------------------------------------------------------
-
-
-def cmd_crds(args: argparse.Namespace) -> int:
-    from moeplane.api.crdgen import rendered_files
-
-    out_dir: Path = args.out_dir
-    stale = []
-    for name, text in rendered_files().items():
-        path = out_dir / name
-        current = path.read_text() if path.exists() else None
-        if current == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
-    if args.check and stale:
-        for path in stale:
-            print(f"{path} is stale; run `make crds`")
-        return 1
-    if not stale:
-        print(f"{out_dir}: up to date")
-    return 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Modules that contribute subcommands. A module listed here must exist and define `register`.
 COMMAND_MODULES: tuple[str, ...] = (
     "moeplane.api.cli",
+    "moeplane.codegen.cli",
     "moeplane.workers.cli",
     "moeplane.operator.cli",
     "moeplane.planner.cli",

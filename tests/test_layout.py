@@ -43,3 +43,20 @@ def test_python_dash_m_works_from_the_checkout_root() -> None:
 def test_subpackages_map_to_top_level_folders(pkg: str) -> None:
     mod = importlib.import_module(f"moeplane.{pkg}")
     assert Path(next(iter(mod.__path__))) == ROOT / pkg
+
+
+_API_PROBE = """
+import importlib, pkgutil, sys
+import moeplane.api as api
+for info in pkgutil.iter_modules(api.__path__):
+    importlib.import_module(f"moeplane.api.{info.name}")
+print(",".join(sorted(m for m in sys.modules if m.startswith(("moeplane.operator", "moeplane.workers",
+                                                             "moeplane.planner", "torch")))))
+"""
+
+
+def test_the_api_imports_no_other_component() -> None:
+    # The typed models are the bottom layer: generators that also need the operator's RBAC live in
+    # moeplane.codegen, so importing every API module pulls in no operator, worker, planner or torch.
+    out = subprocess.run([sys.executable, "-c", _API_PROBE], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", out.stdout

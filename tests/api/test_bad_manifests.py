@@ -10,11 +10,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from moeplane.api.celeval import evaluate_rules
-from moeplane.api.crdgen import Dialect, deployment_crd, resource_schema
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.presets import model_preset
 from moeplane.api.spec import MoEDeployment, parse_deployment
+
+from moeplane.codegen.crds import Dialect, deployment_crd, resource_schema
+from tests.api.celeval import evaluate_rules
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from moeplane.api.celeval import _compile, apply_defaults, evaluate_rules
-from moeplane.api.crdgen import (
+from moeplane.api.spec import MoEDeployment, MoEPool, SlaSpec, parse_deployment
+
+from moeplane.codegen.crds import (
     Dialect,
     deployment_crd,
     pool_crd,
@@ -19,7 +20,7 @@ from moeplane.api.crdgen import (
     structural_problems,
     values_json_schema,
 )
-from moeplane.api.spec import MoEDeployment, MoEPool, SlaSpec, parse_deployment
+from tests.api.celeval import _compile, apply_defaults, evaluate_rules
 
 pytestmark = pytest.mark.unit
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from moeplane.api.celeval import evaluate_rules
 from moeplane.api.configmapref import ConfigMapKeyRef
-from moeplane.api.crdgen import Dialect, deployment_crd, resource_schema
 from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.layout import resolve_layout
 from moeplane.api.spec import EplbSpec, MoEDeployment, MoEPoolSpec, parse_deployment
+
+from moeplane.codegen.crds import Dialect, deployment_crd, resource_schema
+from tests.api.celeval import evaluate_rules
 
 pytestmark = pytest.mark.unit
 

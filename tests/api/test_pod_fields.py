@@ -12,12 +12,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from moeplane.api.celeval import evaluate_rules
-from moeplane.api.crdgen import Dialect, deployment_crd, resource_schema
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.podchecks import QuantityError, parse_quantity
 from moeplane.api.podcontract import mooncake_settings
 from moeplane.api.spec import MoEDeployment, parse_deployment
+
+from moeplane.codegen.crds import Dialect, deployment_crd, resource_schema
+from tests.api.celeval import evaluate_rules
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from moeplane.api import helmvalues
-from moeplane.api.crdgen import rendered_files
-from moeplane.api.helmvalues import ChartValues
 
+from moeplane.codegen import chart as helmvalues
+from moeplane.codegen.chart import ChartValues
+from moeplane.codegen.crds import rendered_files
 from tests.charts.chartkit import CHART_DIR, ROOT, chart
 
 pytestmark = pytest.mark.unit
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 def test_generated_files_are_up_to_date() -> None:
     stale = helmvalues.stale_files(CHART_DIR)
-    assert not stale, f"stale: {[str(p) for p in stale]}; run `python -m moeplane.api.helmvalues` (make crds)"
+    assert not stale, f"stale: {[str(p) for p in stale]}; run `python -m moeplane.codegen.chart` (make crds)"
 
 
 def test_chart_crds_are_identical_to_the_top_level_crds() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
-from moeplane.api.helmvalues import ChartValues
 from pydantic import ValidationError
 
+from moeplane.codegen.chart import ChartValues
 from tests.charts.chartkit import CHART_DIR, NAMESPACE, ROOT, chart, one, render, values_file, values_files
 
 pytestmark = pytest.mark.unit

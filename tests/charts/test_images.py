@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from moeplane.api.helmvalues import ChartValues
 
+from moeplane.codegen.chart import ChartValues
 from tests.charts.chartkit import CHART_DIR, ROOT
 
 IMAGES = ROOT / "charts" / "images"

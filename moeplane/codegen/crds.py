@@ -21,10 +21,11 @@ from typing import Any
 
 import annotated_types as at
 import yaml
-from moeplane.api.celrules import CEL_RULES, CelRule
-from moeplane.api.spec import GROUP, VERSION, MoEDeployment, MoEPool
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from moeplane.api.celrules import CEL_RULES, CelRule
+from moeplane.api.spec import GROUP, VERSION, MoEDeployment, MoEPool
 
 
 class Dialect(StrEnum):
