@@ -252,3 +252,48 @@ def reshard_by_expert(src: str | Path, dst: str | Path, experts_per_shard: int) 
     index["weight_map"] = {n: f for f, ts in groups.items() for n in ts}
     (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     return dst
+
+
+def patch_tensors(directory: str | Path, patches: dict[str, Any]) -> Path:
+    """Rewrite tensors of the checkpoint in `directory` in place: `patches` maps a tensor's name to
+    a function of its current value (a float32 copy) returning the new one (same shape; stored in
+    the tensor's dtype). KeyError names a tensor the checkpoint lacks. Used to steer a random
+    model: route every token to chosen experts (`e_score_correction_bias`), or make an EOS id likely
+    (`lm_head.weight`), while transformers still reads exactly what the engine reads."""
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(directory)
+    weight_map = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
+    missing = sorted(set(patches) - set(weight_map))
+    if missing:
+        raise KeyError(f"{directory}: no tensors {missing}")
+    for shard in sorted({weight_map[name] for name in patches}):
+        tensors = load_file(str(directory / shard))
+        for name, fn in patches.items():
+            if weight_map[name] == shard:
+                old = tensors[name]
+                new = fn(old.float().clone())
+                assert new.shape == old.shape, (name, new.shape, old.shape)
+                tensors[name] = new.to(old.dtype).contiguous()
+        save_file(tensors, str(directory / shard), metadata={"format": "pt"})
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.checkpoints DIR [--kind K] [--seed N]`: a small random checkpoint built by
+    transformers (the test extra), for trying `moeplane up -f` without a GPU or network."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.checkpoints", description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--kind", choices=KINDS, default="deepseek-v3")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    built = build_checkpoint(args.kind, args.directory, seed=args.seed)
+    print(f"wrote a random {built.kind} checkpoint (config.json, sharded safetensors, tokenizer, chat "
+          f"template, generation_config.json) to {built.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,26 +1,22 @@
 """What the worker processes derive from the runtime document (`moeplane.api.runtime`), in one place
 for `moeplane pool` (`pool/settings.py`, `pool/plan.py`) and `moeplane up` (`embedded/plan.py`):
-the scheduler limits, the KV blocks of a rank, the device and dtype, where the checkpoint is, and
-the placement a pool starts on.
+the scheduler limits, the KV blocks of a rank, the device and dtype, the weights every rank loads,
+and the placement a pool starts on. The tokenizer is the document's `model.tokenizer`, loaded by
+the frontend and every rank alike (`load_tokenizer`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from moeplane.api.enums import EplbAlgorithm, EplbMode, Role
+from moeplane.api.enums import EplbAlgorithm, EplbMode, Role, WeightsFormat
 from moeplane.api.hardware import HardwarePreset
 from moeplane.api.layout import GroupLayout
-from moeplane.api.locations import LocationKind, parse_location
 from moeplane.api.runtime import EngineDocument, ServingRuntime, kv_blocks_per_rank
 from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.config import SchedulerConfig
-
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def scheduler_config(serving: ServingRuntime) -> SchedulerConfig:
@@ -66,22 +62,15 @@ def initial_placement(doc: EngineDocument, role: Role, load_file: Path | str | N
     )
 
 
-def checkpoint_path(weights_uri: str, env: Mapping[str, str]) -> Path:
-    """Where this process reads a safetensors checkpoint at `weights_uri` (validated form).
+def checkpoint_location(doc: EngineDocument) -> str | None:
+    """The checkpoint's location as the document states it (safetensors weights), else None."""
+    weights = doc.model.weights
+    return weights.uri if weights.format is WeightsFormat.SAFETENSORS else None
 
-    A local path as it is; pvc://CLAIM/PATH under the pod's volume root; hf://ORG/REPO[@REV] in the
-    Hugging Face cache (`HF_HOME`, whose `hub/models--ORG--REPO/refs/REV` names the snapshot). The
-    path is not checked here: whether it can be read is the loader's question, answered with an
-    error naming the path.
-    """
-    location = parse_location(weights_uri)
-    if location.kind is not LocationKind.HF:
-        return location.local_path(env)
-    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    repo = home / "hub" / ("models--" + location.repo.replace("/", "--"))
-    ref = location.revision or "main"
-    commit = ref
-    if not _COMMIT.fullmatch(ref):
-        ref_file = repo / "refs" / ref
-        commit = ref_file.read_text().strip() if ref_file.is_file() else ref
-    return repo / "snapshots" / commit
+
+def rank_weights(doc: EngineDocument) -> int | str:
+    """What every rank of every pool loads (`RankSpec.weights`): the random-weights seed, or the
+    checkpoint's location, which each rank resolves on its own node (`resolve_checkpoint`: a
+    local path, pvc:// under `MOEPLANE_VOLUME_ROOT`, hf:// from the Hugging Face cache)."""
+    location = checkpoint_location(doc)
+    return doc.model.weights.seed if location is None else location

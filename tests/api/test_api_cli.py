@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from moeplane.cli import main
+from tests.example_manifests import EXAMPLE_FILES, LOCAL_CHECKPOINT, PLACEHOLDER, write_example
 
 pytestmark = pytest.mark.unit
 
@@ -18,11 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
-def test_validate_accepts_every_example(capsys) -> None:
-    files = sorted(str(p) for p in EXAMPLES.glob("*.yaml"))
+def test_validate_accepts_every_example(capsys, tmp_path: Path, hf_checkpoint) -> None:
+    # local-checkpoint.yaml with its placeholder replaced by a checkpoint directory, as a user's.
+    files = [str(write_example(p, hf_checkpoint("deepseek-v3"), tmp_path)) for p in EXAMPLE_FILES]
     assert main(["validate", "-f", *files]) == 0
     out = capsys.readouterr().out
     assert out.count(" is valid") == len(files)
+    # As shipped, it names the placeholder, and validation says there is no checkpoint there.
+    assert main(["validate", "-f", str(LOCAL_CHECKPOINT)]) == 1
+    assert f"spec.model.weights.uri: {PLACEHOLDER} has no readable config.json" in capsys.readouterr().out
 
 
 def test_validate_rejects_ep40_naming_the_field_and_numbers(tmp_path: Path, capsys) -> None:

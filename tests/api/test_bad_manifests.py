@@ -16,6 +16,7 @@ from moeplane.api.spec import MoEDeployment, parse_deployment
 
 from moeplane.codegen.crds import Dialect, deployment_crd, resource_schema
 from tests.api.celeval import evaluate_rules
+from tests.example_manifests import EXAMPLE_FILES, example_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -218,9 +219,9 @@ def test_openapi_schema_refuses_structural_problems(name, base, changes, message
     assert bool(strict) == bool(schema), [e.message for e in strict]
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
-def test_examples_pass_every_check(path: Path) -> None:
-    manifest = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_examples_pass_every_check(path: Path, hf_checkpoint) -> None:
+    manifest = example_manifest(path, hf_checkpoint("deepseek-v3"))
     parse_deployment(manifest)
     assert evaluate_rules(CRD_SCHEMA, manifest) == []
     jsonschema.Draft4Validator(CRD_SCHEMA).validate(manifest)

@@ -23,6 +23,8 @@ from moeplane.api.runtime import resolve_runtime
 from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
 from moeplane.api.spec import parse_deployment
 
+from tests.example_manifests import EXAMPLE_FILES, example_manifest
+
 pytestmark = pytest.mark.unit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -117,9 +119,11 @@ def test_the_table_covers_every_rule() -> None:
     assert rules == {row[0] for row in RULES}
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_resolves_to_a_document_every_reader_accepts(tmp_path: Path, path: Path) -> None:
-    document = resolve_runtime(parse_deployment(yaml.safe_load(path.read_text())))
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_example_resolves_to_a_document_every_reader_accepts(
+    tmp_path: Path, path: Path, hf_checkpoint
+) -> None:
+    document = resolve_runtime(parse_deployment(example_manifest(path, hf_checkpoint("deepseek-v3"))))
     assert runtime_rules.runtime_problems(document) == []
     engine = tmp_path / "engine.json"
     engine.write_text(json.dumps(document.to_wire()))

@@ -124,7 +124,7 @@ def test_engine_config_is_the_runtime_document_without_sla_planner_or_layouts() 
     assert (wire["kind"], wire["deployment"]) == ("EngineDocument", "deepseek-r1")
     assert wire["namespace"] == "default"
     assert wire["model"]["servedModelName"] == "deepseek-r1"
-    assert wire["model"]["tokenizer"] == "pvc://model-weights/deepseek-ai/DeepSeek-R1"  # the weights'
+    assert wire["model"]["tokenizer"] == "hf://deepseek-ai/DeepSeek-R1"  # the weights'
     assert wire["serving"]["maxModelLen"] == 163840 and wire["serving"]["blockSizeTokens"] == 16
     assert wire["kvTransfer"] == {"backend": "grpc", "chunkBytes": 1048576, "leaseSeconds": 30.0}
 

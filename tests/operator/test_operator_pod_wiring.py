@@ -166,8 +166,9 @@ def test_every_env_var_set_is_one_the_workers_read() -> None:
         needed = {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"}
         assert needed <= set(env_of(pods[name]))
     # The ranks get their settings from the driver through Ray; the worker's env is the pod's
-    # volume root and the fabric's (NCCL/Gloo/UCX), which the rank processes inherit.
-    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV - {"HF_HOME", "HF_HUB_OFFLINE"}
+    # volume root, the Hugging Face cache its ranks resolve hf:// weights in (R1's are), and the
+    # fabric's (NCCL/Gloo/UCX), which the rank processes inherit.
+    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV
     assert "env" not in container(rc["spec"]["headGroupSpec"]["template"]["spec"], HEAD_CONTAINER)
     assert "ports" not in worker  # ephemeral, advertised in Redis
 

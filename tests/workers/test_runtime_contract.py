@@ -1,7 +1,9 @@
 """One spec → runtime path: every example goes through the operator's builders (the engine ConfigMap,
 the MoEPools, their RayClusters, the frontend Deployment) and then the readers that run in those
-pods (`moeplane pool` for each role, `moeplane frontend`), and the CPU example through
-`moeplane up`'s plan too; each reads what the builders wrote, and they agree with the pods' shape.
+pods (`moeplane pool` for each role, `moeplane frontend`), and the CPU examples through
+`moeplane up`'s plan too; each reads what the builders wrote, and they agree with the pods' shape:
+every rank and the frontend load the document's weights and tokenizer. local-checkpoint.yaml's
+placeholder directory is replaced by a checkpoint transformers built (`tests/example_manifests.py`).
 A document with a bad field stops each reader with the field's path. No cluster, no Ray.
 """
 
@@ -13,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from moeplane.api import podcontract as pc
 from moeplane.api.enums import Role, WeightsFormat
 from moeplane.api.hardware import HardwarePreset
@@ -25,23 +26,32 @@ from moeplane.operator.builders.pools import build_pool
 from moeplane.operator.builders.raycluster import POOL_CONTAINER, build_raycluster, gpus_per_pod
 from moeplane.operator.config import OperatorConfig
 from moeplane.workers.embedded.plan import plan_from_deployment
-from moeplane.workers.frontend.main import FrontendSetupError, frontend_config, load_settings
+from moeplane.workers.frontend.main import (
+    FrontendSetupError,
+    frontend_config,
+    frontend_tokenizer,
+    load_settings,
+)
+from moeplane.workers.model import ByteTokenizer, HFTokenizer
 from moeplane.workers.placement import Placement
 from moeplane.workers.pool.args import add_arguments
 from moeplane.workers.pool.main import run as run_pool
 from moeplane.workers.pool.plan import PoolOptions, group_spec
 from moeplane.workers.pool.settings import PoolSetupError, load_pool_settings
 
+from tests.example_manifests import EXAMPLE_FILES, example_manifest
+
 pytestmark = pytest.mark.unit
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = EXAMPLE_FILES
 NAMESPACE = "llm"
 CONFIG = OperatorConfig(redis_url="redis://moeplane-redis.moeplane:6379/0")
 REDIS_URL = "redis://127.0.0.1:1/0"  # never dialled: reading settings opens no connection
 
 
-def deployment(path: Path) -> MoEDeployment:
-    return parse_deployment(yaml.safe_load(path.read_text()))
+def deployment(path: Path, checkpoint: Path | None = None) -> MoEDeployment:
+    """An example; `checkpoint` replaces local-checkpoint.yaml's placeholder directory."""
+    return parse_deployment(example_manifest(path, checkpoint))
 
 
 def mount(engine_configmap: dict[str, Any], root: Path) -> Path:
@@ -83,8 +93,10 @@ def sidecar(rc: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_reaches_every_reader_through_the_builders(tmp_path: Path, path: Path) -> None:
-    dep = deployment(path)
+def test_every_example_reaches_every_reader_through_the_builders(
+    tmp_path: Path, path: Path, hf_checkpoint
+) -> None:
+    dep = deployment(path, hf_checkpoint("deepseek-v3"))
     document, engine, children = built(dep, tmp_path)
     assert json.loads(engine.read_text())["pools"] == {}  # the layouts travel with the MoEPools
 
@@ -110,8 +122,12 @@ def test_every_example_reaches_every_reader_through_the_builders(tmp_path: Path,
         assert engine_config.scheduler.max_num_seqs == document.serving.max_num_seqs
         assert engine_config.lease_s == document.kv_transfer.lease_seconds
         assert spec.rank.kv_chunk_bytes == document.kv_transfer.chunk_bytes
+        # Every rank loads the document's weights and tokenizer, resolving locations on its node.
         if document.model.weights.format is WeightsFormat.SAFETENSORS:
-            assert isinstance(settings.weights, Path)
+            assert spec.rank.weights == settings.weights == document.model.weights.uri
+        else:
+            assert spec.rank.weights == settings.weights == document.model.weights.seed
+        assert spec.rank.tokenizer == document.model.tokenizer
 
     front = build_frontend_deployment(dep, str(dep.metadata.name), NAMESPACE, CONFIG)
     container = next(
@@ -125,10 +141,15 @@ def test_every_example_reaches_every_reader_through_the_builders(tmp_path: Path,
         document.model.served_model_name, document.serving.max_model_len,
         document.serving.request_timeout_seconds,
     )
+    random = document.model.weights.format is WeightsFormat.RANDOM
+    assert config.model_root == (None if random else document.model.weights.uri)
 
-    if dep.spec.hardware.gpu is HardwarePreset.CPU and dep.spec.model.weights.format is WeightsFormat.RANDOM:
+    if dep.spec.hardware.gpu is HardwarePreset.CPU:  # here, the tokenizer's location is on this machine
+        tokenizer = frontend_tokenizer(fe.document)  # the one every rank loads too
+        assert isinstance(tokenizer, ByteTokenizer if random else HFTokenizer)
         plan = plan_from_deployment(dep)  # `moeplane up`: the same document, in memory
         assert plan.document == resolve_runtime(dep)
+        assert (plan.weights, plan.tokenizer) == (spec.rank.weights, spec.rank.tokenizer)
         for role in Role:
             assert plan.pool(role).layout == document.pool(role)
             assert plan.pool(role).num_blocks_per_rank == kv_blocks_per_rank(

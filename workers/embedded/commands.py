@@ -180,11 +180,32 @@ async def _demo(
     return 1 if report.num_errors else 0
 
 
+def model_load_error(exc: BaseException) -> ValueError | None:
+    """The model's own load error behind `exc` (a rank's, raised through Ray, or the frontend's):
+    a missing or bad tensor, shard, checkpoint location, config.json or tokenizer, whose message
+    names the file or location. None for anything else."""
+    from moeplane.api.hf_config import HFConfigError
+    from moeplane.workers.model import CheckpointError
+    from moeplane.workers.model.hf_tokenizer import HFTokenizerError
+    from moeplane.workers.model.tokenizer import TokenizerError
+    from moeplane.workers.model.weights import WeightError
+
+    cause = getattr(exc, "cause", exc)  # ray.exceptions.RayTaskError carries the rank's exception
+    kinds = (WeightError, CheckpointError, HFConfigError, HFTokenizerError, TokenizerError)
+    return cause if isinstance(cause, kinds) else None
+
+
 def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         return asyncio.run(coro_factory())
     except (SpecInvalid, EmbeddedPlanError) as exc:
         print(f"moeplane: invalid manifest:\n{exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        cause = model_load_error(exc)
+        if cause is None:
+            raise
+        print(f"moeplane: cannot load the model: {cause}", file=sys.stderr)
         return 1
 
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 if TYPE_CHECKING:
     from aiohttp import web
     from moeplane.planner.embedded import EmbeddedBackend
@@ -34,10 +32,11 @@ def dashboard_token() -> tuple[str, bool]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    obj = yaml.safe_load(path.read_text())
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a MoEDeployment mapping")
-    return obj
+    """The manifest as the planner sees it: the one `moeplane up` plans from (`plan.read_manifest`:
+    relative checkpoint directories made absolute)."""
+    from moeplane.workers.embedded.plan import read_manifest as read
+
+    return read(path)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
-from moeplane.workers.model.tokenizer import tokenizer_for
+from moeplane.workers.model.tokenizer import load_tokenizer
 from moeplane.workers.registry.heartbeat import Heartbeat
 from moeplane.workers.registry.registrar import stats_snapshot
 from moeplane.workers.serving.actor import RankSpec
@@ -156,10 +156,11 @@ class EmbeddedStack:
         progress("starting the frontend")
         config = FrontendConfig(
             served_model=plan.served_model, max_model_len=plan.max_model_len,
-            request_timeout_s=opts.request_timeout_s, api_key=opts.api_key,
+            request_timeout_s=opts.request_timeout_s, api_key=opts.api_key, model_root=plan.checkpoint,
         )
+        tokenizer = await asyncio.to_thread(load_tokenizer, plan.tokenizer, plan.arch)  # hf://: may fetch
         self.frontend = FrontendServer(
-            config, self.redis_url, plan.keys, tokenizer_for(plan.arch), self.security,
+            config, self.redis_url, plan.keys, tokenizer, self.security,
             registry_ttl_s=opts.registry_ttl_s,
         )
         await self.frontend.start(opts.host, opts.port)
@@ -297,7 +298,8 @@ class EmbeddedStack:
             scheduler=plan.scheduler, lease_s=plan.lease_s,
         )
         rank = RankSpec(
-            arch=plan.arch, weights=plan.weights_seed, engine=engine, placement=pool.placement,
+            arch=plan.arch, weights=plan.weights, engine=engine, placement=pool.placement,
+            tokenizer=plan.tokenizer,
             kv_chunk_bytes=plan.kv_chunk_bytes, bind_host=self.options.host, security=self.security,
         )
         eplb = GroupEplb.from_spec(

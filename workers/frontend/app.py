@@ -147,7 +147,7 @@ class Frontend:
         parsed = parse_chat(await request.read())
         body, rid = parsed.body, self._body_id(request, parsed, "chatcmpl", rid)
         model = self._check_model(body.model)
-        ids = chat_prompt_ids(self.tokenizer, body.messages, body.add_special_tokens)
+        ids = chat_prompt_ids(self.tokenizer, body)
         if body.truncate_prompt_tokens is not None:
             ids = ids[-body.truncate_prompt_tokens :]
         prompt = PromptPlan(0, tuple(ids), "")
@@ -236,7 +236,7 @@ class Frontend:
             ids = self.tokenizer.encode(body.prompt, add_special_tokens=add)
         else:
             assert body.messages is not None
-            ids = chat_prompt_ids(self.tokenizer, body.messages, bool(body.add_special_tokens))
+            ids = chat_prompt_ids(self.tokenizer, body)
         names = TokenNames(self.tokenizer)
         strs = [names.text(t) for t in ids] if body.return_token_strs else None
         return web.json_response(R.tokenize_body(ids, self.config.max_model_len, strs))

@@ -14,11 +14,12 @@ import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
-from moeplane.workers.frontend.chat_template import render_chat
 from moeplane.workers.frontend.errors import InvalidRequest
 from moeplane.workers.frontend.pipeline import Chunk, Endpoint, Exchange, GenerateRequest, Pipeline, Timings
-from moeplane.workers.frontend.requests import ChatMessage, SamplingBody
-from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer
+from moeplane.workers.frontend.requests import ChatCompletionRequest, SamplingBody, TokenizeRequest
+from moeplane.workers.model.chat_template import ChatTemplateError
+from moeplane.workers.model.hf_tokenizer import HFTokenizerError
+from moeplane.workers.model.tokenizer import Tokenizer
 from moeplane.workers.serving.sequence import SEED_MIN, EngineRequestError, SamplingParams
 
 from moeplane.bus.request_metrics import RequestStatus
@@ -40,18 +41,21 @@ class ChoicePlan:
     request: GenerateRequest
 
 
-def chat_prompt_ids(
-    tokenizer: Tokenizer, messages: Sequence[ChatMessage], add_special_tokens: bool
-) -> list[int]:
-    """The chat prompt as the model sees it: the chat template's text (`Tokenizer.apply_chat_template`,
-    rendered as transformers does), tokenized without special tokens since the template writes
-    them (transformers' `apply_chat_template(tokenize=True)`); `add_special_tokens` adds the
-    tokenizer's own on top, as vLLM. The byte tokenizer's plain template cannot write BOS as text, so
-    its prompts start with BOS."""
-    text = render_chat(messages, tokenizer)
-    if isinstance(tokenizer, ByteTokenizer):
-        return tokenizer.encode(text, add_special_tokens=True)
-    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest | TokenizeRequest) -> list[int]:
+    """The chat prompt of `body` as the model sees it: the tokenizer's chat template rendered with
+    the request's `add_generation_prompt` and `chat_template_kwargs` (vLLM's fields), tokenized
+    as transformers' `apply_chat_template(tokenize=True)` does (the template writes BOS itself);
+    `add_special_tokens` adds the tokenizer's own on top, as in vLLM. A conversation the template
+    refuses (its own `raise_exception`, or a tokenizer without a template) is a 400 on `messages`."""
+    assert body.messages is not None
+    try:
+        return tokenizer.encode_chat(
+            list(body.messages), add_generation_prompt=body.add_generation_prompt,
+            add_special_tokens=bool(body.add_special_tokens), **(body.chat_template_kwargs or {}),
+        )
+    except (ChatTemplateError, HFTokenizerError) as exc:
+        raise InvalidRequest(f"Invalid value for 'messages': {exc}", param="messages",
+                             code="invalid_value") from None
 
 
 def check_token_ids(name: str, ids: Sequence[int], vocab_size: int) -> None:

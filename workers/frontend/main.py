@@ -3,7 +3,9 @@
 Configuration comes from the environment the operator sets (`moeplane.api.podcontract`; flags override it):
 - `MOEPLANE_ENGINE_CONFIG`: the deployment's runtime document, engine.json (the model, its served
   name and tokenizer, the serving limits, namespace and deployment), read with
-  `read_engine_document` like every other process's;
+  `read_engine_document` like every other process's. The tokenizer is the document's
+  `model.tokenizer`, loaded as every rank loads it (`load_tokenizer`; a checkpoint location is
+  resolved on this node: `MOEPLANE_VOLUME_ROOT` for pvc://, `HF_HOME` for hf://);
 - `MOEPLANE_REDIS_URL`: the Redis holding the worker registry and the request-metrics stream;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services;
 - `MOEPLANE_API_KEY` (optional, or `--api-key`): the key clients must send as a Bearer token.
@@ -26,7 +28,8 @@ from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
-from moeplane.workers.model.tokenizer import TokenizerError, tokenizer_for
+from moeplane.workers.model.tokenizer import Tokenizer, load_tokenizer
+from moeplane.workers.runtime import checkpoint_location
 
 from moeplane.bus.keys import DeploymentKeys
 
@@ -69,23 +72,32 @@ def load_settings(engine_config: str | None, redis_url: str | None, token: str |
 def frontend_config(
     document: EngineDocument, request_timeout_s: float | None = None, api_key: str | None = None
 ) -> FrontendConfig:
-    """The frontend's limits from the document's spec.serving (`request_timeout_s` overrides one)."""
+    """The frontend's limits from the document's spec.serving (`request_timeout_s` overrides one);
+    /v1/models' `root` is the checkpoint's location (random weights: the served name)."""
     serving = document.serving
     return FrontendConfig(
         served_model=document.model.served_model_name,
         max_model_len=serving.max_model_len,
         request_timeout_s=request_timeout_s or serving.request_timeout_seconds,
         api_key=api_key,
+        model_root=checkpoint_location(document),
     )
+
+
+def frontend_tokenizer(document: EngineDocument) -> Tokenizer:
+    """The document's tokenizer (`model.tokenizer`), as every rank of the deployment loads it;
+    FrontendSetupError names the location when it cannot be loaded."""
+    location = document.model.tokenizer
+    try:
+        return load_tokenizer(location, document.model.architecture)
+    except ValueError as exc:  # CheckpointError, HFTokenizerError, TokenizerError
+        raise FrontendSetupError(f"cannot load the tokenizer (model.tokenizer {location}): {exc}") from None
 
 
 async def serve(
     settings: Settings, host: str, port: int, request_timeout_s: float | None, api_key: str | None = None
 ) -> None:
-    try:
-        tokenizer = tokenizer_for(settings.arch)
-    except TokenizerError as exc:
-        raise FrontendSetupError(str(exc)) from None
+    tokenizer = frontend_tokenizer(settings.document)
     config = frontend_config(settings.document, request_timeout_s, api_key)
     server = FrontendServer(
         config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token)

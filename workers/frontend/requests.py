@@ -82,6 +82,19 @@ def _strict(default: Any, **bounds: Any) -> Any:
     return Field(default, strict=True, **bounds)
 
 
+# Names the chat template already receives from the request itself.
+_TEMPLATE_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "tools", "documents"})
+
+
+def _check_template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """chat_template_kwargs: variables the template reads (e.g. `enable_thinking`), not its
+    arguments (those come from the request's own fields)."""
+    clash = sorted(_TEMPLATE_ARGUMENTS & set(value or {}))
+    if clash:
+        raise ValueError(f"{', '.join(clash)} cannot be set here; use the request field of that name")
+    return value
+
+
 class SamplingBody(_Body):
     """Fields both endpoints share. None means the default, as in vLLM."""
 
@@ -220,7 +233,14 @@ class ChatCompletionRequest(SamplingBody):
     top_logprobs: int | None = _strict(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = _strict(False)  # vLLM: prepend the last message when it is the assistant's
     add_special_tokens: bool = _strict(False)  # BOS on top of what the chat template adds
+    add_generation_prompt: bool = _strict(True)  # the template's opening of the assistant's reply
+    chat_template_kwargs: dict[str, Any] | None = None  # more variables for the template (vLLM)
     parallel_tool_calls: bool | None = None  # accepted: no tool is ever called
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_template_kwargs(value)
 
     @field_validator("messages")
     @classmethod
@@ -248,7 +268,13 @@ class TokenizeRequest(_Body):
     messages: tuple[ChatMessage, ...] | None = None
     add_special_tokens: bool | None = _strict(None)  # None: True for a prompt, False for messages
     add_generation_prompt: bool = _strict(True)
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = _strict(False)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_template_kwargs(value)
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:

@@ -19,8 +19,8 @@ _MUST_BE_EMPTY = {
         "kv_transfer_params", "vllm_xargs", "mm_processor_kwargs", "use_beam_search",
     ),
     "completions": ("suffix", "prompt_embeds"),
-    "chat": ("chat_template", "chat_template_kwargs", "documents", "continue_final_message"),
-    "tokenize": ("chat_template", "chat_template_kwargs", "continue_final_message", "tools"),
+    "chat": ("chat_template", "documents", "continue_final_message"),
+    "tokenize": ("chat_template", "continue_final_message", "tools"),
     "detokenize": (),
 }
 
@@ -61,8 +61,6 @@ def check_unsupported(obj: dict[str, Any], endpoint: str) -> None:
         best_of, n = obj.get("best_of"), obj.get("n", 1)
         if best_of is not None and best_of != n:
             raise _unsupported("best_of", "must be null or equal to n (there is no candidate ranking)")
-    if endpoint in ("chat", "tokenize") and obj.get("add_generation_prompt", True) is not True:
-        raise _unsupported("add_generation_prompt", "the chat template always adds the generation prompt")
     if endpoint == "chat":
         choice = obj.get("tool_choice")
         if choice is not None and choice != "none":

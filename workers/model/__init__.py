@@ -35,8 +35,8 @@ Serving interface (what prefill/decode engines build on):
   hf:// through the Hugging Face cache); `read_hf_config(directory).arch` (`moeplane.api.hf_config`)
   is its `ModelArch`.
 - `load_tokenizer(location | "bytes", arch)` -> a `Tokenizer` (the checkpoint's, or byte-level for
-  `tiny`; `tokenizer_for(arch)` is the byte one): encode/decode, EOS ids, token strings and
-  `apply_chat_template` exactly as transformers.
+  `tiny`): encode/decode, EOS ids, token strings, `apply_chat_template` and `encode_chat` exactly
+  as transformers.
 - `runner.mtp` / `runner.forward_mtp(...)`: DeepSeek-V3's MTP layer when the checkpoint has it;
   never part of `forward`.
 - `reference_logits(arch, state_dict, input_ids)` is the single-process definition of correct; it
@@ -55,7 +55,7 @@ from moeplane.workers.model.metadata import (
     prefill_metadata,
 )
 from moeplane.workers.model.runner import EPModelRunner, empty_metadata
-from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_for
+from moeplane.workers.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from moeplane.workers.model.weights import RandomWeights, SafetensorsWeights, StateDictWeights, WeightSource
 
 __all__ = [
@@ -78,5 +78,4 @@ __all__ = [
     "load_tokenizer",
     "prefill_metadata",
     "resolve_checkpoint",
-    "tokenizer_for",
 ]

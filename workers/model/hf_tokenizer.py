@@ -169,6 +169,16 @@ class HFTokenizer:
             self.chat_template, messages, self.special_tokens, add_generation_prompt, **kwargs
         )
 
+    def encode_chat(
+        self, messages: Sequence[Any], add_generation_prompt: bool = True, add_special_tokens: bool = False,
+        **kwargs: Any,
+    ) -> list[int]:
+        """transformers' `apply_chat_template(tokenize=True)`: the template writes BOS and the
+        other special tokens as text, so it is tokenized without adding them again (unless
+        `add_special_tokens`, vLLM's chat field of that name)."""
+        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
+        return self.encode(text, add_special_tokens=add_special_tokens)
+
 
 def _clean_up_tokenization(text: str) -> str:
     """transformers' `clean_up_tokenization` (WordPiece-era space fixes)."""

@@ -4,9 +4,11 @@
   chat template and generation_config.json's EOS ids; equal to transformers' fast tokenizer.
 - `ByteTokenizer`: UTF-8 bytes for the `tiny` preset, with the plain `<|role|>` chat form.
 
-`load_tokenizer(location, arch)` picks one: `"bytes"` (or None for a byte-sized vocabulary) is
-the byte tokenizer, anything else a checkpoint location (local path, pvc://, hf://) resolved on
-this node. Decoding skips special tokens by default, as vLLM does.
+`load_tokenizer(location, arch)` picks one: `"bytes"` (or None) is the byte tokenizer, which
+fits only a byte-sized vocabulary; anything else is a checkpoint location (local path, pvc://,
+hf://) resolved on this node. The frontend and every rank of a deployment call it with the runtime
+document's `model.tokenizer`, so they tokenize alike. Decoding skips special tokens by default, as
+vLLM does.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ class Tokenizer(Protocol):
     def apply_chat_template(
         self, messages: Sequence[Any], add_generation_prompt: bool = True, **kwargs: Any
     ) -> str: ...
+
+    def encode_chat(
+        self, messages: Sequence[Any], add_generation_prompt: bool = True, add_special_tokens: bool = False,
+        **kwargs: Any,
+    ) -> list[int]:
+        """The chat prompt's ids: the rendered template, whose text writes the special tokens
+        (transformers' `apply_chat_template(tokenize=True)`); `add_special_tokens` adds the
+        tokenizer's own on top, as vLLM's chat `add_special_tokens`."""
+        ...
 
 
 class ByteTokenizer:
@@ -117,15 +128,34 @@ class ByteTokenizer:
             parts.append("<|assistant|>\n")
         return "".join(parts)
 
+    def encode_chat(
+        self, messages: Sequence[Any], add_generation_prompt: bool = True, add_special_tokens: bool = False,
+        **kwargs: Any,
+    ) -> list[int]:
+        """BOS, then the plain form's bytes: the plain template has no text for BOS, so the ids
+        carry it as a checkpoint's template writes its own; `add_special_tokens` adds another."""
+        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
+        ids = self.encode(text, add_special_tokens=True)
+        return [256, *ids] if add_special_tokens else ids  # 256: BOS
+
 
 def load_tokenizer(location: str | None, arch: ModelArch | None = None) -> Tokenizer:
     """The tokenizer at `location` ("bytes", a local path, pvc:// or hf://), resolved on this node.
 
-    `None` means the byte tokenizer, which fits only a byte-sized vocabulary (the `tiny` preset).
-    A tokenizer with more ids than `arch`'s vocabulary is refused (its ids would not embed).
+    `None` or "bytes" is the byte tokenizer, sized to `arch`'s vocabulary, which must be
+    byte-sized (the `tiny` preset). A checkpoint's tokenizer with more ids than `arch`'s
+    vocabulary is refused (its ids would not embed). Errors name the location (CheckpointError,
+    HFTokenizerError, TokenizerError: all ValueError).
     """
     if location is None or location == BYTES:
-        return tokenizer_for(arch) if arch is not None else ByteTokenizer()
+        if arch is None:
+            return ByteTokenizer()
+        if arch.vocab_size > 512:
+            raise TokenizerError(
+                f"{arch.name} has a {arch.vocab_size}-token vocabulary, which the byte-level tokenizer "
+                "(bytes) cannot serve: name the model's own tokenizer (spec.model.tokenizer)"
+            )
+        return ByteTokenizer(arch.vocab_size)
     from moeplane.workers.model.checkpoint import resolve_checkpoint
     from moeplane.workers.model.hf_tokenizer import HFTokenizer
 
@@ -136,13 +166,3 @@ def load_tokenizer(location: str | None, arch: ModelArch | None = None) -> Token
             f"{arch.vocab_size}"
         )
     return tokenizer
-
-
-def tokenizer_for(arch: ModelArch) -> Tokenizer:
-    """The byte-level tokenizer for byte-sized vocabularies (the `tiny` preset)."""
-    if arch.vocab_size > 512:
-        raise TokenizerError(
-            f"{arch.name} has a {arch.vocab_size}-token vocabulary; load its own tokenizer "
-            "(only byte-level vocabularies are built in)"
-        )
-    return ByteTokenizer(arch.vocab_size)

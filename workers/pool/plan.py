@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from moeplane.workers.eplb.online import GroupEplb
-from moeplane.workers.model.weights import SafetensorsWeights
 from moeplane.workers.pool.settings import PoolSettings
 from moeplane.workers.runtime import scheduler_config
 from moeplane.workers.serving.actor import RankSpec
@@ -87,11 +86,11 @@ def group_spec(settings: PoolSettings, opts: PoolOptions, index: int) -> GroupSp
         scheduler=scheduler_config(doc.serving),
         lease_s=settings.lease_s,
     )
-    # A checkpoint is opened lazily, by each rank on its own node.
-    w = settings.weights
+    # A checkpoint location is resolved and opened by each rank on its own node.
     rank = RankSpec(
         arch=settings.arch,
-        weights=w if isinstance(w, int) else SafetensorsWeights(w),
+        weights=settings.weights,
+        tokenizer=doc.model.tokenizer,
         engine=engine,
         placement=settings.placement,
         device=settings.device,

@@ -12,7 +12,8 @@ gives its pod (pure: files in, a frozen value out; no Ray, no sockets). The name
 - `MOEPLANE_REDIS_URL`: the Redis of the worker registry;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of every worker gRPC service;
 - `MOEPLANE_POD_IP` (optional): the address the groups advertise in the registry;
-- `MOEPLANE_VOLUME_ROOT`, `HF_HOME`: where pvc:// and hf:// checkpoints are mounted.
+- `MOEPLANE_VOLUME_ROOT`, `HF_HOME`: where pvc:// and hf:// checkpoints are mounted; each rank
+  resolves the weights' and the tokenizer's location on its own node with its own environment.
 
 The pool starts on `Placement.identity` over its layout's slots, or on its load file's placement.
 """
@@ -21,11 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from moeplane.api.arch import ModelArch
-from moeplane.api.enums import EplbMode, Role, WeightsFormat
+from moeplane.api.enums import EplbMode, Role
 from moeplane.api.layout import GroupLayout
 from moeplane.api.podcontract import (
     ENGINE_CONFIG_ENV,
@@ -45,7 +45,7 @@ from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.layout import KVBackend
 from moeplane.workers.placement import Placement
-from moeplane.workers.runtime import checkpoint_path, device_of, dtype_of, initial_placement, rank_kv_blocks
+from moeplane.workers.runtime import device_of, dtype_of, initial_placement, rank_kv_blocks, rank_weights
 
 from moeplane.bus.keys import DeploymentKeys
 
@@ -66,7 +66,7 @@ class PoolSettings:
     redis_url: str
     grpc_token: str | None
     advertise_host: str | None
-    weights: int | Path  # a random-weights seed, or where the worker nodes read the checkpoint
+    weights: int | str  # a random-weights seed, or the checkpoint's location (each rank resolves it)
 
     @property
     def keys(self) -> DeploymentKeys:
@@ -178,12 +178,6 @@ def load_pool_settings(env: Mapping[str, str]) -> PoolSettings:
         doc = read_engine_document(engine_path, role=role, pool_layout=env.get(POOL_LAYOUT_ENV) or None)
     except EngineDocumentError as exc:
         raise PoolSetupError(str(exc)) from None
-    weights = doc.model.weights
-    if weights.format is WeightsFormat.RANDOM:
-        source: int | Path = weights.seed
-    else:
-        assert weights.uri is not None  # the document's rules require it
-        source = checkpoint_path(weights.uri, env)
     return PoolSettings(
         document=doc,
         role=role,
@@ -193,5 +187,5 @@ def load_pool_settings(env: Mapping[str, str]) -> PoolSettings:
         redis_url=redis_url,
         grpc_token=env.get(GRPC_TOKEN_ENV) or None,
         advertise_host=env.get(POD_IP_ENV) or None,
-        weights=source,
+        weights=rank_weights(doc),
     )

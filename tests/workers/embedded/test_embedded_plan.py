@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import io
 import itertools
+from pathlib import Path
 
 import pytest
-from moeplane.api.enums import Role
+import yaml
+from moeplane.api.enums import Role, WeightsFormat
 from moeplane.api.errors import SpecInvalid
+from moeplane.api.hf_config import arch_differences, read_hf_config
 from moeplane.api.runtime import resolve_runtime
-from moeplane.api.spec import SlaSpec
+from moeplane.api.spec import MoEDeployment, SlaSpec, parse_deployment
 from moeplane.workers.embedded.loadgen import Arrival, LoadSpec, Result, poisson_schedule
 from moeplane.workers.embedded.plan import (
     DEFAULT_MANIFEST,
     EmbeddedPlanError,
     load_manifest,
     plan_from_deployment,
+    read_manifest,
 )
 from moeplane.workers.embedded.progress import ProgressBar
 from moeplane.workers.embedded.report import format_report, summarize
+
+from tests.example_manifests import LOCAL_CHECKPOINT
 
 pytestmark = pytest.mark.unit
 
@@ -41,12 +47,49 @@ def test_tiny_cpu_manifest_gives_one_prefill_and_one_decode_group_of_ep2() -> No
     assert aggregated.max_model_len == 512
 
 
-def test_plans_the_embedded_stack_cannot_run_name_the_field() -> None:
+def _with_model(dep: MoEDeployment, **changes: object) -> MoEDeployment:
+    model = dep.spec.model.model_copy(update=changes)
+    return dep.model_copy(update={"spec": dep.spec.model_copy(update={"model": model})})
+
+
+def test_a_manifest_naming_only_a_checkpoint_directory_plans_from_it(tmp_path: Path, hf_checkpoint) -> None:
+    checkpoint = hf_checkpoint("qwen3-moe")
+    (tmp_path / "ckpt").symlink_to(checkpoint)
+    manifest = yaml.safe_load(LOCAL_CHECKPOINT.read_text())
+    manifest["spec"]["model"]["weights"]["uri"] = "./ckpt"  # relative: the manifest's folder
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    plan = plan_from_deployment(load_manifest(path))
+    where = str(tmp_path / "ckpt")
+    config = read_hf_config(checkpoint)
+    assert arch_differences(config.arch, plan.arch) == []  # no preset: config.json's
+    assert plan.arch.name == "ckpt"  # named after the directory
+    assert plan.document.model.weights.uri == where == plan.weights == plan.tokenizer == plan.checkpoint
+    assert plan.max_model_len == config.arch.max_position_embeddings == 512
+    assert plan.decode.num_blocks_per_rank * plan.decode.block_size_tokens == 4096  # minKvTokensPerGpu
+    # The planner reads the same manifest, with the same absolute directory.
+    assert read_manifest(path)["spec"]["model"]["weights"]["uri"] == where
+
+
+def test_plans_the_embedded_stack_cannot_run_name_the_field(tmp_path: Path) -> None:
     dep = load_manifest(DEFAULT_MANIFEST)
-    weights = dep.spec.model.weights.model_copy(update={"format": "safetensors", "uri": "/w"})
-    model = dep.spec.model.model_copy(update={"weights": weights})
-    with pytest.raises(EmbeddedPlanError, match=r"spec\.model\.weights\.format is safetensors"):
-        plan_from_deployment(dep.model_copy(update={"spec": dep.spec.model_copy(update={"model": model})}))
+    weights = dep.spec.model.weights.model_copy(
+        update={"format": WeightsFormat.SAFETENSORS, "uri": str(tmp_path / "w")}
+    )
+    # With a preset the checkpoint need not be visible to `moeplane validate`; here it must be.
+    missing = rf"spec\.model\.weights\.uri: {tmp_path}/w: .* does not exist"
+    with pytest.raises(EmbeddedPlanError, match=missing):
+        plan_from_deployment(_with_model(dep, weights=weights, tokenizer="bytes"))
+    no_tokenizer = rf"spec\.model\.tokenizer: {tmp_path}/tokenizer\.json: no tokenizer\.json"
+    with pytest.raises(EmbeddedPlanError, match=no_tokenizer):
+        plan_from_deployment(_with_model(dep, tokenizer=str(tmp_path)))
+    r1 = yaml.safe_load((DEFAULT_MANIFEST.parent / "deepseek-r1.yaml").read_text())
+    with pytest.raises(EmbeddedPlanError, match=r"spec\.hardware\.gpu is h800; the embedded stack runs on"):
+        plan_from_deployment(parse_deployment(r1))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed")
+    with pytest.raises(EmbeddedPlanError, match=rf"manifest {bad} is not valid YAML"):
+        load_manifest(bad)
     # What `moeplane validate` refuses, the plan refuses with the same message.
     decode = dep.spec.decode.model_copy(update={"data_parallel_attention": 1})
     with pytest.raises(SpecInvalid, match=r"spec\.decode\.dataParallelAttention: 1 must equal expert"):
@@ -104,3 +147,15 @@ def test_progress_bar_logs_every_tenth_when_not_a_terminal() -> None:
         bar.update(ok=i != 5)
     lines = out.getvalue().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("load [##############################] 20/20  1 errors")
+
+
+def test_a_ranks_load_error_reaches_moeplane_up_as_its_own_message() -> None:
+    from moeplane.workers.embedded.commands import model_load_error
+    from moeplane.workers.model.weights import WeightError
+    from ray.exceptions import RayTaskError
+
+    cause = WeightError("/m/model-00005-of-00020.safetensors: cannot be opened as safetensors")
+    raised = RayTaskError("RankWorker.start", "Traceback ...", cause).as_instanceof_cause()
+    assert model_load_error(raised) is cause  # not Ray's traceback text
+    assert model_load_error(RayTaskError("f", "tb", RuntimeError("a bug"))) is None
+    assert model_load_error(RuntimeError("a bug")) is None

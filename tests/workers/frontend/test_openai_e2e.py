@@ -20,7 +20,7 @@ from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
-from moeplane.workers.model import RandomWeights, tokenizer_for
+from moeplane.workers.model import RandomWeights, load_tokenizer
 from moeplane.workers.model.reference import reference_greedy
 from moeplane.workers.model.weights import full_state_dict
 from moeplane.workers.serving.client import WorkerControlClient
@@ -30,7 +30,7 @@ from moeplane.bus.request_metrics import read_request_records
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 PLAN = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), max_model_len=512)
-TOK = tokenizer_for(PLAN.arch)
+TOK = load_tokenizer("bytes", PLAN.arch)
 NO_EOS = {"ignore_eos": True}
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import pytest_asyncio
 from moeplane.api.presets import model_preset
-from moeplane.workers.model import RandomWeights, tokenizer_for
+from moeplane.workers.model import RandomWeights, load_tokenizer
 from moeplane.workers.model.reference import reference_greedy
 from moeplane.workers.model.weights import full_state_dict
 from moeplane.workers.serving.actor import RankSpec
@@ -80,7 +80,7 @@ async def wait_blocks_free(server: ControlServer, timeout_s: float = 10.0) -> li
 
 async def test_greedy_through_prefill_kv_transfer_decode_equals_reference(groups) -> None:
     prefill, decode, clients = groups
-    tok = tokenizer_for(ARCH)
+    tok = load_tokenizer("bytes", ARCH)
     texts = ["The quick brown fox", "a", "Mixture of experts " * 6, "disaggregated serving!"]
     greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     results = await asyncio.gather(
@@ -104,7 +104,7 @@ async def test_decode_group_alone_serves_aggregated_and_rebalances(groups) -> No
     from moeplane.workers.placement import Placement
 
     _, decode, (_, dc) = groups
-    tok = tokenizer_for(ARCH)
+    tok = load_tokenizer("bytes", ARCH)
     prompt = tok.encode("aggregated serving")
     greedy = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     tokens = [t async for ev in dc.decode("agg1", prompt, greedy) for t in ev.token_ids]

@@ -10,7 +10,7 @@ import torch
 from moeplane.api.presets import model_preset
 from moeplane.workers.kv.grpc_backend import GrpcKVTransport
 from moeplane.workers.kv.transport import KVTransport
-from moeplane.workers.model import EPModelRunner, RandomWeights, tokenizer_for
+from moeplane.workers.model import EPModelRunner, RandomWeights, load_tokenizer
 from moeplane.workers.model.reference import reference_greedy
 from moeplane.workers.model.weights import full_state_dict
 from moeplane.workers.serving.config import Role, SchedulerConfig
@@ -57,7 +57,8 @@ def make_engine(
         transport = GrpcKVTransport(chunk_bytes=256 * 1024)
     loop.run(transport.start())
     return RankEngine(
-        config, runner, runner.allocate_kv_cache(64, block_size), tokenizer_for(ARCH), transport, loop
+        config, runner, runner.allocate_kv_cache(64, block_size), load_tokenizer("bytes", ARCH), transport,
+        loop,
     )
 
 
@@ -114,7 +115,7 @@ def test_disaggregated_greedy_equals_reference(loop: LoopThread, device: str, ba
         max_num_seqs=4,
     )
     decode = make_engine(Role.DECODE, loop, block_size=8, device=device, backend=backend)
-    tok = tokenizer_for(ARCH)
+    tok = load_tokenizer("bytes", ARCH)
     prompts = {
         f"r{i}": tok.encode(text) for i, text in enumerate(["hello", "a much longer prompt, chunked", "x"])
     }
@@ -155,7 +156,7 @@ def test_expired_lease_frees_prefill_blocks_and_a_late_pull_fails_cleanly(loop: 
     expiry = loop.submit(run_expiry(prefill.transport, interval_s=0.05))
     try:
         sampling = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-        prompt = tuple(tokenizer_for(ARCH).encode("nobody will pull this"))
+        prompt = tuple(load_tokenizer("bytes", ARCH).encode("nobody will pull this"))
         (out,) = drive(prefill, StepInput(new=(NewRequest("lost", prompt, sampling),)), {"lost"})["lost"]
         assert out.kv is not None and prefill.stats().num_used_blocks == 6  # 22 tokens / 4
         deadline = time.monotonic() + 5

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from moeplane.api.presets import model_preset
-from moeplane.workers.model import EPModelRunner, RandomWeights, tokenizer_for
+from moeplane.workers.model import EPModelRunner, RandomWeights, load_tokenizer
 from moeplane.workers.model.reference import reference_logits
 from moeplane.workers.model.weights import full_state_dict
 from moeplane.workers.serving.config import Role, SchedulerConfig
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 11
 ARCH = model_preset("tiny")
-TOK = tokenizer_for(ARCH)
+TOK = load_tokenizer("bytes", ARCH)
 
 
 @pytest.fixture(scope="module")
