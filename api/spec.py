@@ -227,6 +227,17 @@ class EplbSpec(ApiModel):
     """Expert-parallel load balancing."""
 
     mode: EplbMode = Field(EplbMode.ONLINE, description="off, static (from loadFile) or online.")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_not_a_yaml_boolean(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `off` as false: say so instead of "not a valid enum member".
+        if isinstance(value, bool):
+            raise ValueError(
+                f"got the boolean {str(value).lower()}; YAML reads an unquoted off as false, write "
+                'mode: "off" (quoted), static or online'
+            )
+        return value
     algorithm: EplbAlgorithm = Field(
         EplbAlgorithm.AUTO,
         description="Placement policy: auto (moeplane's own), or DeepSeek's hierarchical or global.",

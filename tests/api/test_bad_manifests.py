@@ -96,6 +96,9 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
     ("itl-negative", R1, {"spec.sla.itlMs": -5},
      ["spec.sla.itlMs: must be greater than 0 (got -5)"], [], True),
     ("sla-missing", R1, {"spec.sla": DELETE}, ["spec.sla: is required"], [], True),
+    ("eplb-mode-yaml-boolean", R1, {"spec.eplb.mode": False},
+     ['spec.eplb.mode: got the boolean false; YAML reads an unquoted off as false, write mode: "off" '
+      "(quoted), static or online"], [], True),
     ("window-longer-than-interval", R1, {"spec.eplb.windowSeconds": 700},
      ["spec.eplb.windowSeconds: 700 s is longer than intervalSeconds (600 s)"], "same", False),
     ("window-longer-than-default-interval", TINY, {"spec.eplb": {"windowSeconds": 301}},
