@@ -124,7 +124,7 @@ class KubeClient:
         status = pool.get("status") or {}
         return PoolGroups(
             desired=int(pool.get("spec", {}).get("replicas", 0)),
-            ready=int(status.get("readyReplicas", 0)),
+            ready=int(status.get("readyGroups", 0)),
         )
 
     # ---- writes -----------------------------------------------------------------------------

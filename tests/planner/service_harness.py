@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from moeplane.api.enums import Role
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import parse_deployment
 from moeplane.operator.builders.pools import build_pool
 from moeplane.planner.kube import KubeClient
@@ -39,11 +39,12 @@ def install(cluster: EmulatedCluster, obj: dict[str, Any]) -> None:
     """The MoEDeployment and its two pools as the operator would make them, all groups ready."""
     cluster.apply_object(copy.deepcopy(obj))
     deployment = parse_deployment(obj)
-    layout = resolve_layout(deployment.spec)
+    document = resolve_runtime(deployment)
     name = obj["metadata"]["name"]
     for role in Role:
-        pool = build_pool(deployment, name, "default", role, layout, deployment.spec.pool(role).replicas)
-        pool["status"] = {"replicas": 1, "readyReplicas": 1}
+        replicas = deployment.spec.pool(role).replicas
+        pool = build_pool(deployment, name, "default", role, document.pool(role), replicas)
+        pool["status"] = {"replicas": 1, "readyGroups": 1}
         cluster.apply_object(pool)
 
 
