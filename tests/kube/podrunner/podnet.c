@@ -1,0 +1,236 @@
+/* podnet: a pod's network namespace, emulated on the host's loopback (LD_PRELOAD).
+ *
+ * Every pod the test pod runner starts gets its own loopback address (PODNET_IP, e.g. 127.1.0.7).
+ * A process of that pod sees the network the way it would inside its pod:
+ *
+ *  - bind() to the wildcard (0.0.0.0, ::) or to any loopback address binds PODNET_IP instead, so
+ *    two pods may both listen on 6379 (two Ray heads) and never collide;
+ *  - connect() to localhost (127.0.0.1, ::1, 0.0.0.0) reaches PODNET_IP: "localhost" is the pod;
+ *  - a socket that connects to a loopback address without an explicit bind() first binds PODNET_IP,
+ *    so its peers (and getsockname(), which Ray uses to learn its node IP) see the pod's address;
+ *  - a UDP connect() to an address outside the host (Ray's node-IP detection "connects" to
+ *    8.8.8.8:53 and reads getsockname()) is pointed at PODNET_IP: the pod's only interface;
+ *  - getaddrinfo() answers cluster DNS names from the hosts file PODNET_HOSTS ("IP NAME" lines,
+ *    rewritten by the runner as Services and pods change), with the search path of a pod in
+ *    PODNET_NAMESPACE (<ns>.svc.cluster.local svc.cluster.local cluster.local) and ndots:5.
+ *    Names under cluster.local that the file does not hold do not exist (EAI_NONAME); any other
+ *    name goes to the system resolver.
+ *
+ * Without PODNET_IP every call passes through unchanged.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+
+static int pod_state = 0; /* 0 unknown, 1 set, -1 unset */
+static struct in_addr pod_ip;
+
+static int have_pod_ip(void) {
+    if (pod_state == 0) {
+        const char *s = getenv("PODNET_IP");
+        pod_state = (s && inet_pton(AF_INET, s, &pod_ip) == 1) ? 1 : -1;
+    }
+    return pod_state > 0;
+}
+
+static bind_fn real_bind(void) {
+    static bind_fn fn = NULL;
+    if (!fn) fn = (bind_fn)dlsym(RTLD_NEXT, "bind");
+    return fn;
+}
+
+static connect_fn real_connect(void) {
+    static connect_fn fn = NULL;
+    if (!fn) fn = (connect_fn)dlsym(RTLD_NEXT, "connect");
+    return fn;
+}
+
+static int loopback4(struct in_addr a) { return (ntohl(a.s_addr) >> 24) == 127; }
+static int localhost4(struct in_addr a) {
+    return a.s_addr == htonl(INADDR_ANY) || ntohl(a.s_addr) == INADDR_LOOPBACK;
+}
+
+static void mapped_pod6(struct in6_addr *a) {
+    memset(a, 0, sizeof *a);
+    a->s6_addr[10] = 0xff;
+    a->s6_addr[11] = 0xff;
+    memcpy(&a->s6_addr[12], &pod_ip, 4);
+}
+
+static int mapped4(const struct in6_addr *a, struct in_addr *out) {
+    if (!IN6_IS_ADDR_V4MAPPED(a)) return 0;
+    memcpy(out, &a->s6_addr[12], 4);
+    return 1;
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    if (!have_pod_ip() || !addr) return real_bind()(fd, addr, len);
+    if (addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        struct sockaddr_in in = *(const struct sockaddr_in *)addr;
+        if (in.sin_addr.s_addr == htonl(INADDR_ANY) || loopback4(in.sin_addr)) {
+            in.sin_addr = pod_ip;
+            return real_bind()(fd, (struct sockaddr *)&in, sizeof in);
+        }
+    } else if (addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 in6 = *(const struct sockaddr_in6 *)addr;
+        struct in_addr v4;
+        int local = IN6_IS_ADDR_UNSPECIFIED(&in6.sin6_addr) || IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr) ||
+                    (mapped4(&in6.sin6_addr, &v4) && (v4.s_addr == 0 || loopback4(v4)));
+        if (local) {
+            /* A v4-mapped address needs a dual-stack socket. */
+            int off = 0;
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+            mapped_pod6(&in6.sin6_addr);
+            return real_bind()(fd, (struct sockaddr *)&in6, sizeof in6);
+        }
+    }
+    return real_bind()(fd, addr, len);
+}
+
+/* Bind an unbound socket to the pod's address (port 0), so that it leaves from the pod. */
+static void bind_source(int fd, int family) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        if (in->sin_port != 0 || in->sin_addr.s_addr != htonl(INADDR_ANY)) return;
+        in->sin_addr = pod_ip;
+        real_bind()(fd, (struct sockaddr *)in, sizeof *in);
+    } else if (ss.ss_family == AF_INET6 && family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        if (in6->sin6_port != 0 || !IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) return;
+        int off = 0;
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+        mapped_pod6(&in6->sin6_addr);
+        real_bind()(fd, (struct sockaddr *)in6, sizeof *in6);
+    }
+}
+
+static int is_udp(int fd) {
+    int type = 0;
+    socklen_t tl = sizeof type;
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    if (!have_pod_ip() || !addr) return real_connect()(fd, addr, len);
+    if (addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        struct sockaddr_in in = *(const struct sockaddr_in *)addr;
+        if (localhost4(in.sin_addr)) in.sin_addr = pod_ip;
+        else if (!loopback4(in.sin_addr) && is_udp(fd)) in.sin_addr = pod_ip;
+        if (loopback4(in.sin_addr)) bind_source(fd, AF_INET);
+        return real_connect()(fd, (struct sockaddr *)&in, sizeof in);
+    }
+    if (addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 in6 = *(const struct sockaddr_in6 *)addr;
+        struct in_addr v4;
+        int mapped = mapped4(&in6.sin6_addr, &v4);
+        if (IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&in6.sin6_addr) ||
+            (mapped && localhost4(v4)) || (!mapped && is_udp(fd)) || (mapped && !loopback4(v4) && is_udp(fd))) {
+            mapped_pod6(&in6.sin6_addr);
+            mapped = 1;
+        }
+        if (mapped4(&in6.sin6_addr, &v4) && loopback4(v4)) bind_source(fd, AF_INET6);
+        return real_connect()(fd, (struct sockaddr *)&in6, sizeof in6);
+    }
+    return real_connect()(fd, addr, len);
+}
+
+/* ---- cluster DNS --------------------------------------------------------------------------- */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcasecmp(s + n - m, suffix) == 0;
+}
+
+/* The IP of `name` in the hosts file, into `ip` (size 64); 1 when found. */
+static int lookup_file(const char *name, char *ip) {
+    const char *path = getenv("PODNET_HOSTS");
+    if (!path) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[512];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        char addr[64], host[400];
+        if (sscanf(line, "%63s %399s", addr, host) == 2 && strcasecmp(host, name) == 0) {
+            strcpy(ip, addr);
+            found = 1;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Resolve like a pod's resolv.conf (search path, ndots:5); 1 found, 0 not a cluster name, -1 NXDOMAIN. */
+static int cluster_lookup(const char *node, char *ip) {
+    char name[300];
+    size_t n = strlen(node);
+    if (n == 0 || n >= 200) return 0;
+    strcpy(name, node);
+    if (name[n - 1] == '.') {
+        name[n - 1] = '\0';
+        if (lookup_file(name, ip)) return 1;
+        return ends_with(name, ".cluster.local") ? -1 : 0;
+    }
+    int dots = 0;
+    for (const char *p = name; *p; p++) dots += *p == '.';
+    const char *ns = getenv("PODNET_NAMESPACE");
+    if (dots < 5) {
+        char candidate[400];
+        if (ns) {
+            snprintf(candidate, sizeof candidate, "%s.%s.svc.cluster.local", name, ns);
+            if (lookup_file(candidate, ip)) return 1;
+        }
+        snprintf(candidate, sizeof candidate, "%s.svc.cluster.local", name);
+        if (lookup_file(candidate, ip)) return 1;
+        snprintf(candidate, sizeof candidate, "%s.cluster.local", name);
+        if (lookup_file(candidate, ip)) return 1;
+    }
+    if (lookup_file(name, ip)) return 1;
+    return ends_with(name, ".cluster.local") || ends_with(name, ".svc") ? -1 : 0;
+}
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
+    static gai_fn real = NULL;
+    if (!real) real = (gai_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+    if (node && getenv("PODNET_HOSTS")) {
+        struct in_addr probe;
+        if (inet_pton(AF_INET, node, &probe) != 1) {
+            char ip[64];
+            int found = cluster_lookup(node, ip);
+            if (found < 0) return EAI_NONAME;
+            if (found > 0) {
+                struct addrinfo h;
+                if (hints) h = *hints;
+                else memset(&h, 0, sizeof h);
+                /* The answer is IPv4: an AF_INET6-only query gets it v4-mapped. */
+                if (h.ai_family == AF_INET6) {
+                    char mapped[80];
+                    snprintf(mapped, sizeof mapped, "::ffff:%s", ip);
+                    h.ai_flags |= AI_NUMERICHOST;
+                    return real(mapped, service, &h, res);
+                }
+                h.ai_flags |= AI_NUMERICHOST;
+                h.ai_flags &= ~AI_CANONNAME;
+                return real(ip, service, &h, res);
+            }
+        }
+    }
+    return real(node, service, hints, res);
+}
