@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tests.kube.podrunner import kuberay_api as K
-from tests.kube.podrunner.quantity import is_zero, value
+from tests.kube.podrunner.quantity import is_zero, parse_quantity, value
 
 Obj = dict[str, Any]
 
@@ -89,6 +89,37 @@ def _is_gpu_key(key: str) -> bool:
     return key.endswith("gpu") or re.search(r"nvidia\.com/mig-\d+g\.\d+gb$", key) is not None
 
 
+# common/pod.go: customAcceleratorToRayResourceMap.
+_CUSTOM_ACCELERATORS = {"aws.amazon.com/neuroncore": "neuron_cores", "google.com/tpu": "TPU"}
+
+
+def _add_accelerators(params: dict[str, str], limits: Mapping[str, Any]) -> None:
+    """common.addWellKnownAcceleratorResources: num-gpus, and the first custom accelerator."""
+    if not limits:
+        return
+    raw = params.get("resources", "").strip("'\"` ")
+    resources: dict[str, float] = json.loads(raw) if raw else {}
+    added = any(name in resources for name in _CUSTOM_ACCELERATORS.values())
+    for key in sorted(limits):
+        if "num-gpus" not in params and _is_gpu_key(key) and not is_zero(limits[key]):
+            params["num-gpus"] = str(value(limits[key]))
+        if not added and key in _CUSTOM_ACCELERATORS and not is_zero(limits[key]):
+            name = _CUSTOM_ACCELERATORS[key]
+            if name not in resources:
+                resources[name] = float(parse_quantity(limits[key]))
+                params["resources"] = f"'{_go_json(resources)}'"
+            added = True
+
+
+def _go_json(resources: Mapping[str, float]) -> str:
+    """encoding/json of a map[string]float64: sorted keys, integral floats without a fraction."""
+    parts = []
+    for key in sorted(resources):
+        num = resources[key]
+        parts.append(f"{json.dumps(key)}:{int(num) if float(num).is_integer() else num}")
+    return "{" + ",".join(parts) + "}"
+
+
 def generate_ray_start_command(node_type: str, params: dict[str, str], resources: Mapping[str, Any]) -> str:
     """common.generateRayStartCommand (fills num-cpus, memory, num-gpus from the container)."""
     limits = resources.get("limits") or {}
@@ -100,9 +131,7 @@ def generate_ray_start_command(node_type: str, params: dict[str, str], resources
             params["num-cpus"] = str(value(requests["cpu"]))
     if "memory" not in params and not is_zero(limits.get("memory")):
         params["memory"] = str(value(limits["memory"]))
-    for key in sorted(limits):  # addWellKnownAcceleratorResources (the GPU part)
-        if "num-gpus" not in params and _is_gpu_key(key) and not is_zero(limits[key]):
-            params["num-gpus"] = str(value(limits[key]))
+    _add_accelerators(params, limits)
     if node_type == K.HEAD_NODE:
         return f"ray start --head {convert_param_map(params)}"
     return f"ray start {convert_param_map(params)}"
@@ -138,7 +167,7 @@ def _update_params_resources(params: dict[str, str], resources: Mapping[str, str
         else:
             custom[name] = float(value(quantity))
     if custom:
-        params["resources"] = f"'{json.dumps(custom, separators=(',', ':'))}'"
+        params["resources"] = f"'{_go_json(custom)}'"
 
 
 def _update_params_labels(params: dict[str, str], labels: Mapping[str, str] | None) -> None:
