@@ -26,12 +26,24 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tests.kube.podrunner import kuberay_api as K
 from tests.kube.podrunner.quantity import is_zero, parse_quantity, value
 
 Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KubeRayConfig:
+    """The KubeRay operator's own switches (environment variables of its Deployment)."""
+
+    init_container_injection: bool = True  # ENABLE_INIT_CONTAINER_INJECTION (common/pod.go)
+    probes_injection: bool = True  # ENABLE_PROBES_INJECTION (utils/constant.go)
+
+
+DEFAULT_CONFIG = KubeRayConfig()
 
 
 class UnsupportedByRunner(ValueError):
@@ -298,7 +310,13 @@ def _has_mount_at(container: Mapping[str, Any], path: str) -> bool:
 
 
 def _build_pod(
-    rc: Mapping[str, Any], template: Obj, node_type: str, params: dict[str, str], port: str, fqdn: str
+    rc: Mapping[str, Any],
+    template: Obj,
+    node_type: str,
+    params: dict[str, str],
+    port: str,
+    fqdn: str,
+    config: KubeRayConfig,
 ) -> Obj:
     """common.BuildPod (RayCluster creator, autoscaling off) + SetControllerReference."""
     spec = template.setdefault("spec", {})
@@ -335,7 +353,8 @@ def _build_pod(
         env.append({"name": K.FQ_RAY_IP, "value": fqdn})
         env.append({"name": K.RAY_IP, "value": fqdn.split(".")[0]})
     set_container_env(ray, node_type, fqdn, port, ray_start)
-    init_probes(ray, node_type, params, str((rc.get("spec") or {}).get("rayVersion") or ""))
+    if config.probes_injection:
+        init_probes(ray, node_type, params, str((rc.get("spec") or {}).get("rayVersion") or ""))
     meta = rc["metadata"]
     pod_meta = template.setdefault("metadata", {})
     pod_meta["ownerReferences"] = [
@@ -368,7 +387,7 @@ def spec_hash(rc: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def head_pod(rc: Mapping[str, Any]) -> Obj:
+def head_pod(rc: Mapping[str, Any], config: KubeRayConfig = DEFAULT_CONFIG) -> Obj:
     """buildHeadPod + createHeadPod's annotations: the Pod KubeRay posts (generateName set)."""
     _refuse_unsupported(rc)
     meta, spec = rc["metadata"], rc.get("spec") or {}
@@ -390,7 +409,7 @@ def head_pod(rc: Mapping[str, Any]) -> Obj:
     annotations["ray.io/upgrade-strategy-recreate-hash"] = spec_hash(rc)
     annotations["ray.io/kuberay-version"] = K.KUBERAY_VERSION
     _add_metrics_port(template["spec"]["containers"][K.RAY_CONTAINER_INDEX])
-    return _build_pod(rc, template, K.HEAD_NODE, params, port, fqdn_ray_ip(rc))
+    return _build_pod(rc, template, K.HEAD_NODE, params, port, fqdn_ray_ip(rc), config)
 
 
 _FAQ = (
@@ -441,7 +460,12 @@ def wait_gcs_ready_container(ray: Mapping[str, Any], fqdn: str, port: str) -> Ob
 
 
 def worker_pod(
-    rc: Mapping[str, Any], group: Mapping[str, Any], replica_name: str, replica_index: int, host_index: int
+    rc: Mapping[str, Any],
+    group: Mapping[str, Any],
+    replica_name: str,
+    replica_index: int,
+    host_index: int,
+    config: KubeRayConfig = DEFAULT_CONFIG,
 ) -> Obj:
     """buildWorkerPod (DefaultWorkerPodTemplate + BuildPod) for one host of one replica."""
     _refuse_unsupported(rc)
@@ -459,7 +483,8 @@ def worker_pod(
     fqdn = fqdn_ray_ip(rc)
     pod_spec = template.setdefault("spec", {})
     ray = pod_spec["containers"][K.RAY_CONTAINER_INDEX]
-    pod_spec.setdefault("initContainers", []).append(wait_gcs_ready_container(ray, fqdn, port))
+    if config.init_container_injection:
+        pod_spec.setdefault("initContainers", []).append(wait_gcs_ready_container(ray, fqdn, port))
     params: dict[str, str] = {k: str(v) for k, v in (worker.get("rayStartParams") or {}).items()}
     _update_params_resources(params, worker.get("resources"))
     _update_params_labels(params, worker.get("labels"))
@@ -472,7 +497,7 @@ def worker_pod(
     pod_meta["labels"] = labels
     set_missing_ray_start_params(params, K.WORKER_NODE, port, fqdn)
     _add_metrics_port(ray)
-    return _build_pod(rc, template, K.WORKER_NODE, params, port, fqdn)
+    return _build_pod(rc, template, K.WORKER_NODE, params, port, fqdn, config)
 
 
 # ---- services -----------------------------------------------------------------------------------------

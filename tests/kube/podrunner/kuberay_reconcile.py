@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.kube.podrunner import kuberay_api as K
-from tests.kube.podrunner.kuberay_pods import head_pod, worker_pod
+from tests.kube.podrunner.kuberay_pods import DEFAULT_CONFIG, KubeRayConfig, head_pod, worker_pod
 from tests.kube.podrunner.kuberay_status import group_desired_pods
 
 Obj = dict[str, Any]
@@ -94,6 +94,7 @@ def reconcile_pods(
     pods: Sequence[Obj],
     new_replica_name: Callable[[str], str],
     victim_order: VictimOrder = sorted,
+    config: KubeRayConfig = DEFAULT_CONFIG,
 ) -> Pass:
     """One pass over the RayCluster's live pods (those labelled ray.io/cluster=<name>, not deleting)."""
     out = Pass()
@@ -107,7 +108,7 @@ def reconcile_pods(
             out.error = reason
             return out
     elif not heads:
-        out.creates.append(CreatePod(head_pod(rc), K.FAILED_CREATE_HEAD_POD))
+        out.creates.append(CreatePod(head_pod(rc, config), K.FAILED_CREATE_HEAD_POD))
     else:
         names = sorted(p["metadata"]["name"] for p in heads)
         out.error = f"{len(heads)} head pods found {names}. Please delete extra head pods"
@@ -125,16 +126,18 @@ def reconcile_pods(
             out.deletes.extend(DeletePod(p["metadata"]["name"], "worker group suspended") for p in group_pods)
             continue
         if int(group.get("numOfHosts") or 1) > 1:
-            error = _multi_host(rc, group, group_pods, out, new_replica_name, victim_order)
+            error = _multi_host(rc, group, group_pods, out, new_replica_name, victim_order, config)
         else:
-            error = _single_host(rc, group, group_pods, out)
+            error = _single_host(rc, group, group_pods, out, config)
         if error:
             out.error = error
             return out
     return out
 
 
-def _single_host(rc: Mapping[str, Any], group: Mapping[str, Any], pods: list[Obj], out: Pass) -> str | None:
+def _single_host(
+    rc: Mapping[str, Any], group: Mapping[str, Any], pods: list[Obj], out: Pass, config: KubeRayConfig
+) -> str | None:
     unhealthy = [(p, r) for p in pods for d, r in [should_delete_pod(p, K.WORKER_NODE)] if d]
     if unhealthy:
         out.deletes.extend(DeletePod(p["metadata"]["name"], r) for p, r in unhealthy)
@@ -151,7 +154,7 @@ def _single_host(rc: Mapping[str, Any], group: Mapping[str, Any], pods: list[Obj
         while index in used:
             index += 1
         used.add(index)
-        out.creates.append(CreatePod(worker_pod(rc, group, "", index, 0), K.FAILED_CREATE_WORKER_POD))
+        out.creates.append(CreatePod(worker_pod(rc, group, "", index, 0, config), K.FAILED_CREATE_WORKER_POD))
     # Autoscaling is off, so KubeRay deletes the first -diff pods of its List ("random" deletion).
     out.deletes.extend(DeletePod(p["metadata"]["name"], "scaling down") for p in running[: max(0, -diff)])
     return None
@@ -164,6 +167,7 @@ def _multi_host(
     out: Pass,
     new_replica_name: Callable[[str], str],
     victim_order: VictimOrder,
+    config: KubeRayConfig,
 ) -> str | None:
     hosts = int(group.get("numOfHosts") or 1)
     replicas: dict[str, list[Obj]] = {}
@@ -215,7 +219,9 @@ def _multi_host(
         replica_name = new_replica_name(str(group["groupName"]))
         for host in range(hosts):
             out.creates.append(
-                CreatePod(worker_pod(rc, group, replica_name, index, host), K.FAILED_CREATE_WORKER_POD)
+                CreatePod(
+                    worker_pod(rc, group, replica_name, index, host, config), K.FAILED_CREATE_WORKER_POD
+                )
             )
     if to_create < 0:
         for replica in list(victim_order(valid))[:-to_create]:

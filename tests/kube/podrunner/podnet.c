@@ -158,34 +158,37 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && strcasecmp(s + n - m, suffix) == 0;
 }
 
-/* The IP of `name` in the hosts file, into `ip` (size 64); 1 when found. */
-static int lookup_file(const char *name, char *ip) {
+#define MAX_IPS 16
+
+/* The IPs of `name` in the hosts file, into `ips` (MAX_IPS x 64); how many were found. */
+static int lookup_file(const char *name, char ips[][64]) {
     const char *path = getenv("PODNET_HOSTS");
     if (!path) return 0;
     FILE *f = fopen(path, "r");
     if (!f) return 0;
     char line[512];
     int found = 0;
-    while (!found && fgets(line, sizeof line, f)) {
+    while (found < MAX_IPS && fgets(line, sizeof line, f)) {
         char addr[64], host[400];
         if (sscanf(line, "%63s %399s", addr, host) == 2 && strcasecmp(host, name) == 0) {
-            strcpy(ip, addr);
-            found = 1;
+            strcpy(ips[found++], addr);
         }
     }
     fclose(f);
     return found;
 }
 
-/* Resolve like a pod's resolv.conf (search path, ndots:5); 1 found, 0 not a cluster name, -1 NXDOMAIN. */
-static int cluster_lookup(const char *node, char *ip) {
+/* Resolve like a pod's resolv.conf (search path, ndots:5): how many IPs, 0 when not a cluster name,
+ * -1 for a cluster name that does not exist (NXDOMAIN). */
+static int cluster_lookup(const char *node, char ips[][64]) {
     char name[300];
-    size_t n = strlen(node);
-    if (n == 0 || n >= 200) return 0;
+    int n;
+    size_t len = strlen(node);
+    if (len == 0 || len >= 200) return 0;
     strcpy(name, node);
-    if (name[n - 1] == '.') {
-        name[n - 1] = '\0';
-        if (lookup_file(name, ip)) return 1;
+    if (name[len - 1] == '.') {
+        name[len - 1] = '\0';
+        if ((n = lookup_file(name, ips)) > 0) return n;
         return ends_with(name, ".cluster.local") ? -1 : 0;
     }
     int dots = 0;
@@ -195,15 +198,31 @@ static int cluster_lookup(const char *node, char *ip) {
         char candidate[400];
         if (ns) {
             snprintf(candidate, sizeof candidate, "%s.%s.svc.cluster.local", name, ns);
-            if (lookup_file(candidate, ip)) return 1;
+            if ((n = lookup_file(candidate, ips)) > 0) return n;
         }
         snprintf(candidate, sizeof candidate, "%s.svc.cluster.local", name);
-        if (lookup_file(candidate, ip)) return 1;
+        if ((n = lookup_file(candidate, ips)) > 0) return n;
         snprintf(candidate, sizeof candidate, "%s.cluster.local", name);
-        if (lookup_file(candidate, ip)) return 1;
+        if ((n = lookup_file(candidate, ips)) > 0) return n;
     }
-    if (lookup_file(name, ip)) return 1;
+    if ((n = lookup_file(name, ips)) > 0) return n;
     return ends_with(name, ".cluster.local") || ends_with(name, ".svc") ? -1 : 0;
+}
+
+static int numeric(gai_fn real, const char *ip, const char *service, const struct addrinfo *hints,
+                   struct addrinfo **res) {
+    struct addrinfo h;
+    if (hints) h = *hints;
+    else memset(&h, 0, sizeof h);
+    h.ai_flags |= AI_NUMERICHOST;
+    h.ai_flags &= ~AI_CANONNAME;
+    /* The answers are IPv4: an AF_INET6-only query gets them v4-mapped. */
+    if (h.ai_family == AF_INET6) {
+        char mapped[80];
+        snprintf(mapped, sizeof mapped, "::ffff:%.63s", ip);
+        return real(mapped, service, &h, res);
+    }
+    return real(ip, service, &h, res);
 }
 
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
@@ -212,23 +231,25 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     if (node && getenv("PODNET_HOSTS")) {
         struct in_addr probe;
         if (inet_pton(AF_INET, node, &probe) != 1) {
-            char ip[64];
-            int found = cluster_lookup(node, ip);
+            char ips[MAX_IPS][64];
+            int found = cluster_lookup(node, ips);
             if (found < 0) return EAI_NONAME;
             if (found > 0) {
-                struct addrinfo h;
-                if (hints) h = *hints;
-                else memset(&h, 0, sizeof h);
-                /* The answer is IPv4: an AF_INET6-only query gets it v4-mapped. */
-                if (h.ai_family == AF_INET6) {
-                    char mapped[80];
-                    snprintf(mapped, sizeof mapped, "::ffff:%s", ip);
-                    h.ai_flags |= AI_NUMERICHOST;
-                    return real(mapped, service, &h, res);
+                /* One numeric lookup per address, chained: freeaddrinfo frees node by node. */
+                struct addrinfo *head = NULL, *tail = NULL;
+                int rc = 0;
+                for (int i = 0; i < found; i++) {
+                    struct addrinfo *part = NULL;
+                    rc = numeric(real, ips[i], service, hints, &part);
+                    if (rc != 0) continue;
+                    if (!head) head = part;
+                    else tail->ai_next = part;
+                    for (tail = part; tail->ai_next; tail = tail->ai_next) {
+                    }
                 }
-                h.ai_flags |= AI_NUMERICHOST;
-                h.ai_flags &= ~AI_CANONNAME;
-                return real(ip, service, &h, res);
+                if (!head) return rc ? rc : EAI_NONAME;
+                *res = head;
+                return 0;
             }
         }
     }

@@ -38,7 +38,13 @@ from tests.kube.podrunner import dns
 from tests.kube.podrunner import kuberay_api as K
 from tests.kube.podrunner.images import Images
 from tests.kube.podrunner.kubelet import PodWorker
-from tests.kube.podrunner.kuberay_pods import UnsupportedByRunner, head_service, headless_worker_service
+from tests.kube.podrunner.kuberay_pods import (
+    DEFAULT_CONFIG,
+    KubeRayConfig,
+    UnsupportedByRunner,
+    head_service,
+    headless_worker_service,
+)
 from tests.kube.podrunner.kuberay_reconcile import VictimOrder, reconcile_pods
 from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status, essence
 from tests.kube.podrunner.quantity import parse_quantity
@@ -99,7 +105,9 @@ class PodRunner:
         tick_s: float = 0.25,
         teardown_grace_s: float = 10.0,
         sandbox_root: Path | None = None,
+        kuberay: KubeRayConfig = DEFAULT_CONFIG,
     ) -> None:
+        self.kuberay = kuberay
         self.cluster = cluster
         self.images = images
         self.namespaces = set(namespaces) if namespaces is not None else None
@@ -339,7 +347,9 @@ class PodRunner:
             if not any(_key(s) == _key(svc) for s in self.snapshot.services):
                 await self._create("", "v1", "services", svc)
         try:
-            plan = reconcile_pods(rc, live, lambda group: f"{group}-{random_suffix()}", self.victim_order)
+            plan = reconcile_pods(
+                rc, live, lambda group: f"{group}-{random_suffix()}", self.victim_order, self.kuberay
+            )
         except UnsupportedByRunner as exc:
             self.errors.append(str(exc))
             return
