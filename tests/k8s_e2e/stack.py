@@ -274,9 +274,13 @@ def e2e_stack(workdir: Path, manifest_path: Path) -> Iterator[E2EStack]:
     (workdir / "kube").mkdir(parents=True, exist_ok=True)
     with EmulatedCluster(users=("admin", "operator"), workdir=workdir / "kube") as cluster:
         KubeRayDriver(cluster).install_crd()  # KubeRay's chart serves RayClusters; the runner plays KubeRay
-        with PodRunner(cluster, images, teardown_grace_s=5.0) as runner, redis_server(
-            runner.sandbox.addresses.node_ip() if runner.sandbox else "127.0.0.1", workdir
-        ) as url, operator_process(cluster, url, workdir / "operator.log") as operator:
+        with (
+            PodRunner(cluster, images, teardown_grace_s=5.0, keep_logs=workdir / "pod-logs") as runner,
+            redis_server(
+                runner.sandbox.addresses.node_ip() if runner.sandbox else "127.0.0.1", workdir
+            ) as url,
+            operator_process(cluster, url, workdir / "operator.log") as operator,
+        ):
             yield E2EStack(
                 cluster, runner, url, operator, load_manifest(manifest_path), manifest_path, workdir
             )

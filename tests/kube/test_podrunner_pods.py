@@ -284,3 +284,53 @@ def pod_doc(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[st
         "metadata": {"name": name},
         "spec": {"terminationGracePeriodSeconds": 2, **spec, "containers": containers},
     }
+
+
+IN_CLUSTER = """
+from kubernetes import client, config
+config.load_incluster_config()
+namespace = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read()
+pods = client.CoreV1Api().list_namespaced_pod(namespace)
+print('pods', sorted(p.metadata.name for p in pods.items))
+"""
+
+
+def test_pods_reach_the_api_server_with_their_service_account(
+    kube_cluster: EmulatedCluster, pod_runner: PodRunner
+) -> None:
+    # The ServiceAccount admission plugin's token volume, the kubernetes Service's env, and the CA:
+    # what the Python client's in-cluster configuration (and kopf, and kubectl) read.
+    apply(
+        kube_cluster,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "lister"},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {"name": "c", "image": TEST_IMAGE, "command": ["python", "-c", IN_CLUSTER]}
+                        ],
+                    }
+                },
+            },
+        },
+    )
+    pod_runner.wait_for(
+        lambda: any(
+            c["type"] in ("Complete", "Failed")
+            for c in (kube_cluster.get("batch/v1", "Job", "lister").get("status") or {}).get("conditions")
+            or ()
+        ),
+        90,
+        "the lister Job to finish",
+    )
+    pod = pods(kube_cluster, selector="job-name=lister")[0]
+    logs = pod_runner.logs("default", pod["metadata"]["name"], "c")
+    assert f"pods ['{pod['metadata']['name']}']" in logs, logs
+    assert pod["spec"]["serviceAccountName"] == "default"
+    assert any(v["name"].startswith("kube-api-access-") for v in pod["spec"]["volumes"])
+    assert ("list", "", "pods") in kube_cluster.rbac_seen("system:serviceaccount:default:default")

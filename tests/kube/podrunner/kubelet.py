@@ -55,6 +55,10 @@ class PodIO(Protocol):
 
     async def event(self, obj: Obj, kind: str, reason: str, message: str) -> None: ...
 
+    def token(self, pod_uid: str) -> str | None: ...
+
+    def node_env(self) -> Mapping[str, str]: ...
+
 
 @dataclass
 class ContainerState:
@@ -289,7 +293,9 @@ class PodWorker:
             )
             if "emptyDir" in volume and volume["name"] in self.volume_dirs:
                 continue
-            self.volume_dirs[volume["name"]] = materialise_volume(self.pod, volume, target, lookup, claims)
+            self.volume_dirs[volume["name"]] = materialise_volume(
+                self.pod, volume, target, lookup, claims, self.io.token(self.uid)
+            )
 
     def path_map(self, state: ContainerState) -> PathMap:
         mounts = []
@@ -335,6 +341,7 @@ class PodWorker:
         full_env = {
             **image.env,
             "HOSTNAME": hostname,
+            **self.io.node_env(),
             **env,
             **self.sandbox.network_env(self.ip, self.key[0]),
             **marker_env(self.sandbox.runner_id, self.uid, state.name),

@@ -15,6 +15,8 @@
  *    PODNET_NAMESPACE (<ns>.svc.cluster.local svc.cluster.local cluster.local) and ndots:5.
  *    Names under cluster.local that the file does not hold do not exist (EAI_NONAME); any other
  *    name goes to the system resolver.
+ *  - PODNET_NODE_PORTS ("IP:PORT,...") lists the node's own endpoints a pod reaches as they are
+ *    (the API server on 127.0.0.1: the `kubernetes` Service's backend, on the host network).
  *
  * Without PODNET_IP every call passes through unchanged.
  */
@@ -121,6 +123,21 @@ static void bind_source(int fd, int family) {
     }
 }
 
+/* Whether IP:PORT (network order) is one of the node's endpoints in PODNET_NODE_PORTS. */
+static int node_endpoint(struct in_addr ip, in_port_t port) {
+    const char *list = getenv("PODNET_NODE_PORTS");
+    if (!list) return 0;
+    char want[64];
+    char text[INET_ADDRSTRLEN];
+    if (!inet_ntop(AF_INET, &ip, text, sizeof text)) return 0;
+    snprintf(want, sizeof want, "%s:%u", text, (unsigned)ntohs(port));
+    size_t n = strlen(want);
+    for (const char *p = list; (p = strstr(p, want)) != NULL; p += n) {
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
 static int is_udp(int fd) {
     int type = 0;
     socklen_t tl = sizeof type;
@@ -131,6 +148,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     if (!have_pod_ip() || !addr) return real_connect()(fd, addr, len);
     if (addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
         struct sockaddr_in in = *(const struct sockaddr_in *)addr;
+        if (node_endpoint(in.sin_addr, in.sin_port)) return real_connect()(fd, addr, len);
         if (localhost4(in.sin_addr)) in.sin_addr = pod_ip;
         else if (!loopback4(in.sin_addr) && is_udp(fd)) in.sin_addr = pod_ip;
         if (loopback4(in.sin_addr)) bind_source(fd, AF_INET);
@@ -140,6 +158,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
         struct sockaddr_in6 in6 = *(const struct sockaddr_in6 *)addr;
         struct in_addr v4;
         int mapped = mapped4(&in6.sin6_addr, &v4);
+        if (mapped && node_endpoint(v4, in6.sin6_port)) return real_connect()(fd, addr, len);
         if (IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&in6.sin6_addr) ||
             (mapped && localhost4(v4)) || (!mapped && is_udp(fd)) || (mapped && !loopback4(v4) && is_udp(fd))) {
             mapped_pod6(&in6.sin6_addr);

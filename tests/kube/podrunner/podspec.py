@@ -8,7 +8,7 @@
 - `materialise_volume`: configMap, secret (items, optional), emptyDir (Memory-backed under /dev/shm),
   persistentVolumeClaim (a directory the test registered for the claim), downwardAPI and projected
   sources, as local directories. A missing ConfigMap or Secret is the kubelet's FailedMount.
-- `PathMap`: a container's mounts. Those under /tmp and /dev/shm are bind-mounted into the container's
+- `PathMap`: a container's mounts. Those under /tmp, /dev/shm and /run are bind-mounted into the container's
   own mount namespace (`binds`); every other one appears in a per-container view directory (a
   symlink at the mount path), and `rewrite` points any absolute path in a string that is inside a
   mount, or above one and absent on this machine (`MOEPLANE_VOLUME_ROOT=/mnt/moeplane`), into it.
@@ -35,7 +35,7 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _REF = re.compile(r"\$\$|\$\(([-._a-zA-Z0-9]+)\)")
 # Absolute paths inside a string: after its start, whitespace, '=', ':', a quote, '(' or ','.
 _PATH = re.compile(r"(?:(?<=^)|(?<=[\s=:'\"(,]))(/[^\s'\"`;,)|&<>]*)")
-BIND_PREFIXES = ("/tmp", "/dev/shm")
+BIND_PREFIXES = ("/tmp", "/dev/shm", "/run", "/var/run")
 
 
 class ConfigError(Exception):
@@ -219,8 +219,11 @@ def materialise_volume(
     target: Path,
     lookup: Lookup,
     claims: Mapping[tuple[str, str], Path],
+    token: str | None = None,
 ) -> Path:
-    """Set up `volume` and return the directory that holds it (`target` unless it is a claim's)."""
+    """Set up `volume` and return the directory that holds it (`target` unless it is a claim's).
+
+    `token` is the pod's service account token (a projected `serviceAccountToken` source)."""
     ns = pod["metadata"]["namespace"]
     name = volume["name"]
     if "persistentVolumeClaim" in volume:
@@ -279,7 +282,6 @@ def materialise_volume(
     if "projected" in volume:
         data: dict[str, bytes] = {}
         for source in volume["projected"].get("sources") or ():
-            sub = target / ".sources"
             if "configMap" in source:
                 cm = lookup("ConfigMap", ns, source["configMap"]["name"])
                 if cm is None and not source["configMap"].get("optional"):
@@ -298,6 +300,10 @@ def materialise_volume(
                 data.update(
                     {str(i["path"]): raw[i["key"]] for i in items if i["key"] in raw} if items else raw
                 )
+            elif "serviceAccountToken" in source:
+                if token is None:
+                    raise MountError(f"projected volume {name}: the pod has no service account token")
+                data[str(source["serviceAccountToken"].get("path") or "token")] = token.encode()
             elif "downwardAPI" in source:
                 data.update(
                     {
@@ -310,7 +316,6 @@ def materialise_volume(
                 raise MountError(
                     f"projected volume {name}: source {sorted(source)} is not played by the runner"
                 )
-            _ = sub
         _write_items(target, data, None, f"projected volume {name}", False)
         return target
     raise MountError(f"volume {name}: {sorted(k for k in volume if k != 'name')} is not played by the runner")

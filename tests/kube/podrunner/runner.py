@@ -22,6 +22,7 @@ import copy
 import logging
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 T = TypeVar("T")
 FINALIZER = "podrunner.moeplane.test/kubelet"
+API_HOST = "127.0.0.1"  # the emulated API server; its certificate names this address
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+ROOT_CA = "kube-root-ca.crt"
 NODE = "podrunner-node"
 _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery utilrand.String's alphabet
 
@@ -106,8 +110,10 @@ class PodRunner:
         teardown_grace_s: float = 10.0,
         sandbox_root: Path | None = None,
         kuberay: KubeRayConfig = DEFAULT_CONFIG,
+        keep_logs: Path | None = None,
     ) -> None:
         self.kuberay = kuberay
+        self.keep_logs = keep_logs
         self.cluster = cluster
         self.images = images
         self.namespaces = set(namespaces) if namespaces is not None else None
@@ -128,6 +134,7 @@ class PodRunner:
         self._stop: asyncio.Event | None = None
         self._stopping: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._tokens: dict[str, str] = {}  # pod uid -> its service account token
         self._ticks = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -153,6 +160,7 @@ class PodRunner:
 
         async def main() -> None:
             self._stop = asyncio.Event()
+            await self._call(self._kubernetes_service)
             started.set_result(None)
             while not self._stop.is_set():
                 try:
@@ -176,7 +184,17 @@ class PodRunner:
             self._thread.join(timeout=self.teardown_grace_s + 60)
         self.sweep()
         if self.sandbox is not None:
+            if self.keep_logs is not None:
+                self.copy_logs(self.keep_logs)
             self.sandbox.remove()
+
+    def copy_logs(self, target: Path) -> None:
+        """Every container's log (all restarts), as `target/<ns>_<pod>/<container>.log`."""
+        assert self.sandbox is not None
+        for path in (self.sandbox.root / "pods").glob("*/logs/*.log"):
+            out = target / path.parent.parent.name / path.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out)
 
     async def _shutdown(self) -> None:
         workers = list(self.workers.values())
@@ -199,7 +217,7 @@ class PodRunner:
             return []
         return tagged(f"{self.sandbox.runner_id}/{pod_uid + '/' if pod_uid else ''}")
 
-    # ---- calls from tests (any thread) -----------------------------------------------------------
+    # ---- what every pod gets from the node ------------------------------------------------------------
     def run(self, coro: Any, timeout_s: float = 120.0) -> Any:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
@@ -211,6 +229,21 @@ class PodRunner:
 
     def claims(self) -> Mapping[tuple[str, str], Path]:
         return self._claims
+
+    def token(self, pod_uid: str) -> str | None:
+        return self._tokens.get(pod_uid)
+
+    def node_env(self) -> Mapping[str, str]:
+        """The `kubernetes` Service's variables: the API server, reached on the node's loopback."""
+        port = str(self.cluster.port)
+        return {
+            "KUBERNETES_SERVICE_HOST": API_HOST,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{API_HOST}:{port}",
+            f"KUBERNETES_PORT_{port}_TCP": f"tcp://{API_HOST}:{port}",
+            "PODNET_NODE_PORTS": f"{API_HOST}:{port}",
+        }
 
     def worker(self, namespace: str, name: str) -> PodWorker | None:
         return self.workers.get((namespace, name))
@@ -249,6 +282,26 @@ class PodRunner:
             return fn(self.cluster.emulator.store)
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
+
+    def _kubernetes_service(self, store: ObjectStore) -> None:
+        """default/kubernetes, as the API server keeps it; here it fronts the emulated API server
+        (its port is the server's own: pods reach it on the node's loopback, see node_env)."""
+        if store.bucket(("", "services")).get(("default", "kubernetes")) is None:
+            port = self.cluster.port
+            store.create(
+                store.registry.resolve("", "v1", "services"),
+                "default",
+                {
+                    "metadata": {
+                        "name": "kubernetes",
+                        "labels": {"component": "apiserver", "provider": "kubernetes"},
+                    },
+                    "spec": {
+                        "type": "ClusterIP",
+                        "ports": [{"name": "https", "port": port, "targetPort": port, "protocol": "TCP"}],
+                    },
+                },
+            )
 
     def _take_snapshot(self, store: ObjectStore) -> Snapshot:
         snap = Snapshot()
@@ -531,23 +584,61 @@ class PodRunner:
         await self._call(run)
 
     async def _bind(self, pod: Obj) -> None:
+        """Bind to the node, with what the ServiceAccount admission plugin adds on create: the
+        service account name and, unless automount is off, its token, CA and namespace at
+        /var/run/secrets/kubernetes.io/serviceaccount (a `kube-api-access-*` projected volume)."""
         ns, name = _key(pod)
+        account = str(pod["spec"].get("serviceAccountName") or "default")
+        token = secrets.token_hex(16)
+        ca_pem = self.cluster.certificate.ca_pem.decode()
 
         def run(store: ObjectStore) -> None:
             d = store.registry.resolve("", "v1", "pods")
             live = store.bucket(d.storage_key).get((ns, name))
             if live is None or live["metadata"].get("deletionTimestamp"):
                 return
+            self._ensure_namespace_defaults(store, ns, ca_pem)
+            sa = store.bucket(("", "serviceaccounts")).get((ns, account))
+            if sa is None:
+                raise ApiError(403, "Forbidden", f'serviceaccount "{account}" not found')
+            spec: Obj = {"nodeName": NODE, "serviceAccountName": account, "serviceAccount": account}
+            automount = live["spec"].get(
+                "automountServiceAccountToken", sa.get("automountServiceAccountToken", True)
+            )
+            if automount:
+                spec.update(_token_volume(live["spec"]))
+                self._tokens[live["metadata"]["uid"]] = token
+                self.cluster.emulator.tokens[token] = f"system:serviceaccount:{ns}:{account}"
             finalizers = [*(live["metadata"].get("finalizers") or []), FINALIZER]
             store.patch(
                 d,
                 ns,
                 name,
                 "application/merge-patch+json",
-                {"metadata": {"finalizers": finalizers}, "spec": {"nodeName": NODE}},
+                {"metadata": {"finalizers": finalizers}, "spec": spec},
             )
 
-        await self._call(run)
+        try:
+            await self._call(run)
+        except ApiError as exc:
+            await self._unschedulable(pod, exc.message)
+
+    @staticmethod
+    def _ensure_namespace_defaults(store: ObjectStore, ns: str, ca_pem: str) -> None:
+        """What a namespace holds on a real cluster: the `default` ServiceAccount and the
+        kube-root-ca.crt ConfigMap (the ServiceAccount and root-CA publisher controllers)."""
+        with contextlib.suppress(ApiError):
+            if store.bucket(("", "serviceaccounts")).get((ns, "default")) is None:
+                store.create(
+                    store.registry.resolve("", "v1", "serviceaccounts"), ns, {"metadata": {"name": "default"}}
+                )
+        with contextlib.suppress(ApiError):
+            if store.bucket(("", "configmaps")).get((ns, ROOT_CA)) is None:
+                store.create(
+                    store.registry.resolve("", "v1", "configmaps"),
+                    ns,
+                    {"metadata": {"name": ROOT_CA}, "data": {"ca.crt": ca_pem}},
+                )
 
     async def _unschedulable(self, pod: Obj, reason: str) -> None:
         status = pod.get("status") or {}
@@ -576,7 +667,9 @@ class PodRunner:
 
     def _dns(self) -> None:
         assert self.sandbox is not None
-        self.sandbox.hosts.write(dns.records(self.snapshot.services, self.snapshot.pods))
+        records = dns.records(self.snapshot.services, self.snapshot.pods)
+        records.append(("kubernetes.default.svc.cluster.local", API_HOST))
+        self.sandbox.hosts.write(records)
 
     async def _bind_claims(self) -> None:
         for key, pvc in self.snapshot.pvcs.items():
@@ -639,6 +732,41 @@ class PodRunner:
             time.sleep(interval_s)
             last = predicate()
         return last
+
+
+def _token_volume(spec: Obj) -> Obj:
+    """The spec fields admission adds for the service account token (volumes and mounts)."""
+    volume_name = f"kube-api-access-{random_suffix()}"
+    volume = {
+        "name": volume_name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": ROOT_CA, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {
+                                "path": "namespace",
+                                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                            }
+                        ]
+                    }
+                },
+            ],
+        },
+    }
+    out: Obj = {"volumes": [*(spec.get("volumes") or []), volume]}
+    for key in ("initContainers", "containers"):
+        containers = copy.deepcopy(spec.get(key) or [])
+        for c in containers:
+            mounts = c.setdefault("volumeMounts", [])
+            if not any(m.get("mountPath") == SA_MOUNT for m in mounts):
+                mounts.append({"name": volume_name, "mountPath": SA_MOUNT, "readOnly": True})
+        if containers:
+            out[key] = containers
+    return out
 
 
 def _requests(pod: Obj) -> dict[str, Any]:

@@ -18,7 +18,8 @@ The design, and why:
   --pdeathsig` ties every container to the runner's thread: nothing outlives the test session.
 - **Filesystems.** The container's /tmp is a private directory bind-mounted over /tmp (Ray keeps its
   session under /tmp/ray and tells worker nodes the head's temp path, which must mean each pod's own
-  /tmp), and volumes mounted under /tmp or /dev/shm are bind-mounted there. Every other volume is a
+  /tmp), and volumes mounted under /tmp, /dev/shm or /run (the service account token) are
+  bind-mounted there. Every other volume is a
   local directory, and env values and arguments naming a path under (or above) its mountPath are
   rewritten to it (`podspec.PathMap`).
 
@@ -39,12 +40,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHIM_SOURCE = Path(__file__).with_name("podnet.c")
-# The launcher a container starts with: /proc for a shared PID namespace, bind mounts, hostname,
-# then exec the command. Arguments: proc|noproc HOSTNAME SRC|DST ... -- COMMAND...
+# The launcher a container starts with: /proc for a shared PID namespace, bind mounts (a private
+# tmpfs on /run first when one goes there: the container's /run, e.g. for the service account
+# token at /var/run/secrets/...), hostname, then exec the command.
+# Arguments: proc|noproc HOSTNAME SRC|DST ... -- COMMAND...
 LAUNCHER = (
     'if [ "$1" = proc ]; then mount -t proc proc /proc || exit 111; fi; shift; '
-    'h="$1"; shift; '
-    'while [ "$1" != "--" ]; do mount --bind "${1%%|*}" "${1#*|}" || exit 111; shift; done; shift; '
+    'h="$1"; shift; runfs=; '
+    'while [ "$1" != "--" ]; do '
+    's="${1%%|*}"; d="${1#*|}"; '
+    'case "$d" in /run/*|/var/run/*) if [ -z "$runfs" ]; then '
+    'mount -t tmpfs tmpfs "$(readlink -f /var/run)" || exit 111; runfs=1; fi;; esac; '
+    'case "$d" in /run/*|/var/run/*|/tmp/*) if [ -d "$s" ]; then mkdir -p "$d"; '
+    'else mkdir -p "$(dirname "$d")"; touch "$d"; fi;; esac; '
+    'mount --bind "$s" "$d" || exit 111; shift; done; shift; '
     'hostname "$h" 2>/dev/null; exec "$@"'
 )
 # A pod's pause process when its containers share one PID namespace (shareProcessNamespace): it is
