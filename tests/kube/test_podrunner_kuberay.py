@@ -216,7 +216,10 @@ def test_multi_host_scale_down_deletes_a_whole_replica_group() -> None:
     rc = operator_raycluster(hosts_per_group=2, replicas=1)
     pods = live_cluster(rc, {"decode-aaaaa": 0, "decode-bbbbb": 1})
     step = reconcile_pods(
-        rc, pods, lambda g: "unused", victim_order=lambda names: sorted(names, reverse=True)
+        rc,
+        pods,
+        lambda g: "unused",
+        victim_order=lambda victims: sorted(victims, key=lambda v: v.name, reverse=True),
     )
     assert not step.creates and step.error is None
     assert sorted(d.name for d in step.deletes) == ["decode-bbbbb-h0", "decode-bbbbb-h1"]
@@ -259,7 +262,10 @@ def test_single_host_workers_to_delete_and_list_order_scale_down() -> None:
     step = reconcile_pods(rc, pods, lambda g: "unused")
     assert [d.name for d in step.deletes] == ["w-b"] and not step.creates and step.error is None
     rc["spec"]["workerGroupSpecs"][0]["scaleStrategy"] = {}
-    assert [d.name for d in reconcile_pods(rc, pods, lambda g: "unused").deletes] == ["w-a"]
+    pods[1]["metadata"]["creationTimestamp"] = "2026-01-01T00:00:02Z"
+    second["metadata"]["creationTimestamp"] = "2026-01-01T00:00:01Z"
+    # The runner's choice among KubeRay's arbitrary ones: the oldest pod goes.
+    assert [d.name for d in reconcile_pods(rc, pods, lambda g: "unused").deletes] == ["w-b"]
 
 
 def test_a_failed_worker_is_deleted_and_nothing_created_that_pass() -> None:

@@ -223,6 +223,18 @@ def test_exits_restart_per_policy_with_back_off(kube_cluster: EmulatedCluster, p
     )
 
 
+# Exit 0 when this container can see a process running `sleep 4242` (the other container's).
+SEES_4242 = (
+    "import os, sys\n"
+    "def cmd(p):\n"
+    "    try:\n"
+    "        return open(f'/proc/{p}/cmdline', 'rb').read()\n"
+    "    except OSError:\n"
+    "        return b''\n"
+    "sys.exit(0 if any(cmd(p) == b'sleep\\x004242\\x00' for p in os.listdir('/proc') if p.isdigit()) else 1)"
+)
+
+
 def test_a_shared_process_namespace_shows_the_other_containers(
     kube_cluster: EmulatedCluster, pod_runner: PodRunner
 ) -> None:
@@ -232,7 +244,7 @@ def test_a_shared_process_namespace_shows_the_other_containers(
             "name": "b",
             "image": TEST_IMAGE,
             "command": ["sleep", "1000"],
-            "readinessProbe": {"exec": {"command": ["pgrep", "-f", "sleep 4242"]}, "periodSeconds": 1},
+            "readinessProbe": {"exec": {"command": ["python", "-c", SEES_4242]}, "periodSeconds": 1},
         },
     ]
     apply(

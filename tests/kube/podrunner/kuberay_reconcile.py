@@ -24,8 +24,26 @@ from tests.kube.podrunner.kuberay_pods import DEFAULT_CONFIG, KubeRayConfig, hea
 from tests.kube.podrunner.kuberay_status import group_desired_pods
 
 Obj = dict[str, Any]
-# Orders replica group names for a scale-down (Go iterates a map: any order is KubeRay's).
-VictimOrder = Callable[[Sequence[str]], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A scale-down candidate: a worker pod (single host) or a whole replica group (multi-host)."""
+
+    name: str  # the pod's, or the replica group's
+    replica_index: int
+    created: str  # creationTimestamp of its (oldest) pod
+
+
+# The order KubeRay picks scale-down victims in. It has none: single-host pods come in the order of
+# its cache's List and replica groups in Go map order, both arbitrary. Any order is KubeRay's.
+VictimOrder = Callable[[Sequence[Victim]], Sequence[Victim]]
+
+
+def oldest_first(victims: Sequence[Victim]) -> list[Victim]:
+    """The runner's default: the oldest first. Deterministic, and the least favourable to a
+    supervisor that keeps its lowest-index groups (they were placed first, on the oldest pods)."""
+    return sorted(victims, key=lambda v: (v.created, v.replica_index, v.name))
 
 
 @dataclass(frozen=True)
@@ -93,7 +111,7 @@ def reconcile_pods(
     rc: Mapping[str, Any],
     pods: Sequence[Obj],
     new_replica_name: Callable[[str], str],
-    victim_order: VictimOrder = sorted,
+    victim_order: VictimOrder = oldest_first,
     config: KubeRayConfig = DEFAULT_CONFIG,
 ) -> Pass:
     """One pass over the RayCluster's live pods (those labelled ray.io/cluster=<name>, not deleting)."""
@@ -128,15 +146,27 @@ def reconcile_pods(
         if int(group.get("numOfHosts") or 1) > 1:
             error = _multi_host(rc, group, group_pods, out, new_replica_name, victim_order, config)
         else:
-            error = _single_host(rc, group, group_pods, out, config)
+            error = _single_host(rc, group, group_pods, out, victim_order, config)
         if error:
             out.error = error
             return out
     return out
 
 
+def _index(pod: Mapping[str, Any]) -> int:
+    try:
+        return int(_labels(pod).get(K.RAY_WORKER_REPLICA_INDEX_LABEL, -1))
+    except ValueError:
+        return -1
+
+
 def _single_host(
-    rc: Mapping[str, Any], group: Mapping[str, Any], pods: list[Obj], out: Pass, config: KubeRayConfig
+    rc: Mapping[str, Any],
+    group: Mapping[str, Any],
+    pods: list[Obj],
+    out: Pass,
+    victim_order: VictimOrder,
+    config: KubeRayConfig,
 ) -> str | None:
     unhealthy = [(p, r) for p in pods for d, r in [should_delete_pod(p, K.WORKER_NODE)] if d]
     if unhealthy:
@@ -155,8 +185,13 @@ def _single_host(
             index += 1
         used.add(index)
         out.creates.append(CreatePod(worker_pod(rc, group, "", index, 0, config), K.FAILED_CREATE_WORKER_POD))
-    # Autoscaling is off, so KubeRay deletes the first -diff pods of its List ("random" deletion).
-    out.deletes.extend(DeletePod(p["metadata"]["name"], "scaling down") for p in running[: max(0, -diff)])
+    # Autoscaling is off, so KubeRay deletes -diff pods in its List's (arbitrary) order.
+    victims = [
+        Victim(p["metadata"]["name"], _index(p), p["metadata"].get("creationTimestamp", "")) for p in running
+    ]
+    out.deletes.extend(
+        DeletePod(v.name, "scaling down") for v in list(victim_order(victims))[: max(0, -diff)]
+    )
     return None
 
 
@@ -224,6 +259,16 @@ def _multi_host(
                 )
             )
     if to_create < 0:
-        for replica in list(victim_order(valid))[:-to_create]:
-            out.deletes.extend(DeletePod(p["metadata"]["name"], "scaling down") for p in replicas[replica])
+        victims = [
+            Victim(
+                r,
+                _index(replicas[r][0]),
+                min(p["metadata"].get("creationTimestamp", "") for p in replicas[r]),
+            )
+            for r in valid
+        ]
+        for victim in list(victim_order(victims))[:-to_create]:
+            out.deletes.extend(
+                DeletePod(p["metadata"]["name"], "scaling down") for p in replicas[victim.name]
+            )
     return None

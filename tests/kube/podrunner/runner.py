@@ -46,7 +46,7 @@ from tests.kube.podrunner.kuberay_pods import (
     head_service,
     headless_worker_service,
 )
-from tests.kube.podrunner.kuberay_reconcile import VictimOrder, reconcile_pods
+from tests.kube.podrunner.kuberay_reconcile import VictimOrder, oldest_first, reconcile_pods
 from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status, essence
 from tests.kube.podrunner.quantity import parse_quantity
 from tests.kube.podrunner.sandbox import Sandbox, tagged
@@ -104,7 +104,7 @@ class PodRunner:
         cluster: EmulatedCluster,
         images: Images,
         namespaces: Iterable[str] | None = None,
-        victim_order: VictimOrder = sorted,
+        victim_order: VictimOrder = oldest_first,
         capacity: Mapping[str, str] | None = None,
         tick_s: float = 0.25,
         teardown_grace_s: float = 10.0,
