@@ -2,7 +2,8 @@
 
 One entry per numbered step of issue 16, in this shape:
 `{"steps": [{"name", "ok", "failed", "min_serving_groups", "desired_groups", "max_groups", "seconds"}],
-  "answers_match_embedded": bool}` (extra keys: `outcome` passed/failed and the failure's `detail`).
+  "answers_match_embedded": bool}` (extra keys: `outcome` passed/failed, the failure's `detail`, and
+`notes`, e.g. the containers that ignored SIGTERM until the grace period ended).
 
 `desired_groups` is the steady desired count of serving EP groups (both pools) during the step: for
 a scale step the count before and after it, so `min_serving_groups >= desired_groups` means capacity
@@ -31,6 +32,7 @@ class StepReport:
     seconds: float = 0.0
     outcome: str = "not run"
     detail: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

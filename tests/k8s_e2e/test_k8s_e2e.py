@@ -285,8 +285,10 @@ def test_5_killing_a_worker_pods_processes_degrades_then_recovers(
 # ---- 6 ----------------------------------------------------------------------------------------------------
 def test_6_kubectl_delete_removes_every_process_and_object(stack: E2EStack, e2e_report: E2EReport) -> None:
     with run_step(e2e_report, "6 kubectl delete of the deployment", stack) as step:
-        uids = [p["metadata"]["uid"] for p in stack.items("pods")]
+        deployed = stack.items("pods")
+        uids = [p["metadata"]["uid"] for p in deployed]
         assert uids, "nothing was deployed"
+        before = len(stack.runner.terminations)
         stack.kubectl(
             "delete",
             f"moedeployment/{stack.name}",
@@ -319,6 +321,13 @@ def test_6_kubectl_delete_removes_every_process_and_object(stack: E2EStack, e2e_
             assert list(client.scan_iter(match=stack.keys.pattern())) == []
         finally:
             client.close()
+        names = {p["metadata"]["name"] for p in deployed}
+        step.entry.notes = [
+            f"{t.pod}/{t.container} stopped in {t.seconds:.1f}s"
+            + (f": SIGTERM ignored, killed at the end of the {t.grace_s:g}s grace period" if t.killed else "")
+            for t in stack.runner.terminations[before:]
+            if t.pod in names
+        ]
         from tests.operator.harness import check_rbac
 
         check_rbac(stack.cluster, set())  # every call the operator made is in moeplane.operator.rbac.RULES

@@ -30,6 +30,12 @@ class Exit:
     finished_at: float
 
 
+@dataclass(frozen=True)
+class Stopped:
+    seconds: float
+    killed: bool  # SIGTERM did not end it within the grace period
+
+
 def decode_exit(returncode: int) -> tuple[int, str, int | None]:
     """(exitCode, reason, signal): a signal death is 128+N like a container runtime reports it."""
     if returncode < 0:
@@ -105,20 +111,24 @@ class ContainerProcess:
         code, reason, sig = decode_exit(rc)
         return Exit(code, reason, sig, self.started_at, time.time())
 
-    async def stop(self, grace_s: float) -> None:
-        """SIGTERM to the container's PID 1; SIGKILL to the whole namespace after `grace_s`."""
+    async def stop(self, grace_s: float) -> Stopped | None:
+        """SIGTERM to the container's PID 1; SIGKILL to the whole namespace after `grace_s`.
+        Returns how long it took and whether the grace period ran out (None: it was not running)."""
         if self.proc is None or self.proc.returncode is not None:
-            return
+            return None
         self._stopping = True
+        started = time.monotonic()
         init = self.init_pid()
         if init is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(init, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout=max(0.0, grace_s))
+        killed = self.proc.returncode is None
         self.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), timeout=10)
+        return Stopped(time.monotonic() - started, killed)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

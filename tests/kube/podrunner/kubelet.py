@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.kube.podrunner.containers import ContainerProcess, Exit
+from tests.kube.podrunner.containers import ContainerProcess, Exit, Stopped
 from tests.kube.podrunner.images import Images
 from tests.kube.podrunner.podspec import (
     ConfigError,
@@ -58,6 +58,18 @@ class PodIO(Protocol):
     def token(self, pod_uid: str) -> str | None: ...
 
     def node_env(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How one container of a deleted pod ended: `killed` when SIGTERM did not end it within the
+    grace period (its PID 1 ignores SIGTERM, or shuts down too slowly)."""
+
+    pod: str
+    container: str
+    seconds: float
+    killed: bool
+    grace_s: float
 
 
 @dataclass
@@ -122,6 +134,7 @@ class PodWorker:
         self.states = [ContainerState(c, False) for c in pod["spec"]["containers"]]
         self.volume_dirs: dict[str, Path] = {}
         self.pause: asyncio.subprocess.Process | None = None
+        self.terminations: list[Termination] = []
         self.pause_pid: int | None = None
         self.task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -554,8 +567,15 @@ class PodWorker:
         grace = (
             float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)) if grace_s is None else grace_s
         )
-        procs = [s.process for s in [*self.init_states, *self.states] if s.process is not None]
-        await asyncio.gather(*(p.stop(grace) for p in procs), return_exceptions=True)
+        running = [s for s in [*self.init_states, *self.states] if s.process is not None]
+        stopped = await asyncio.gather(
+            *(s.process.stop(grace) for s in running if s.process), return_exceptions=True
+        )
+        for state, result in zip(running, stopped, strict=True):
+            if isinstance(result, Stopped):
+                self.terminations.append(
+                    Termination(self.key[1], state.name, result.seconds, result.killed, grace)
+                )
         if self.pause is not None and self.pause.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.pause.kill()

@@ -38,7 +38,7 @@ from tests.kube.metadata import now_rfc3339
 from tests.kube.podrunner import dns
 from tests.kube.podrunner import kuberay_api as K
 from tests.kube.podrunner.images import Images
-from tests.kube.podrunner.kubelet import PodWorker
+from tests.kube.podrunner.kubelet import PodWorker, Termination
 from tests.kube.podrunner.kuberay_pods import (
     DEFAULT_CONFIG,
     KubeRayConfig,
@@ -135,6 +135,7 @@ class PodRunner:
         self._stopping: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._tokens: dict[str, str] = {}  # pod uid -> its service account token
+        self.terminations: list[Termination] = []  # every container a pod deletion stopped
         self._ticks = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -553,6 +554,7 @@ class PodRunner:
     async def _stop_worker(self, key: tuple[str, str], worker: PodWorker) -> None:
         try:
             await worker.stop()
+            self.terminations.extend(worker.terminations)
         finally:
             if self.workers.get(key) is worker:
                 del self.workers[key]
@@ -564,6 +566,7 @@ class PodRunner:
         try:
             if worker is not None and worker.uid == pod["metadata"]["uid"]:
                 await worker.stop()
+                self.terminations.extend(worker.terminations)
                 del self.workers[key]
         finally:
             self._stopping.discard(key)
