@@ -1,10 +1,12 @@
 """`helm uninstall` of the chart, as Helm's uninstall action runs it (pkg/action/uninstall.go):
 pre-delete hooks in weight order, each waited for (a Job until it completes), deleted per their
-delete policy; then the release's objects; then post-delete hooks.
+delete policy; then the release's objects.
 
 The chart is rendered with the real Helm SDK (tests/charts/chartkit.py). In this tier the operator
-is the harness's `moeplane operator` process standing for the chart's operator Deployment, so
-deleting the release's objects stops that process, at the moment Helm would delete the Deployment.
+is the harness's `moeplane operator` process standing for the chart's operator Deployment (and
+Redis is external), so `install_release_accounts` applies what the release holds besides those
+workloads (ServiceAccounts, RBAC, Secrets, ConfigMaps) for the hooks' pods to run with, and
+deleting the release's objects stops the operator process, when Helm would delete its Deployment.
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ def pre_delete_hooks(redis_url: str = EXTERNAL_REDIS_URL) -> list[Manifest]:
     manifests = render(release_values(redis_url))
     hooks = [m for m in manifests if m.hook and "pre-delete" in m.hook.split(",")]
     return sorted(hooks, key=_weight)
+
+
+STOOD_IN_FOR = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod", "Service", "NetworkPolicy")
+
+
+def install_release_accounts(stack: E2EStack) -> None:
+    """The release's non-workload objects, as `helm install` left them (the harness runs the rest)."""
+    objects = [
+        m
+        for m in install_order(render(release_values(stack.redis_url)))
+        if m.kind not in STOOD_IN_FOR and m.kind != "CustomResourceDefinition"
+    ]
+    for ns in {m.namespace or "moeplane" for m in objects}:
+        if stack.cluster.find("v1", "Namespace", ns, None) is None:
+            stack.cluster.kubectl("create", "namespace", ns)
+    stack.cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m.obj) for m in objects))
 
 
 def _job_done(stack: E2EStack, m: Manifest) -> str | None:

@@ -271,6 +271,7 @@ def e2e_stack(workdir: Path, manifest_path: Path) -> Iterator[E2EStack]:
     """The cluster and its controllers up, with no deployment yet (step 1 applies it)."""
     images = Images()
     images.register("ghcr.io/moeplane/moeplane-worker:*", venv_image("moeplane"))
+    images.register("ghcr.io/moeplane/moeplane:*", venv_image("moeplane"))  # the chart's (hooks)
     (workdir / "kube").mkdir(parents=True, exist_ok=True)
     with EmulatedCluster(users=("admin", "operator"), workdir=workdir / "kube") as cluster:
         KubeRayDriver(cluster).install_crd()  # KubeRay's chart serves RayClusters; the runner plays KubeRay

@@ -336,11 +336,12 @@ def test_6_kubectl_delete_removes_every_process_and_object(stack: E2EStack, e2e_
 # ---- 7 ----------------------------------------------------------------------------------------------------
 @_xfail(NO_PRE_DELETE_HOOK)
 def test_7_helm_uninstall_leaves_nothing_behind(stack: E2EStack, e2e_report: E2EReport) -> None:
-    from tests.k8s_e2e.helm import helm_uninstall, pre_delete_hooks
+    from tests.k8s_e2e.helm import helm_uninstall, install_release_accounts, pre_delete_hooks
 
     with run_step(e2e_report, "7 helm uninstall with the pre-delete hook", stack) as step:
         hooks = pre_delete_hooks(stack.redis_url)
         assert hooks, "the chart renders no pre-delete hook"
+        install_release_accounts(stack)
         stack.cluster.kubectl("apply", "-f", "-", input=json.dumps(stack.manifest))
         step.wait(lambda: _condition(stack, "Ready") == "True", 420, "the deployment to be Ready again")
         uids = [p["metadata"]["uid"] for p in stack.items("pods")]
