@@ -20,15 +20,10 @@ from moeplane.operator.builders.raycluster import build_raycluster
 from moeplane.operator.config import OperatorConfig
 
 from tests.kube.podrunner import kuberay_api as K
-from tests.kube.podrunner.kuberay_pods import (
-    convert_param_map,
-    generate_ray_start_command,
-    head_pod,
-    head_service,
-    headless_worker_service,
-    worker_pod,
-)
+from tests.kube.podrunner.kuberay_pods import head_pod, worker_pod
 from tests.kube.podrunner.kuberay_reconcile import reconcile_pods
+from tests.kube.podrunner.kuberay_services import head_service, headless_worker_service
+from tests.kube.podrunner.kuberay_start import convert_param_map, generate_ray_start_command
 from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status
 from tests.kube.podrunner.quantity import parse_quantity, value
 

@@ -119,9 +119,10 @@ def test_replica_groups_scale_down_whole_and_honour_workers_to_delete(
 
     def status_ready() -> dict[str, Any] | None:
         rc = cluster.get("ray.io/v1", "RayCluster", "mh")
-        return rc if (rc.get("status") or {}).get("readyWorkerReplicas") == 4 else None
+        up = (rc.get("status") or {}).get("readyWorkerReplicas") == 4
+        return rc if up and conditions(rc).get(K.HEAD_POD_READY) == "True" else None
 
-    rc = cheap_runner.wait_for(status_ready, 90, "4 ready workers")
+    rc = cheap_runner.wait_for(status_ready, 90, "4 ready workers and a ready head")
     assert conditions(rc)[K.HEAD_POD_READY] == "True" and conditions(rc)[K.RAY_CLUSTER_PROVISIONED] == "True"
     assert rc["status"]["state"] == "ready" and rc["status"]["desiredWorkerReplicas"] == 4
     groups = replica_groups(workers(cluster, "mh"))

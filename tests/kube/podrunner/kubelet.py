@@ -14,99 +14,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tests.kube.podrunner.containers import ContainerProcess, Exit, Stopped
 from tests.kube.podrunner.images import Images
-from tests.kube.podrunner.podspec import (
-    ConfigError,
-    Lookup,
-    MountError,
-    PathMap,
-    Unschedulable,
-    expand,
-    materialise_volume,
-    resolve_env,
+from tests.kube.podrunner.launch import PodContext, prepare
+from tests.kube.podrunner.podspec import ConfigError, MountError, Unschedulable, materialise_volume
+from tests.kube.podrunner.podstate import (
+    BACKOFF_MAX_S,
+    BACKOFF_START_S,
+    ContainerState,
+    PodIO,
+    Termination,
+    rfc3339,
 )
-from tests.kube.podrunner.probes import ProbeContext, ProbeSpec, ProbeState, run_once
+from tests.kube.podrunner.prober import watch
 from tests.kube.podrunner.sandbox import Sandbox, marker_env
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-BACKOFF_START_S = 10.0
-BACKOFF_MAX_S = 300.0
-
-
-def rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-class PodIO(Protocol):
-    """What a pod's kubelet needs from the cluster."""
-
-    def lookup(self) -> Lookup: ...
-
-    def claims(self) -> Mapping[tuple[str, str], Path]: ...
-
-    async def write_status(self, pod: Obj, status: Obj) -> None: ...
-
-    async def event(self, obj: Obj, kind: str, reason: str, message: str) -> None: ...
-
-    def token(self, pod_uid: str) -> str | None: ...
-
-    def node_env(self) -> Mapping[str, str]: ...
-
-
-@dataclass(frozen=True)
-class Termination:
-    """How one container of a deleted pod ended: `killed` when SIGTERM did not end it within the
-    grace period (its PID 1 ignores SIGTERM, or shuts down too slowly)."""
-
-    pod: str
-    container: str
-    seconds: float
-    killed: bool
-    grace_s: float
-
-
-@dataclass
-class ContainerState:
-    spec: Obj
-    init: bool
-    process: ContainerProcess | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    restarts: int = 0
-    state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    last_state: Obj = field(default_factory=dict)
-    ready: bool = False
-    started: bool = False
-    readiness: ProbeState | None = None
-    liveness: ProbeState | None = None
-    startup: ProbeState | None = None
-    exits: list[Exit] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    def status(self) -> Obj:
-        out: Obj = {
-            "name": self.name,
-            "image": self.spec.get("image", ""),
-            "imageID": "",
-            "ready": self.ready,
-            "restartCount": self.restarts,
-            "started": self.started,
-            "state": self.state,
-        }
-        if self.process is not None and self.process.host_pid:
-            out["containerID"] = f"podrunner://{self.process.host_pid}"
-        if self.last_state:
-            out["lastState"] = self.last_state
-        return out
 
 
 class PodWorker:
@@ -310,19 +237,6 @@ class PodWorker:
                 self.pod, volume, target, lookup, claims, self.io.token(self.uid)
             )
 
-    def path_map(self, state: ContainerState) -> PathMap:
-        mounts = []
-        for m in state.spec.get("volumeMounts") or ():
-            src = self.volume_dirs.get(m["name"])
-            if src is None:
-                raise MountError(f'volume "{m["name"]}" is not defined in the pod')
-            if m.get("subPath"):
-                src = src / m["subPath"]
-                if not src.exists():
-                    src.mkdir(parents=True)
-            mounts.append((str(m["mountPath"]), src))
-        return PathMap(self.dir / "containers" / state.name / "view", mounts)
-
     async def _sleep(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True when stopped."""
         with contextlib.suppress(TimeoutError):
@@ -331,40 +245,8 @@ class PodWorker:
 
     # ---- containers -------------------------------------------------------------------------------------
     def _prepare(self, state: ContainerState) -> ContainerProcess:
-        image = self.images.find(str(state.spec.get("image", "")))
-        if image is None:
-            raise LookupError(
-                f'Failed to pull image "{state.spec.get("image")}": not registered with the runner'
-            )
-        env = resolve_env(self.pod, state.spec, self.io.lookup())
-        paths = self.path_map(state)
-        paths.build()
-        env = {k: paths.rewrite(v) for k, v in env.items()}
-        command = [expand(c, env) for c in image.command(state.spec.get("command"), state.spec.get("args"))]
-        command = [paths.rewrite(c) for c in command]
-        cdir = self.dir / "containers" / state.name
-        tmp = cdir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        binds: list[tuple[Path, str]] = [(tmp, "/tmp")]
-        for src, dst in paths.binds:
-            if dst.startswith("/tmp/"):
-                (tmp / dst[len("/tmp/") :]).mkdir(parents=True, exist_ok=True)
-            binds.append((src, dst))
-        hostname = str(self.pod["spec"].get("hostname") or self.key[1])
-        full_env = {
-            **image.env,
-            "HOSTNAME": hostname,
-            **self.io.node_env(),
-            **env,
-            **self.sandbox.network_env(self.ip, self.key[0]),
-            **marker_env(self.sandbox.runner_id, self.uid, state.name),
-        }
-        state.env = full_env
-        workdir = state.spec.get("workingDir")
-        cwd = Path(paths.rewrite(workdir)) if workdir and paths.maps(workdir) else cdir / "work"
-        argv = self.sandbox.container_argv(hostname, binds, command, self.pause_pid)
-        tag = full_env["MOEPLANE_PODRUNNER"]
-        return ContainerProcess(argv, full_env, cwd, self.dir / "logs" / f"{state.name}.log", tag)
+        ctx = PodContext(self.pod, self.ip, self.dir, self.volume_dirs, self.pause_pid)
+        return prepare(ctx, state, self.sandbox, self.images, self.io)
 
     async def _launch(self, state: ContainerState) -> bool:
         """Start the container; False (with a waiting state) when its config or image is wrong."""
@@ -481,62 +363,13 @@ class PodWorker:
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     async def _probe_loop(self, state: ContainerState) -> None:
-        spec = state.spec
-        state.readiness = (
-            ProbeState(ProbeSpec.from_k8s(spec["readinessProbe"]), False)
-            if spec.get("readinessProbe")
-            else None
-        )
-        state.liveness = (
-            ProbeState(ProbeSpec.from_k8s(spec["livenessProbe"]), True) if spec.get("livenessProbe") else None
-        )
-        state.startup = (
-            ProbeState(ProbeSpec.from_k8s(spec["startupProbe"]), False) if spec.get("startupProbe") else None
-        )
         assert state.process is not None
-        process = state.process
-        ctx = ProbeContext(self.ip, spec, state.env, process.init_pid)
-        started = time.monotonic()
-        if state.readiness is None and state.startup is None:
-            state.ready = True
-            self._dirty.set()
-        while process.alive():
-            now = time.monotonic()
-            due: list[tuple[str, ProbeState]] = []
-            for kind, probe in (
-                ("startup", state.startup),
-                ("readiness", state.readiness),
-                ("liveness", state.liveness),
-            ):
-                if probe is None:
-                    continue
-                if kind != "startup" and state.startup is not None and not state.startup.result:
-                    continue
-                if kind == "startup" and probe.result:
-                    continue
-                first = started + probe.spec.initial_delay_s
-                if now >= max(first, probe.last_run + probe.spec.period_s):
-                    due.append((kind, probe))
-            for kind, probe in due:
-                ok, message = await run_once(probe.spec, ctx)
-                if not process.alive():
-                    return
-                changed = probe.record(ok, message)
-                if kind == "readiness" and changed:
-                    state.ready = probe.result
-                    self._dirty.set()
-                if kind == "startup" and changed and probe.result and state.readiness is None:
-                    state.ready = True
-                    self._dirty.set()
-                if kind == "liveness" and changed and not probe.result:
-                    await self.io.event(self.pod, "Warning", "Unhealthy", f"Liveness probe failed: {message}")
-                    await process.stop(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
-                    return
-                if kind == "readiness" and not ok and probe.failures == probe.spec.failure_threshold:
-                    await self.io.event(
-                        self.pod, "Warning", "Unhealthy", f"Readiness probe failed: {message}"
-                    )
-            await asyncio.sleep(0.25)
+
+        async def unhealthy(message: str) -> None:
+            await self.io.event(self.pod, "Warning", "Unhealthy", message)
+
+        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        await watch(state, state.process, self.ip, self._dirty.set, unhealthy, grace)
 
     async def _start_pause(self) -> None:
         self.pause = await asyncio.create_subprocess_exec(
@@ -602,10 +435,3 @@ class PodWorker:
             for s in [*self.init_states, *self.states]
             if s.process is not None and s.process.alive() and s.process.host_pid
         ]
-
-
-async def gather_quietly(aws: list[Awaitable[Any]]) -> None:
-    await asyncio.gather(*aws, return_exceptions=True)
-
-
-Callback = Callable[[], None]

@@ -6,12 +6,9 @@ Sources, function by function:
 - ray-operator/controllers/ray/common/pod.go: `DefaultHeadPodTemplate`, `DefaultWorkerPodTemplate`
   (the `wait-gcs-ready` init container, the multi-host replica labels), `BuildPod` (the command
   rewrite `/bin/bash -c -- "ulimit -n 65536; ray start ..."`, the /dev/shm volume),
-  `setMissingRayStartParams`, `generateRayStartCommand`, `convertParamMap`,
   `setContainerEnvVars`, `setInitContainerEnvVars`, `labelPod`, `initLivenessAndReadinessProbe`;
-- ray-operator/controllers/ray/utils/util.go: `PodName`, `GenerateFQDNServiceName`,
-  `GenerateHeadServiceName`, `CheckLabel`, `GetContainerCommand`;
-- ray-operator/controllers/ray/common/service.go: `BuildServiceForHeadPod` (headless by default),
-  `BuildHeadlessServiceForRayCluster`.
+- ray-operator/controllers/ray/utils/util.go: `GetContainerCommand`.
+The `ray start` command itself is `kuberay_start`; the Services are `kuberay_services`.
 
 What is left out because the operator never asks for it: autoscaling (in-tree autoscaling is off),
 GCS fault tolerance (no `gcsFaultToleranceOptions`), token auth (`authOptions`), RayService/RayJob
@@ -30,7 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.kube.podrunner import kuberay_api as K
-from tests.kube.podrunner.quantity import is_zero, parse_quantity, value
+from tests.kube.podrunner.kuberay_start import (
+    check_label,
+    fqdn_ray_ip,
+    generate_ray_start_command,
+    head_port,
+    pod_name_prefix,
+    set_missing_ray_start_params,
+    update_params_labels,
+    update_params_resources,
+)
 
 Obj = dict[str, Any]
 
@@ -48,144 +54,6 @@ DEFAULT_CONFIG = KubeRayConfig()
 
 class UnsupportedByRunner(ValueError):
     """A RayCluster feature the runner does not play (it would not run it the way KubeRay does)."""
-
-
-# ---- names ------------------------------------------------------------------------------------------
-def pod_name_prefix(prefix: str, node_type: str) -> str:
-    """utils.PodName(prefix, nodeType, isGenerateName=true)."""
-    return f"{prefix[:50]}-{node_type}-".lower()
-
-
-def check_label(value_: str) -> str:
-    """utils.CheckLabel: at most 63 characters (keeping the tail), not starting with punctuation."""
-    if len(value_) > 63:
-        value_ = value_[len(value_) - 63 :]
-    if value_ and not value_[0].isalnum():
-        value_ = "r" + value_[1:]
-    return value_
-
-
-def head_service_name(rc: Mapping[str, Any]) -> str:
-    """utils.GenerateHeadServiceName for a RayCluster: `headService.metadata.name` or <name>-head-svc."""
-    custom = ((rc.get("spec") or {}).get("headGroupSpec") or {}).get("headService") or {}
-    name = (custom.get("metadata") or {}).get("name")
-    return str(name) if name else f"{rc['metadata']['name']}-{K.HEAD_SERVICE_SUFFIX}"
-
-
-def fqdn_ray_ip(rc: Mapping[str, Any]) -> str:
-    """utils.GenerateFQDNServiceName: <head-svc>.<ns>.svc.cluster.local."""
-    return f"{head_service_name(rc)}.{rc['metadata']['namespace']}.svc.{K.DEFAULT_DOMAIN_NAME}"
-
-
-def head_port(head_params: Mapping[str, str]) -> str:
-    """common.GetHeadPort."""
-    return str(head_params.get("port", K.DEFAULT_GCS_SERVER_PORT))
-
-
-# ---- ray start ------------------------------------------------------------------------------------
-def convert_param_map(params: Mapping[str, str]) -> str:
-    """common.convertParamMap: sorted ` --key=value `, booleans as bare flags (true) or nothing."""
-    out = []
-    for key in sorted(params):
-        arg = str(params[key])
-        if arg.lower() in ("true", "false") and key not in ("log-color", "include-dashboard"):
-            if arg.lower() == "true":
-                out.append(f" --{key} ")
-        else:
-            out.append(f" --{key}={arg} ")
-    return "".join(out)
-
-
-def _is_gpu_key(key: str) -> bool:
-    """utils.IsGPUResourceKey."""
-    return key.endswith("gpu") or re.search(r"nvidia\.com/mig-\d+g\.\d+gb$", key) is not None
-
-
-# common/pod.go: customAcceleratorToRayResourceMap.
-_CUSTOM_ACCELERATORS = {"aws.amazon.com/neuroncore": "neuron_cores", "google.com/tpu": "TPU"}
-
-
-def _add_accelerators(params: dict[str, str], limits: Mapping[str, Any]) -> None:
-    """common.addWellKnownAcceleratorResources: num-gpus, and the first custom accelerator."""
-    if not limits:
-        return
-    raw = params.get("resources", "").strip("'\"` ")
-    resources: dict[str, float] = json.loads(raw) if raw else {}
-    added = any(name in resources for name in _CUSTOM_ACCELERATORS.values())
-    for key in sorted(limits):
-        if "num-gpus" not in params and _is_gpu_key(key) and not is_zero(limits[key]):
-            params["num-gpus"] = str(value(limits[key]))
-        if not added and key in _CUSTOM_ACCELERATORS and not is_zero(limits[key]):
-            name = _CUSTOM_ACCELERATORS[key]
-            if name not in resources:
-                resources[name] = float(parse_quantity(limits[key]))
-                params["resources"] = f"'{_go_json(resources)}'"
-            added = True
-
-
-def _go_json(resources: Mapping[str, float]) -> str:
-    """encoding/json of a map[string]float64: sorted keys, integral floats without a fraction."""
-    parts = []
-    for key in sorted(resources):
-        num = resources[key]
-        parts.append(f"{json.dumps(key)}:{int(num) if float(num).is_integer() else num}")
-    return "{" + ",".join(parts) + "}"
-
-
-def generate_ray_start_command(node_type: str, params: dict[str, str], resources: Mapping[str, Any]) -> str:
-    """common.generateRayStartCommand (fills num-cpus, memory, num-gpus from the container)."""
-    limits = resources.get("limits") or {}
-    requests = resources.get("requests") or {}
-    if "num-cpus" not in params:
-        if not is_zero(limits.get("cpu")):
-            params["num-cpus"] = str(value(limits["cpu"]))
-        elif not is_zero(requests.get("cpu")):
-            params["num-cpus"] = str(value(requests["cpu"]))
-    if "memory" not in params and not is_zero(limits.get("memory")):
-        params["memory"] = str(value(limits["memory"]))
-    _add_accelerators(params, limits)
-    if node_type == K.HEAD_NODE:
-        return f"ray start --head {convert_param_map(params)}"
-    return f"ray start {convert_param_map(params)}"
-
-
-def set_missing_ray_start_params(
-    params: dict[str, str], node_type: str, port: str, fqdn: str
-) -> dict[str, str]:
-    """common.setMissingRayStartParams."""
-    if node_type == K.WORKER_NODE and "address" not in params:
-        params["address"] = f"{fqdn}:{port}"
-    if node_type == K.HEAD_NODE and "dashboard-host" not in params:
-        params["dashboard-host"] = "0.0.0.0"
-    params.setdefault("metrics-export-port", str(K.DEFAULT_METRICS_PORT))
-    params["block"] = "true"
-    params.setdefault("dashboard-agent-listen-port", str(K.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT))
-    return params
-
-
-def _update_params_resources(params: dict[str, str], resources: Mapping[str, str] | None) -> None:
-    """common.updateRayStartParamsResources (the group's top-level `resources`)."""
-    if not resources:
-        return
-    custom: dict[str, float] = {}
-    for name, quantity in resources.items():
-        lowered = name.lower()
-        if lowered == "cpu":
-            params["num-cpus"] = str(value(quantity))
-        elif lowered == "memory":
-            params["memory"] = str(value(quantity))
-        elif _is_gpu_key(lowered):
-            params["num-gpus"] = str(value(quantity))
-        else:
-            custom[name] = float(value(quantity))
-    if custom:
-        params["resources"] = f"'{_go_json(custom)}'"
-
-
-def _update_params_labels(params: dict[str, str], labels: Mapping[str, str] | None) -> None:
-    """common.updateRayStartParamsLabels."""
-    if labels:
-        params["labels"] = ",".join(f"{k}={labels[k]}" for k in sorted(labels))
 
 
 # ---- labels, env, probes ----------------------------------------------------------------------------
@@ -398,8 +266,8 @@ def head_pod(rc: Mapping[str, Any], config: KubeRayConfig = DEFAULT_CONFIG) -> O
     pod_meta["generateName"] = pod_name_prefix(meta["name"], K.HEAD_NODE)
     pod_meta["namespace"] = meta["namespace"]
     params: dict[str, str] = {k: str(v) for k, v in (head.get("rayStartParams") or {}).items()}
-    _update_params_resources(params, head.get("resources"))
-    _update_params_labels(params, head.get("labels"))
+    update_params_resources(params, head.get("resources"))
+    update_params_labels(params, head.get("labels"))
     merged = {**(pod_meta.get("labels") or {}), **(head.get("labels") or {})}
     pod_meta["labels"] = label_pod(K.HEAD_NODE, meta["name"], K.HEAD_GROUP_LABEL_VALUE, merged)
     port = head_port(params)
@@ -486,8 +354,8 @@ def worker_pod(
     if config.init_container_injection:
         pod_spec.setdefault("initContainers", []).append(wait_gcs_ready_container(ray, fqdn, port))
     params: dict[str, str] = {k: str(v) for k, v in (worker.get("rayStartParams") or {}).items()}
-    _update_params_resources(params, worker.get("resources"))
-    _update_params_labels(params, worker.get("labels"))
+    update_params_resources(params, worker.get("resources"))
+    update_params_labels(params, worker.get("labels"))
     merged = {**(pod_meta.get("labels") or {}), **(worker.get("labels") or {})}
     labels = label_pod(K.WORKER_NODE, meta["name"], worker["groupName"], merged)
     labels[K.RAY_WORKER_REPLICA_INDEX_LABEL] = str(replica_index)
@@ -498,91 +366,3 @@ def worker_pod(
     set_missing_ray_start_params(params, K.WORKER_NODE, port, fqdn)
     _add_metrics_port(ray)
     return _build_pod(rc, template, K.WORKER_NODE, params, port, fqdn, config)
-
-
-# ---- services -----------------------------------------------------------------------------------------
-def head_service(rc: Mapping[str, Any]) -> Obj:
-    """common.BuildServiceForHeadPod: headless for a ClusterIP head (as ENABLE_RAY_HEAD_CLUSTER_IP_SERVICE
-    is unset)."""
-    meta, spec = rc["metadata"], rc.get("spec") or {}
-    head = spec.get("headGroupSpec") or {}
-    name = meta["name"]
-    selector = {
-        K.RAY_CLUSTER_LABEL: name,
-        K.RAY_NODE_TYPE_LABEL: K.HEAD_NODE,
-        K.RAY_ID_LABEL: check_label(f"{name}-{K.HEAD_NODE}"),
-        K.APP_NAME_LABEL: K.APPLICATION_NAME,
-        K.CREATED_BY_LABEL: K.COMPONENT_NAME,
-    }
-    template_labels = ((head.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    if K.APP_NAME_LABEL in template_labels:
-        selector[K.APP_NAME_LABEL] = template_labels[K.APP_NAME_LABEL]
-    container = (head.get("template") or {}).get("spec", {}).get("containers", [{}])[K.RAY_CONTAINER_INDEX]
-    ports = {
-        str(p.get("name") or f"{p['containerPort']}-port"): int(p["containerPort"])
-        for p in container.get("ports") or []
-    }
-    if not ports:
-        ports = {
-            K.CLIENT_PORT_NAME: K.DEFAULT_CLIENT_PORT,
-            K.GCS_SERVER_PORT_NAME: K.DEFAULT_GCS_SERVER_PORT,
-            K.DASHBOARD_PORT_NAME: K.DEFAULT_DASHBOARD_PORT,
-            K.SERVING_PORT_NAME: K.DEFAULT_SERVING_PORT,
-        }
-    ports.setdefault(K.METRICS_PORT_NAME, K.DEFAULT_METRICS_PORT)
-    service_type = head.get("serviceType") or "ClusterIP"
-    svc_spec: Obj = {
-        "selector": selector,
-        "ports": [{"name": n, "port": p, "appProtocol": "tcp"} for n, p in sorted(ports.items())],
-        "type": service_type,
-    }
-    if service_type == "ClusterIP":
-        svc_spec["clusterIP"] = "None"
-        svc_spec["publishNotReadyAddresses"] = True
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": head_service_name(rc),
-            "namespace": meta["namespace"],
-            "labels": dict(selector),
-            "ownerReferences": [_owner(rc)],
-        },
-        "spec": svc_spec,
-    }
-
-
-def headless_worker_service(rc: Mapping[str, Any]) -> Obj | None:
-    """common.BuildHeadlessServiceForRayCluster: only when a worker group has numOfHosts > 1."""
-    groups = (rc.get("spec") or {}).get("workerGroupSpecs") or []
-    if not any(int(g.get("numOfHosts") or 1) > 1 for g in groups):
-        return None
-    meta = rc["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": f"{meta['name']}-{K.HEADLESS_SERVICE_SUFFIX}",
-            "namespace": meta["namespace"],
-            "labels": {K.HEADLESS_SERVICE_LABEL: meta["name"]},
-            "ownerReferences": [_owner(rc)],
-        },
-        "spec": {
-            "clusterIP": "None",
-            "selector": {K.RAY_CLUSTER_LABEL: meta["name"], K.RAY_NODE_TYPE_LABEL: K.WORKER_NODE},
-            "type": "ClusterIP",
-            "publishNotReadyAddresses": True,
-        },
-    }
-
-
-def _owner(rc: Mapping[str, Any]) -> Obj:
-    meta = rc["metadata"]
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayCluster",
-        "name": meta["name"],
-        "uid": meta.get("uid", ""),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }

@@ -16,84 +16,34 @@ tagged with the runner's id, and removes the pods' directories: nothing outlives
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import copy
 import logging
 import os
-import secrets
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.kube.cluster import EmulatedCluster
-from tests.kube.errors import ApiError
-from tests.kube.metadata import now_rfc3339
-from tests.kube.podrunner import dns
-from tests.kube.podrunner import kuberay_api as K
+from tests.kube.podrunner import controllers, dns
+from tests.kube.podrunner.clusterio import API_HOST, NODE, ClusterIO, Snapshot
+from tests.kube.podrunner.clusterio import key as object_key
 from tests.kube.podrunner.images import Images
-from tests.kube.podrunner.kubelet import PodWorker, Termination
-from tests.kube.podrunner.kuberay_pods import (
-    DEFAULT_CONFIG,
-    KubeRayConfig,
-    UnsupportedByRunner,
-    head_service,
-    headless_worker_service,
-)
-from tests.kube.podrunner.kuberay_reconcile import VictimOrder, oldest_first, reconcile_pods
-from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status, essence
+from tests.kube.podrunner.kubelet import PodWorker
+from tests.kube.podrunner.kuberay_pods import DEFAULT_CONFIG, KubeRayConfig, UnsupportedByRunner
+from tests.kube.podrunner.kuberay_reconcile import VictimOrder, oldest_first
+from tests.kube.podrunner.podspec import Lookup
+from tests.kube.podrunner.podstate import Termination
 from tests.kube.podrunner.quantity import parse_quantity
 from tests.kube.podrunner.sandbox import Sandbox, tagged
-from tests.kube.podrunner.workloads import reconcile_deployment, reconcile_job
-from tests.kube.store import ObjectStore
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 T = TypeVar("T")
-FINALIZER = "podrunner.moeplane.test/kubelet"
-API_HOST = "127.0.0.1"  # the emulated API server; its certificate names this address
-SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-ROOT_CA = "kube-root-ca.crt"
-NODE = "podrunner-node"
-_GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery utilrand.String's alphabet
-
-
-def random_suffix(n: int = 5) -> str:
-    return "".join(secrets.choice(_GENERATE_CHARS) for _ in range(n))
-
-
-@dataclass
-class Snapshot:
-    pods: list[Obj] = field(default_factory=list)
-    rayclusters: list[Obj] = field(default_factory=list)
-    deployments: list[Obj] = field(default_factory=list)
-    jobs: list[Obj] = field(default_factory=list)
-    services: list[Obj] = field(default_factory=list)
-    configmaps: dict[tuple[str, str], Obj] = field(default_factory=dict)
-    secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
-    pvcs: dict[tuple[str, str], Obj] = field(default_factory=dict)
-
-
-_KINDS = {
-    "pods": ("", "v1", "pods"),
-    "rayclusters": ("ray.io", "v1", "rayclusters"),
-    "deployments": ("apps", "v1", "deployments"),
-    "jobs": ("batch", "v1", "jobs"),
-    "services": ("", "v1", "services"),
-    "configmaps": ("", "v1", "configmaps"),
-    "secrets": ("", "v1", "secrets"),
-    "pvcs": ("", "v1", "persistentvolumeclaims"),
-}
-
-
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    return (str(obj["metadata"].get("namespace", "")), str(obj["metadata"]["name"]))
 
 
 class PodRunner:
@@ -112,12 +62,11 @@ class PodRunner:
         kuberay: KubeRayConfig = DEFAULT_CONFIG,
         keep_logs: Path | None = None,
     ) -> None:
-        self.kuberay = kuberay
-        self.keep_logs = keep_logs
         self.cluster = cluster
         self.images = images
-        self.namespaces = set(namespaces) if namespaces is not None else None
-        self.victim_order = victim_order
+        self.io = ClusterIO(cluster, namespaces)
+        self.kuberay = controllers.KubeRay(kuberay, victim_order)
+        self.keep_logs = keep_logs
         self.capacity = {k: parse_quantity(v) for k, v in (capacity or {}).items()}
         self.tick_s = tick_s
         self.teardown_grace_s = teardown_grace_s
@@ -125,17 +74,15 @@ class PodRunner:
         self.sandbox: Sandbox | None = None
         self.workers: dict[tuple[str, str], PodWorker] = {}
         self._claims: dict[tuple[str, str], Path] = {}
-        self.admission: list[Callable[[Obj], str | None]] = []
         self.snapshot = Snapshot()
         self.errors: list[str] = []
         self.host_ip = ""
+        self.terminations: list[Termination] = []  # every container a pod deletion stopped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._stopping: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._tokens: dict[str, str] = {}  # pod uid -> its service account token
-        self.terminations: list[Termination] = []  # every container a pod deletion stopped
         self._ticks = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -161,7 +108,7 @@ class PodRunner:
 
         async def main() -> None:
             self._stop = asyncio.Event()
-            await self._call(self._kubernetes_service)
+            await self.io.call(self.io.kubernetes_service)
             started.set_result(None)
             while not self._stop.is_set():
                 try:
@@ -231,8 +178,13 @@ class PodRunner:
     def claims(self) -> Mapping[tuple[str, str], Path]:
         return self._claims
 
+    @property
+    def admission(self) -> list[controllers.Admission]:
+        """Checks that can refuse KubeRay's pod creations (a quota, a webhook): tests append."""
+        return self.kuberay.admission
+
     def token(self, pod_uid: str) -> str | None:
-        return self._tokens.get(pod_uid)
+        return self.io.tokens.get(pod_uid)
 
     def node_env(self) -> Mapping[str, str]:
         """The `kubernetes` Service's variables: the API server, reached on the node's loopback."""
@@ -274,216 +226,41 @@ class PodRunner:
             out.append(f"==== {path.parent.parent.name}/{path.stem}\n{text[-tail_chars:]}")
         return "\n".join(out)
 
-    # ---- the store -------------------------------------------------------------------------------
-    async def _call(self, fn: Callable[[ObjectStore], T]) -> T:
-        loop = self.cluster._loop
-        assert loop is not None
-
-        async def run() -> T:
-            return fn(self.cluster.emulator.store)
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
-
-    def _kubernetes_service(self, store: ObjectStore) -> None:
-        """default/kubernetes, as the API server keeps it; here it fronts the emulated API server
-        (its port is the server's own: pods reach it on the node's loopback, see node_env)."""
-        if store.bucket(("", "services")).get(("default", "kubernetes")) is None:
-            port = self.cluster.port
-            store.create(
-                store.registry.resolve("", "v1", "services"),
-                "default",
-                {
-                    "metadata": {
-                        "name": "kubernetes",
-                        "labels": {"component": "apiserver", "provider": "kubernetes"},
-                    },
-                    "spec": {
-                        "type": "ClusterIP",
-                        "ports": [{"name": "https", "port": port, "targetPort": port, "protocol": "TCP"}],
-                    },
-                },
-            )
-
-    def _take_snapshot(self, store: ObjectStore) -> Snapshot:
-        snap = Snapshot()
-        for attr, (group, version, plural) in _KINDS.items():
-            d = store.registry.find(group, version, plural)
-            if d is None:
-                continue
-            items = [
-                o
-                for o in store.list(d, None, lambda o: True)[0]
-                if self.namespaces is None or o["metadata"].get("namespace") in self.namespaces
-            ]
-            current = getattr(snap, attr)
-            if isinstance(current, dict):
-                current.update({_key(o): o for o in items})
-            else:
-                current.extend(items)
-        return snap
-
-    def lookup(self) -> Callable[[str, str, str], Obj | None]:
+    # ---- what a pod's kubelet needs (PodIO) -----------------------------------------------------------
+    def lookup(self) -> Lookup:
         snap = self.snapshot
         tables = {"ConfigMap": snap.configmaps, "Secret": snap.secrets, "PersistentVolumeClaim": snap.pvcs}
         return lambda kind, ns, name: tables[kind].get((ns, name))
 
     async def write_status(self, pod: Obj, status: Obj) -> None:
-        ns, name = _key(pod)
+        await self.io.write_status("", "v1", "pods", pod, status)
 
-        def run(store: ObjectStore) -> None:
-            d = store.registry.resolve("", "v1", "pods")
-            live = store.bucket(d.storage_key).get((ns, name))
-            if live is None or live["metadata"]["uid"] != pod["metadata"]["uid"]:
-                return
-            body = copy.deepcopy(live)
-            body["status"] = status
-            store.replace(d, ns, name, body, subresource="status")
-
-        await self._call(run)
-
-    async def event(self, obj: Obj, kind: str, reason: str, message: str, component: str = "kubelet") -> None:
-        meta = obj["metadata"]
-        now = now_rfc3339()
-        body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "v1"),
-                "kind": obj.get("kind", "Pod"),
-                "name": meta["name"],
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": {"component": component},
-            "reportingComponent": component,
-        }
-
-        def run(store: ObjectStore) -> None:
-            with contextlib.suppress(ApiError):
-                store.create(store.registry.resolve("", "v1", "events"), body["metadata"]["namespace"], body)
-
-        await self._call(run)
+    async def event(self, obj: Obj, kind: str, reason: str, message: str) -> None:
+        await self.io.event(obj, kind, reason, message)
 
     # ---- the loop --------------------------------------------------------------------------------
     async def _tick(self) -> None:
         self._ticks += 1
-        self.snapshot = await self._call(self._take_snapshot)
-        for rc in self.snapshot.rayclusters:
+        self.snapshot = snap = await self.io.snapshot()
+        for rc in snap.rayclusters:
             if not rc["metadata"].get("deletionTimestamp"):
-                await self._kuberay(rc)
-        for deploy in self.snapshot.deployments:
+                try:
+                    await self.kuberay.reconcile(self.io, snap, rc)
+                except UnsupportedByRunner as exc:
+                    self._error(str(exc))
+        for deploy in snap.deployments:
             if not deploy["metadata"].get("deletionTimestamp"):
-                await self._deployment(deploy)
-        for job in self.snapshot.jobs:
+                await controllers.deployment(self.io, snap, deploy)
+        for job in snap.jobs:
             if not job["metadata"].get("deletionTimestamp"):
-                await self._job(job)
+                await controllers.job(self.io, snap, job)
         await self._kubelet()
         self._dns()
         await self._bind_claims()
 
-    # KubeRay ----------------------------------------------------------------------------------------------
-    async def _kuberay(self, rc: Obj) -> None:
-        name, ns = rc["metadata"]["name"], rc["metadata"]["namespace"]
-        pods = [
-            p
-            for p in self.snapshot.pods
-            if p["metadata"]["namespace"] == ns
-            and (p["metadata"].get("labels") or {}).get(K.RAY_CLUSTER_LABEL) == name
-        ]
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        error: ReconcileError | None = None
-        for svc in filter(None, (head_service(rc), headless_worker_service(rc))):
-            if not any(_key(s) == _key(svc) for s in self.snapshot.services):
-                await self._create("", "v1", "services", svc)
-        try:
-            plan = reconcile_pods(
-                rc, live, lambda group: f"{group}-{random_suffix()}", self.victim_order, self.kuberay
-            )
-        except UnsupportedByRunner as exc:
-            self.errors.append(str(exc))
-            return
-        for delete in plan.deletes:
-            try:
-                await self._delete_pod(ns, delete.name)
-                await self.event(
-                    rc,
-                    "Normal",
-                    "DeletedWorkerPod",
-                    f"Deleted worker Pod {ns}/{delete.name}: {delete.reason}",
-                    component="raycluster-controller",
-                )
-            except ApiError as exc:
-                error = ReconcileError(f"{delete.failure_reason}\n{exc.message}", delete.failure_reason)
-        for create in plan.creates:
-            refusal = next((m for m in (check(create.pod) for check in self.admission) if m), None)
-            try:
-                if refusal:
-                    raise ApiError(
-                        403,
-                        "Forbidden",
-                        f'pods "{create.pod["metadata"]["generateName"]}" is forbidden: {refusal}',
-                    )
-                await self._create("", "v1", "pods", create.pod)
-            except ApiError as exc:
-                error = ReconcileError(f"{create.failure_reason}\n{exc.message}", create.failure_reason)
-                await self.event(
-                    rc,
-                    "Warning",
-                    "FailedToCreateWorkerPod",
-                    f"Failed to create worker Pod for the cluster {ns}/{name}, {exc.message}",
-                    component="raycluster-controller",
-                )
-                break
-        if error is None and plan.error is not None:
-            error = ReconcileError(plan.error)
-        snap = await self._call(self._take_snapshot)
-        pods_now = [
-            p
-            for p in snap.pods
-            if p["metadata"]["namespace"] == ns
-            and (p["metadata"].get("labels") or {}).get(K.RAY_CLUSTER_LABEL) == name
-        ]
-        head_svcs = [
-            s
-            for s in snap.services
-            if s["metadata"]["namespace"] == ns
-            and (s["metadata"].get("labels") or {}).get(K.RAY_CLUSTER_LABEL) == name
-            and (s["metadata"].get("labels") or {}).get(K.RAY_NODE_TYPE_LABEL) == K.HEAD_NODE
-        ]
-        live_rc = next((r for r in snap.rayclusters if _key(r) == _key(rc)), None)
-        if live_rc is None:
-            return
-        status = calculate_status(live_rc, pods_now, head_svcs, error, now_rfc3339())
-        if essence(status) != essence(live_rc.get("status") or {}):
-            await self._write_status("ray.io", "v1", "rayclusters", live_rc, status)
-
-    # workloads ------------------------------------------------------------------------------------
-    async def _deployment(self, deploy: Obj) -> None:
-        actions = reconcile_deployment(deploy, self.snapshot.pods)
-        for name in actions.delete:
-            await self._delete_pod(deploy["metadata"]["namespace"], name)
-        for pod in actions.create:
-            with contextlib.suppress(ApiError):
-                await self._create("", "v1", "pods", pod)
-        if actions.status is not None:
-            old = {k: v for k, v in (deploy.get("status") or {}).items()}
-            if _strip_times(old) != _strip_times(actions.status):
-                await self._write_status("apps", "v1", "deployments", deploy, actions.status)
-
-    async def _job(self, job: Obj) -> None:
-        actions = reconcile_job(job, self.snapshot.pods, now_rfc3339())
-        for name in actions.delete:
-            await self._delete_pod(job["metadata"]["namespace"], name)
-        for pod in actions.create:
-            with contextlib.suppress(ApiError):
-                await self._create("", "v1", "pods", pod)
-        if actions.status is not None:
-            await self._write_status("batch", "v1", "jobs", job, actions.status)
+    def _error(self, message: str) -> None:
+        if message not in self.errors:
+            self.errors.append(message)
 
     # the node -------------------------------------------------------------------------------------
     def _fits(self, pod: Obj) -> str | None:
@@ -512,7 +289,7 @@ class PodRunner:
         assert self.sandbox is not None
         seen = set()
         for pod in self.snapshot.pods:
-            key = _key(pod)
+            key = object_key(pod)
             seen.add(key)
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):
@@ -532,9 +309,11 @@ class PodRunner:
             if not pod["spec"].get("nodeName"):
                 reason = self._fits(pod)
                 if reason is not None:
-                    await self._unschedulable(pod, reason)
+                    await self.io.unschedulable(pod, reason)
                     continue
-                await self._bind(pod)
+                refused = await self.io.bind(pod)
+                if refused:
+                    await self.io.unschedulable(pod, refused)
                 continue  # started on the next tick, from the bound object
             if pod["spec"].get("nodeName") != NODE:
                 continue
@@ -561,7 +340,7 @@ class PodRunner:
             self._stopping.discard(key)
 
     async def _terminate(self, pod: Obj) -> None:
-        key = _key(pod)
+        key = object_key(pod)
         worker = self.workers.get(key)
         try:
             if worker is not None and worker.uid == pod["metadata"]["uid"]:
@@ -570,103 +349,7 @@ class PodRunner:
                 del self.workers[key]
         finally:
             self._stopping.discard(key)
-            await self._release(pod)
-
-    async def _release(self, pod: Obj) -> None:
-        ns, name = _key(pod)
-        uid = pod["metadata"]["uid"]
-
-        def run(store: ObjectStore) -> None:
-            d = store.registry.resolve("", "v1", "pods")
-            live = store.bucket(d.storage_key).get((ns, name))
-            if live is None or live["metadata"]["uid"] != uid:
-                return
-            finalizers = [f for f in live["metadata"].get("finalizers") or () if f != FINALIZER]
-            store.patch(d, ns, name, "application/merge-patch+json", {"metadata": {"finalizers": finalizers}})
-
-        await self._call(run)
-
-    async def _bind(self, pod: Obj) -> None:
-        """Bind to the node, with what the ServiceAccount admission plugin adds on create: the
-        service account name and, unless automount is off, its token, CA and namespace at
-        /var/run/secrets/kubernetes.io/serviceaccount (a `kube-api-access-*` projected volume)."""
-        ns, name = _key(pod)
-        account = str(pod["spec"].get("serviceAccountName") or "default")
-        token = secrets.token_hex(16)
-        ca_pem = self.cluster.certificate.ca_pem.decode()
-
-        def run(store: ObjectStore) -> None:
-            d = store.registry.resolve("", "v1", "pods")
-            live = store.bucket(d.storage_key).get((ns, name))
-            if live is None or live["metadata"].get("deletionTimestamp"):
-                return
-            self._ensure_namespace_defaults(store, ns, ca_pem)
-            sa = store.bucket(("", "serviceaccounts")).get((ns, account))
-            if sa is None:
-                raise ApiError(403, "Forbidden", f'serviceaccount "{account}" not found')
-            spec: Obj = {"nodeName": NODE, "serviceAccountName": account, "serviceAccount": account}
-            automount = live["spec"].get(
-                "automountServiceAccountToken", sa.get("automountServiceAccountToken", True)
-            )
-            if automount:
-                spec.update(_token_volume(live["spec"]))
-                self._tokens[live["metadata"]["uid"]] = token
-                self.cluster.emulator.tokens[token] = f"system:serviceaccount:{ns}:{account}"
-            finalizers = [*(live["metadata"].get("finalizers") or []), FINALIZER]
-            store.patch(
-                d,
-                ns,
-                name,
-                "application/merge-patch+json",
-                {"metadata": {"finalizers": finalizers}, "spec": spec},
-            )
-
-        try:
-            await self._call(run)
-        except ApiError as exc:
-            await self._unschedulable(pod, exc.message)
-
-    @staticmethod
-    def _ensure_namespace_defaults(store: ObjectStore, ns: str, ca_pem: str) -> None:
-        """What a namespace holds on a real cluster: the `default` ServiceAccount and the
-        kube-root-ca.crt ConfigMap (the ServiceAccount and root-CA publisher controllers)."""
-        with contextlib.suppress(ApiError):
-            if store.bucket(("", "serviceaccounts")).get((ns, "default")) is None:
-                store.create(
-                    store.registry.resolve("", "v1", "serviceaccounts"), ns, {"metadata": {"name": "default"}}
-                )
-        with contextlib.suppress(ApiError):
-            if store.bucket(("", "configmaps")).get((ns, ROOT_CA)) is None:
-                store.create(
-                    store.registry.resolve("", "v1", "configmaps"),
-                    ns,
-                    {"metadata": {"name": ROOT_CA}, "data": {"ca.crt": ca_pem}},
-                )
-
-    async def _unschedulable(self, pod: Obj, reason: str) -> None:
-        status = pod.get("status") or {}
-        if any(
-            c.get("type") == "PodScheduled" and c.get("message") == reason
-            for c in status.get("conditions") or ()
-        ):
-            return
-        await self.write_status(
-            pod,
-            {
-                "phase": "Pending",
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": reason,
-                        "lastProbeTime": None,
-                        "lastTransitionTime": now_rfc3339(),
-                    }
-                ],
-            },
-        )
-        await self.event(pod, "Warning", "FailedScheduling", reason, component="default-scheduler")
+            await self.io.release(pod)
 
     def _dns(self) -> None:
         assert self.sandbox is not None
@@ -675,12 +358,12 @@ class PodRunner:
         self.sandbox.hosts.write(records)
 
     async def _bind_claims(self) -> None:
-        for key, pvc in self.snapshot.pvcs.items():
-            if key in self._claims and (pvc.get("status") or {}).get("phase") != "Bound":
+        for claim, pvc in self.snapshot.pvcs.items():
+            if claim in self._claims and (pvc.get("status") or {}).get("phase") != "Bound":
                 storage = (
                     ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage", "1Gi")
                 )
-                await self._write_status(
+                await self.io.write_status(
                     "",
                     "v1",
                     "persistentvolumeclaims",
@@ -691,37 +374,6 @@ class PodRunner:
                         "capacity": {"storage": storage},
                     },
                 )
-
-    # ---- store writes ----------------------------------------------------------------------------
-    async def _create(self, group: str, version: str, plural: str, body: Obj) -> Obj:
-        def run(store: ObjectStore) -> Obj:
-            d = store.registry.resolve(group, version, plural)
-            return store.create(d, body["metadata"].get("namespace"), body)
-
-        return await self._call(run)
-
-    async def _delete_pod(self, ns: str, name: str) -> None:
-        def run(store: ObjectStore) -> None:
-            d = store.registry.resolve("", "v1", "pods")
-            with contextlib.suppress(ApiError):
-                if store.bucket(d.storage_key).get((ns, name)) is not None:
-                    store.delete(d, ns, name)
-
-        await self._call(run)
-
-    async def _write_status(self, group: str, version: str, plural: str, obj: Obj, status: Obj) -> None:
-        ns, name = _key(obj)
-
-        def run(store: ObjectStore) -> None:
-            d = store.registry.resolve(group, version, plural)
-            live = store.bucket(d.storage_key).get((ns or "", name))
-            if live is None or live["metadata"]["uid"] != obj["metadata"]["uid"]:
-                return
-            body = copy.deepcopy(live)
-            body["status"] = status
-            store.replace(d, ns or None, name, body, subresource="status")
-
-        await self._call(run)
 
     # ---- waiting (tests) -------------------------------------------------------------------------
     def wait_for(
@@ -737,56 +389,9 @@ class PodRunner:
         return last
 
 
-def _token_volume(spec: Obj) -> Obj:
-    """The spec fields admission adds for the service account token (volumes and mounts)."""
-    volume_name = f"kube-api-access-{random_suffix()}"
-    volume = {
-        "name": volume_name,
-        "projected": {
-            "defaultMode": 420,
-            "sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": ROOT_CA, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {
-                    "downwardAPI": {
-                        "items": [
-                            {
-                                "path": "namespace",
-                                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
-                            }
-                        ]
-                    }
-                },
-            ],
-        },
-    }
-    out: Obj = {"volumes": [*(spec.get("volumes") or []), volume]}
-    for key in ("initContainers", "containers"):
-        containers = copy.deepcopy(spec.get(key) or [])
-        for c in containers:
-            mounts = c.setdefault("volumeMounts", [])
-            if not any(m.get("mountPath") == SA_MOUNT for m in mounts):
-                mounts.append({"name": volume_name, "mountPath": SA_MOUNT, "readOnly": True})
-        if containers:
-            out[key] = containers
-    return out
-
-
 def _requests(pod: Obj) -> dict[str, Any]:
     total: dict[str, Any] = {}
     for c in (pod.get("spec") or {}).get("containers") or ():
         for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
             total[k] = total.get(k, 0) + parse_quantity(v)
     return total
-
-
-def _strip_times(status: Mapping[str, Any]) -> Obj:
-    out = dict(status)
-    out["conditions"] = [
-        {k: v for k, v in c.items() if not k.endswith("Time")} for c in status.get("conditions") or ()
-    ]
-    return out
-
-
-def secret_value(secret: Mapping[str, Any], key: str) -> str:
-    return base64.b64decode((secret.get("data") or {})[key]).decode()
