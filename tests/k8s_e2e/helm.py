@@ -47,9 +47,14 @@ def install_release_accounts(stack: E2EStack) -> None:
         if m.kind not in STOOD_IN_FOR and m.kind != "CustomResourceDefinition"
     ]
     for ns in {m.namespace or "moeplane" for m in objects}:
-        if stack.cluster.find("v1", "Namespace", ns, None) is None:
-            stack.cluster.kubectl("create", "namespace", ns)
+        _namespace(stack, ns)
     stack.cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m.obj) for m in objects))
+
+
+def _namespace(stack: E2EStack, name: str) -> None:
+    # `kubectl create namespace` sends protobuf, which the emulated API server does not decode.
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    stack.cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
 
 def _job_done(stack: E2EStack, m: Manifest) -> str | None:
@@ -67,8 +72,7 @@ def helm_uninstall(stack: E2EStack, hooks: list[Manifest], timeout_s: float = 30
     """Run the pre-delete hooks to completion, then remove the release (stopping its operator)."""
     for hook in hooks:
         ns = hook.namespace or "moeplane"
-        if stack.cluster.find("v1", "Namespace", ns, None) is None:
-            stack.cluster.kubectl("create", "namespace", ns)
+        _namespace(stack, ns)
         stack.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(hook.obj))
         if hook.kind == "Job":
             deadline = time.monotonic() + timeout_s
