@@ -136,7 +136,7 @@ class ClusterIO:
     async def event(self, obj: Obj, kind: str, reason: str, message: str, component: str = "kubelet") -> None:
         meta = obj["metadata"]
         now = now_rfc3339()
-        body = {
+        body: Obj = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
             "involvedObject": {
                 "apiVersion": obj.get("apiVersion", "v1"),

@@ -230,9 +230,9 @@ def _multi_host(
     if to_delete:
         doomed: dict[str, Obj] = {}
         for name in to_delete:
-            pod = next((p for p in pods if p["metadata"]["name"] == name), None)
-            if pod is not None:
-                for p in replicas.get(_labels(pod).get(K.RAY_WORKER_REPLICA_NAME_LABEL, ""), []):
+            named = next((p for p in pods if p["metadata"]["name"] == name), None)
+            if named is not None:
+                for p in replicas.get(_labels(named).get(K.RAY_WORKER_REPLICA_NAME_LABEL, ""), []):
                     doomed[p["metadata"]["name"]] = p
         if doomed:
             out.deletes.extend(DeletePod(n, "autoscaler scale-down request") for n in sorted(doomed))

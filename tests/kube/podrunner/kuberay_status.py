@@ -129,12 +129,17 @@ def head_pod_ready_condition(head: Mapping[str, Any]) -> Obj:
 
 
 # ---- replicas and resources ----------------------------------------------------------------------
+def _max_replicas(group: Mapping[str, Any]) -> int:
+    value = group.get("maxReplicas")
+    return MAX_INT32 if value is None else int(value)
+
+
 def group_desired_pods(group: Mapping[str, Any]) -> int:
     """utils.GetWorkerGroupDesiredReplicas: replicas within [min, max], times numOfHosts."""
     if group.get("suspend"):
         return 0
     low = int(group.get("minReplicas") or 0)
-    high = int(group.get("maxReplicas") if group.get("maxReplicas") is not None else MAX_INT32)
+    high = _max_replicas(group)
     replicas = group.get("replicas")
     if replicas is None or int(replicas) < low:
         count = low
@@ -233,12 +238,7 @@ def calculate_status(
     )
     status["maxWorkerReplicas"] = min(
         MAX_INT32,
-        sum(
-            int(g.get("maxReplicas") if g.get("maxReplicas") is not None else MAX_INT32)
-            * int(g.get("numOfHosts") or 1)
-            for g in _groups(rc)
-            if not g.get("suspend")
-        ),
+        sum(_max_replicas(g) * int(g.get("numOfHosts") or 1) for g in _groups(rc) if not g.get("suspend")),
     )
     resources = desired_resources(rc)
     status["desiredCPU"] = format_quantity(resources.get("cpu", Fraction(0)), "cpu")

@@ -153,7 +153,7 @@ def resolve_env(
             if ref is None:
                 raise ConfigError(f"env {name}: unsupported valueFrom {sorted(source)}")
             obj = lookup(kind, ns, ref["name"])
-            data = (
+            values: dict[str, str] | None = (
                 None
                 if obj is None
                 else (
@@ -162,13 +162,13 @@ def resolve_env(
                     else {k: str(v) for k, v in (obj.get("data") or {}).items()}
                 )
             )
-            if data is None or ref["key"] not in data:
+            if values is None or ref["key"] not in values:
                 if ref.get("optional"):
                     continue
-                if data is None:
+                if values is None:
                     raise ConfigError(f'{kind.lower()} "{ref["name"]}" not found')
                 raise ConfigError(f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}")
-            env[name] = data[ref["key"]]
+            env[name] = values[ref["key"]]
     return env
 
 
@@ -280,7 +280,7 @@ def materialise_volume(
         _write_items(target, data, None, "downwardAPI", False)
         return target
     if "projected" in volume:
-        data: dict[str, bytes] = {}
+        files: dict[str, bytes] = {}
         for source in volume["projected"].get("sources") or ():
             if "configMap" in source:
                 cm = lookup("ConfigMap", ns, source["configMap"]["name"])
@@ -288,7 +288,7 @@ def materialise_volume(
                     raise MountError(f'configmap "{source["configMap"]["name"]}" not found')
                 raw = _configmap_bytes(cm or {})
                 items = source["configMap"].get("items")
-                data.update(
+                files.update(
                     {str(i["path"]): raw[i["key"]] for i in items if i["key"] in raw} if items else raw
                 )
             elif "secret" in source:
@@ -297,15 +297,15 @@ def materialise_volume(
                     raise MountError(f'secret "{source["secret"]["name"]}" not found')
                 raw = _secret_bytes(secret or {})
                 items = source["secret"].get("items")
-                data.update(
+                files.update(
                     {str(i["path"]): raw[i["key"]] for i in items if i["key"] in raw} if items else raw
                 )
             elif "serviceAccountToken" in source:
                 if token is None:
                     raise MountError(f"projected volume {name}: the pod has no service account token")
-                data[str(source["serviceAccountToken"].get("path") or "token")] = token.encode()
+                files[str(source["serviceAccountToken"].get("path") or "token")] = token.encode()
             elif "downwardAPI" in source:
-                data.update(
+                files.update(
                     {
                         str(i["path"]): field_value(pod, i["fieldRef"]["fieldPath"]).encode()
                         for i in source["downwardAPI"].get("items") or ()
@@ -316,7 +316,7 @@ def materialise_volume(
                 raise MountError(
                     f"projected volume {name}: source {sorted(source)} is not played by the runner"
                 )
-        _write_items(target, data, None, f"projected volume {name}", False)
+        _write_items(target, files, None, f"projected volume {name}", False)
         return target
     raise MountError(f"volume {name}: {sorted(k for k in volume if k != 'name')} is not played by the runner")
 
