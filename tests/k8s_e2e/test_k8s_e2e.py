@@ -101,15 +101,19 @@ def test_1_crds_and_a_tiny_deployment_come_up(stack: E2EStack, e2e_report: E2ERe
         assert "moedeployments.moeplane.io" in out and "moepools.moeplane.io" in out
         stack.cluster.kubectl("apply", "-f", "-", input=json.dumps(_manifest_for_step1(stack)))
         step.entry.desired_groups = stack.desired_groups()
-        stack.kubectl(
+        waited = stack.kubectl(
             "wait",
             "--for=condition=Ready",
             f"moedeployment/{stack.name}",
             "-n",
             stack.namespace,
-            "--timeout=420s",
-            timeout_s=450,
+            "--timeout=600s",
+            timeout_s=630,
+            check=False,
         )
+        if waited.returncode != 0:
+            ready = stack.get_json("moedeployment", stack.name).get("status", {}).get("conditions")
+            raise AssertionError(f"{waited.stderr}conditions: {ready}\n{stack.describe()}")
         pods = stack.items("pods")
         assert pods and all(p["status"]["phase"] == "Running" for p in pods), stack.describe()
         clusters = stack.items("rayclusters", f"moeplane.io/deployment={stack.name}")

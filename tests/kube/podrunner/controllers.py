@@ -19,6 +19,7 @@ from tests.kube.podrunner.kuberay_reconcile import VictimOrder, oldest_first, re
 from tests.kube.podrunner.kuberay_services import head_service, headless_worker_service
 from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status, essence
 from tests.kube.podrunner.workloads import reconcile_deployment, reconcile_job
+from tests.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 # An admission check on pods KubeRay creates: the refusal message (a quota, a webhook), or None.
@@ -78,20 +79,34 @@ class KubeRay:
                 break
         if error is None and step.error is not None:
             error = ReconcileError(step.error)
-        after = await io.snapshot()  # calculateStatus lists the pods again
-        live_rc = next((r for r in after.rayclusters if key(r) == key(rc)), None)
+        # calculateStatus lists the cluster's pods and head Service again, after this pass's writes.
+        live_rc, pods, head_svcs = await io.call(lambda store: _cluster_view(store, rc))
         if live_rc is None:
             return
-        head_svcs = [
-            s
-            for s in after.services
-            if s["metadata"]["namespace"] == ns
-            and (s["metadata"].get("labels") or {}).get(K.RAY_CLUSTER_LABEL) == name
-            and (s["metadata"].get("labels") or {}).get(K.RAY_NODE_TYPE_LABEL) == K.HEAD_NODE
-        ]
-        status = calculate_status(live_rc, _of_cluster(after.pods, ns, name), head_svcs, error, now_rfc3339())
+        status = calculate_status(live_rc, pods, head_svcs, error, now_rfc3339())
         if essence(status) != essence(live_rc.get("status") or {}):
             await io.write_status("ray.io", "v1", "rayclusters", live_rc, status)
+
+
+def _cluster_view(store: ObjectStore, rc: Obj) -> tuple[Obj | None, list[Obj], list[Obj]]:
+    """The RayCluster as stored now, its pods (ray.io/cluster) and its head Service."""
+    ns, name = key(rc)
+    d = store.registry.find("ray.io", "v1", "rayclusters")
+    live = None if d is None else store.bucket(d.storage_key).get((ns, name))
+    if live is None or live["metadata"]["uid"] != rc["metadata"]["uid"]:
+        return None, [], []
+    assert d is not None
+
+    def mine(obj: Obj) -> bool:
+        return (obj["metadata"].get("labels") or {}).get(K.RAY_CLUSTER_LABEL) == name
+
+    pods = store.list(store.registry.resolve("", "v1", "pods"), ns, mine)[0]
+    services = store.list(
+        store.registry.resolve("", "v1", "services"),
+        ns,
+        lambda o: mine(o) and (o["metadata"].get("labels") or {}).get(K.RAY_NODE_TYPE_LABEL) == K.HEAD_NODE,
+    )[0]
+    return store.present(live, d), pods, services
 
 
 def _of_cluster(pods: list[Obj], ns: str, name: str) -> list[Obj]:

@@ -83,6 +83,7 @@ class PodRunner:
         self._stop: asyncio.Event | None = None
         self._stopping: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._seen_version = -1
         self._ticks = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -242,6 +243,17 @@ class PodRunner:
     async def _tick(self) -> None:
         self._ticks += 1
         self.snapshot = snap = await self.io.snapshot()
+        # The controllers are level-triggered; with nothing changed since their last pass (the same
+        # resourceVersion) they would decide nothing new, so they skip it (the kubelet never does).
+        version = await self.io.call(lambda store: store.resource_version)
+        if version != self._seen_version or self._ticks % 20 == 0:
+            await self._controllers(snap)
+        self._seen_version = await self.io.call(lambda store: store.resource_version)
+        await self._kubelet()
+        self._dns()
+        await self._bind_claims()
+
+    async def _controllers(self, snap: Snapshot) -> None:
         for rc in snap.rayclusters:
             if not rc["metadata"].get("deletionTimestamp"):
                 try:
@@ -254,9 +266,6 @@ class PodRunner:
         for job in snap.jobs:
             if not job["metadata"].get("deletionTimestamp"):
                 await controllers.job(self.io, snap, job)
-        await self._kubelet()
-        self._dns()
-        await self._bind_claims()
 
     def _error(self, message: str) -> None:
         if message not in self.errors:
