@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from moeplane.api.keys import DeploymentKeys
+
+from moeplane.bus.keys import DeploymentKeys
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,9 @@ from typing import Any
 
 import redis
 import yaml
-from moeplane.api.keys import DeploymentKeys
+from moeplane.workers.net import free_port
 
+from moeplane.bus.keys import DeploymentKeys
 from tests.k8s_e2e.sampler import read_registry
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
@@ -39,12 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER_IMAGE = "ghcr.io/moeplane/moeplane-worker:0.1.0"
 MANAGED = "app.kubernetes.io/managed-by=moeplane-operator"
 POOL_CONTAINER = "moeplane-pool"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
