@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,mooncake]'
 	touch $(STAMP)
 
-# Debian packages: redis-server (the embedded stack and the tests), chromium (browser tests) and
-# libibverbs1 (Mooncake's transfer engine loads it even for TCP).
+# Debian packages: redis-server (the embedded stack and the tests), chromium (browser tests),
+# libibverbs1 (Mooncake's transfer engine loads it even for TCP), and for the k8s_e2e tier's pod
+# runner a C compiler (its network shim), wget (KubeRay's probes) and util-linux (namespaces).
 sysdeps:
 	@command -v redis-server >/dev/null && command -v chromium >/dev/null && \
+	  command -v cc >/dev/null && command -v wget >/dev/null && command -v unshare >/dev/null && \
 	  ldconfig -p | grep -q libibverbs.so.1 || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium libibverbs1 >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server chromium libibverbs1 \
+	    gcc libc6-dev wget util-linux >/dev/null; }
 
 demo: setup sysdeps
 	$(BIN)/moeplane demo

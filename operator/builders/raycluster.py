@@ -265,6 +265,10 @@ def _head_group(
             sidecar,
         ],
         "volumes": [*_head_volumes(pool, pool_name), *model.volumes, *podparts.user_volumes(pool.pod)],
+        # `ray.init` in the `moeplane pool` sidecar finds the local raylet among the processes it can
+        # see (Ray >= 2.5x; ray-project/ray #59229, the sidecar case in #63935): share the pod's PID
+        # namespace with the Ray head container, or the sidecar never joins its cluster.
+        "shareProcessNamespace": True,
         # The head runs on the pod network: host networking is for the workers' fabric.
         **podparts.pod_fields(config, pool.pod, host_network_allowed=False),
     }

@@ -1,9 +1,15 @@
-"""Playing KubeRay: no KubeRay controller runs here, so tests set RayCluster status themselves.
+"""Playing KubeRay without pods: tests that only need RayCluster status set it through this driver.
 
-The driver writes status the way KubeRay v1.x does (`readyWorkerReplicas` counts worker pods,
-`HeadPodReady` and `RayClusterProvisioned` conditions, `state: ready`), straight into the store,
-as a controller's status update would land. `auto()` runs a background loop that brings every
-RayCluster up after a delay, like pods starting.
+The status is the one KubeRay v1.6.2 computes (`podrunner.kuberay_status.calculate_status`, ported
+from ray-operator/controllers/ray/raycluster_controller.go), fed with the pods KubeRay would see:
+a ready head and `ready_groups * numOfHosts` ready workers (the rest Running, not ready). So the
+conditions carry KubeRay's real types and reasons (ray-operator/apis/ray/v1/raycluster_types.go):
+`HeadPodReady`, `RayClusterProvisioned` (set once, never cleared), `ReplicaFailure` (reason from
+the errRayClusterReplicaFailure markers of ray-operator/controllers/ray/utils/constant.go, e.g.
+FailedCreateWorkerPod), and `state: ready`, which KubeRay never clears once set. `auto()` runs a
+background loop that brings every RayCluster up, like pods starting.
+
+Tests that need the pods themselves to run use `tests.kube.podrunner.runner.PodRunner` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any
 
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.metadata import now_rfc3339
+from tests.kube.podrunner import kuberay_api as K
+from tests.kube.podrunner.kuberay_status import ReconcileError, calculate_status, essence
 from tests.kube.resources import ResourceDef, crd_manifest
 from tests.kube.store import ObjectStore
 
@@ -28,54 +36,45 @@ RAYCLUSTER = ResourceDef(
 )
 
 
-def _group(rc: dict[str, Any]) -> dict[str, Any]:
-    groups = (rc.get("spec") or {}).get("workerGroupSpecs") or [{}]
-    return groups[0]
+def _pod(name: str, node_type: str, cluster: str, ready: bool) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {K.RAY_CLUSTER_LABEL: cluster, K.RAY_NODE_TYPE_LABEL: node_type},
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def kuberay_status(
-    rc: dict[str, Any], ready_groups: int | None = None, failure: str | None = None
+    rc: dict[str, Any],
+    ready_groups: int | None = None,
+    failure: str | None = None,
+    head_ready: bool = True,
 ) -> dict[str, Any]:
-    """The status KubeRay reports with `ready_groups` whole EP groups up (default: all)."""
-    group = _group(rc)
-    replicas = int(group.get("replicas") or 0)
-    hosts = int(group.get("numOfHosts") or 1)
-    groups = replicas if ready_groups is None else min(ready_groups, replicas)
-    now = now_rfc3339()
-    conditions = [
-        {
-            "type": "HeadPodReady",
-            "status": "True",
-            "reason": "HeadPodRunningAndReady",
-            "lastTransitionTime": now,
-        },
-        {
-            "type": "RayClusterProvisioned",
-            "status": "True" if groups == replicas else "False",
-            "reason": "AllPodRunningAndReadyFirstTime"
-            if groups == replicas
-            else "RayClusterPodsProvisioning",
-            "lastTransitionTime": now,
-        },
-    ]
+    """The status KubeRay writes with `ready_groups` whole EP groups up (default: all of them).
+
+    `failure` is a worker pod creation KubeRay's API call failed with (a quota, an admission
+    webhook): ReplicaFailure=True, reason FailedCreateWorkerPod, as KubeRay reports it."""
+    name = rc["metadata"]["name"]
+    groups = (rc.get("spec") or {}).get("workerGroupSpecs") or []
+    pods = [_pod(f"{name}-head", K.HEAD_NODE, name, head_ready)]
+    for g_index, group in enumerate(groups):
+        replicas = int(group.get("replicas") or 0)
+        hosts = int(group.get("numOfHosts") or 1)
+        up = replicas if ready_groups is None else min(ready_groups, replicas)
+        for i in range(replicas * hosts):
+            pods.append(_pod(f"{name}-w{g_index}-{i}", K.WORKER_NODE, name, i < up * hosts))
+    error = None
     if failure:
-        conditions.append(
-            {
-                "type": "RayClusterReplicaFailure",
-                "status": "True",
-                "reason": "FailedCreateWorkerPod",
-                "message": failure,
-                "lastTransitionTime": now,
-            }
-        )
-    return {
-        "state": "ready" if groups == replicas and not failure else "",
-        "desiredWorkerReplicas": replicas * hosts,
-        "readyWorkerReplicas": groups * hosts,
-        "availableWorkerReplicas": groups * hosts,
-        "observedGeneration": int(rc["metadata"].get("generation", 1)),
-        "conditions": conditions,
-    }
+        reason = K.FAILED_CREATE_WORKER_POD
+        error = ReconcileError(f"{reason}\n{failure}", reason)
+    status = calculate_status(rc, pods, [], error, now_rfc3339())
+    status["head"] = {}
+    return status
 
 
 class KubeRayDriver:
@@ -101,7 +100,7 @@ class KubeRayDriver:
         return self.cluster.list("ray.io/v1", "RayCluster", namespace)
 
     def _write(self, store: ObjectStore, rc: dict[str, Any], status: dict[str, Any]) -> bool:
-        if _essence(rc.get("status") or {}) == _essence(status):
+        if essence(rc.get("status") or {}) == essence(status):
             return False  # KubeRay does not rewrite an unchanged status
         d = store.registry.resolve("ray.io", "v1", "rayclusters")
         meta = rc["metadata"]
@@ -121,11 +120,12 @@ class KubeRayDriver:
         namespace: str = "default",
         ready_groups: int | None = None,
         failure: str | None = None,
+        head_ready: bool = True,
     ) -> None:
         def run(store: ObjectStore) -> None:
             d = store.registry.resolve("ray.io", "v1", "rayclusters")
             rc = store.get(d, namespace, name)
-            self._write(store, rc, kuberay_status(rc, ready_groups, failure))
+            self._write(store, rc, kuberay_status(rc, ready_groups, failure, head_ready))
 
         self.cluster.call(run)
 
@@ -166,13 +166,3 @@ class KubeRayDriver:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-
-def _essence(status: dict[str, Any]) -> dict[str, Any]:
-    """A status without its conditions' transition times."""
-    out = {k: v for k, v in status.items() if k != "conditions"}
-    out["conditions"] = [
-        (c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
-        for c in status.get("conditions") or []
-    ]
-    return out

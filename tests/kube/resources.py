@@ -114,6 +114,7 @@ BUILTINS: tuple[ResourceDef, ...] = (
     _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",), status=True),
     _builtin("apps", "v1", "deployments", "Deployment", short_names=("deploy",), status=True, scale=True),
     _builtin("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), status=True, scale=True),
+    _builtin("batch", "v1", "jobs", "Job", status=True),
     _builtin("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
     _builtin(

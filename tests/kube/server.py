@@ -102,8 +102,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _authenticate(self, request: rendering.Request) -> str:
         if not self.tokens:
             return "admin"
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        # The scheme is case-insensitive, as the API server's bearer-token authenticator reads it
+        # (the Python client's in-cluster configuration sends "bearer").
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
         user = self.tokens.get(token)
         if user is None:
             raise unauthorized()
