@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from moeplane.protos import kv_transfer_pb2 as moeplane_dot_protos_dot_kv__transfer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$moeplane/protos/worker_control.proto\x12\x13moeplane.control.v1\x1a!moeplane/protos/kv_transfer.proto\"\x86\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x42\x07\n\x05_seed\"u\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x35\n\x08sampling\x18\x03 \x01(\x0b\x32#.moeplane.control.v1.SamplingParams\"\xe2\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.moeplane.control.v1.FinishReason\x12$\n\x02kv\x18\x05 \x01(\x0b\x32\x18.moeplane.kv.v1.KVHandle\x12\x0f\n\x07\x64p_rank\x18\x06 \x01(\r\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x12\n\nprefill_ms\x18\x08 \x01(\x01\"\xca\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x1b\n\x0e\x66irst_token_id\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.moeplane.control.v1.SamplingParams\x12$\n\x02kv\x18\x05 \x01(\x0b\x32\x18.moeplane.kv.v1.KVHandleB\x11\n\x0f_first_token_id\"\xa5\x01\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.moeplane.control.v1.FinishReason\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\r\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"\x80\x01\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.moeplane.control.v1.Role\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x11\n\tnum_ranks\x18\x04 \x01(\r\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x0e\n\x0cStatsRequest\"\x9e\x01\n\tRankStats\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x03 \x01(\r\x12\x19\n\x11num_leased_blocks\x18\x04 \x01(\r\x12\x13\n\x0bnum_running\x18\x05 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x06 \x01(\r\x12\x11\n\tnum_steps\x18\x07 \x01(\x04\"\xd4\x01\n\rStatsResponse\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.moeplane.control.v1.Role\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x05 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12-\n\x05ranks\x18\x07 \x03(\x0b\x32\x1e.moeplane.control.v1.RankStats*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xac\x03\n\rWorkerControl\x12T\n\x07Prefill\x12#.moeplane.control.v1.PrefillRequest\x1a$.moeplane.control.v1.PrefillResponse\x12O\n\x06\x44\x65\x63ode\x12\".moeplane.control.v1.DecodeRequest\x1a\x1f.moeplane.control.v1.TokenEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".moeplane.control.v1.CancelRequest\x1a#.moeplane.control.v1.CancelResponse\x12Q\n\x06Health\x12\".moeplane.control.v1.HealthRequest\x1a#.moeplane.control.v1.HealthResponse\x12N\n\x05Stats\x12!.moeplane.control.v1.StatsRequest\x1a\".moeplane.control.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$moeplane/protos/worker_control.proto\x12\x13moeplane.control.v1\x1a!moeplane/protos/kv_transfer.proto\"\x86\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x42\x07\n\x05_seed\"u\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x35\n\x08sampling\x18\x03 \x01(\x0b\x32#.moeplane.control.v1.SamplingParams\"\xe2\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.moeplane.control.v1.FinishReason\x12$\n\x02kv\x18\x05 \x01(\x0b\x32\x18.moeplane.kv.v1.KVHandle\x12\x0f\n\x07\x64p_rank\x18\x06 \x01(\r\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x12\n\nprefill_ms\x18\x08 \x01(\x01\"\xca\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x1b\n\x0e\x66irst_token_id\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.moeplane.control.v1.SamplingParams\x12$\n\x02kv\x18\x05 \x01(\x0b\x32\x18.moeplane.kv.v1.KVHandleB\x11\n\x0f_first_token_id\"\xd9\x01\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.moeplane.control.v1.FinishReason\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\r\x12\x32\n\nerror_kind\x18\x07 \x01(\x0e\x32\x1e.moeplane.control.v1.ErrorKind\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"\x80\x01\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.moeplane.control.v1.Role\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x11\n\tnum_ranks\x18\x04 \x01(\r\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x0e\n\x0cStatsRequest\"\xb7\x01\n\tRankStats\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x03 \x01(\r\x12\x19\n\x11num_leased_blocks\x18\x04 \x01(\r\x12\x13\n\x0bnum_running\x18\x05 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x06 \x01(\r\x12\x11\n\tnum_steps\x18\x07 \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\x08 \x01(\x04\"\xd4\x01\n\rStatsResponse\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.moeplane.control.v1.Role\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x17\n\x0fnum_used_blocks\x18\x05 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12-\n\x05ranks\x18\x07 \x03(\x0b\x32\x1e.moeplane.control.v1.RankStats*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\x99\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_KIND_INVALID_REQUEST\x10\x01\x12\x1a\n\x16\x45RROR_KIND_KV_TRANSFER\x10\x02\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x03\x12\x1b\n\x17\x45RROR_KIND_GROUP_FAILED\x10\x04\x32\xac\x03\n\rWorkerControl\x12T\n\x07Prefill\x12#.moeplane.control.v1.PrefillRequest\x1a$.moeplane.control.v1.PrefillResponse\x12O\n\x06\x44\x65\x63ode\x12\".moeplane.control.v1.DecodeRequest\x1a\x1f.moeplane.control.v1.TokenEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".moeplane.control.v1.CancelRequest\x1a#.moeplane.control.v1.CancelResponse\x12Q\n\x06Health\x12\".moeplane.control.v1.HealthRequest\x1a#.moeplane.control.v1.HealthResponse\x12N\n\x05Stats\x12!.moeplane.control.v1.StatsRequest\x1a\".moeplane.control.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'moeplane.protos.worker_control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1564
-  _globals['_ROLE']._serialized_end=1627
-  _globals['_FINISHREASON']._serialized_start=1630
-  _globals['_FINISHREASON']._serialized_end=1779
+  _globals['_ROLE']._serialized_start=1641
+  _globals['_ROLE']._serialized_end=1704
+  _globals['_FINISHREASON']._serialized_start=1707
+  _globals['_FINISHREASON']._serialized_end=1856
+  _globals['_ERRORKIND']._serialized_start=1859
+  _globals['_ERRORKIND']._serialized_end=2012
   _globals['_SAMPLINGPARAMS']._serialized_start=97
   _globals['_SAMPLINGPARAMS']._serialized_end=231
   _globals['_PREFILLREQUEST']._serialized_start=233
@@ -45,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECODEREQUEST']._serialized_start=582
   _globals['_DECODEREQUEST']._serialized_end=784
   _globals['_TOKENEVENT']._serialized_start=787
-  _globals['_TOKENEVENT']._serialized_end=952
-  _globals['_CANCELREQUEST']._serialized_start=954
-  _globals['_CANCELREQUEST']._serialized_end=989
-  _globals['_CANCELRESPONSE']._serialized_start=991
-  _globals['_CANCELRESPONSE']._serialized_end=1022
-  _globals['_HEALTHREQUEST']._serialized_start=1024
-  _globals['_HEALTHREQUEST']._serialized_end=1039
-  _globals['_HEALTHRESPONSE']._serialized_start=1042
-  _globals['_HEALTHRESPONSE']._serialized_end=1170
-  _globals['_STATSREQUEST']._serialized_start=1172
-  _globals['_STATSREQUEST']._serialized_end=1186
-  _globals['_RANKSTATS']._serialized_start=1189
-  _globals['_RANKSTATS']._serialized_end=1347
-  _globals['_STATSRESPONSE']._serialized_start=1350
-  _globals['_STATSRESPONSE']._serialized_end=1562
-  _globals['_WORKERCONTROL']._serialized_start=1782
-  _globals['_WORKERCONTROL']._serialized_end=2210
+  _globals['_TOKENEVENT']._serialized_end=1004
+  _globals['_CANCELREQUEST']._serialized_start=1006
+  _globals['_CANCELREQUEST']._serialized_end=1041
+  _globals['_CANCELRESPONSE']._serialized_start=1043
+  _globals['_CANCELRESPONSE']._serialized_end=1074
+  _globals['_HEALTHREQUEST']._serialized_start=1076
+  _globals['_HEALTHREQUEST']._serialized_end=1091
+  _globals['_HEALTHRESPONSE']._serialized_start=1094
+  _globals['_HEALTHRESPONSE']._serialized_end=1222
+  _globals['_STATSREQUEST']._serialized_start=1224
+  _globals['_STATSREQUEST']._serialized_end=1238
+  _globals['_RANKSTATS']._serialized_start=1241
+  _globals['_RANKSTATS']._serialized_end=1424
+  _globals['_STATSRESPONSE']._serialized_start=1427
+  _globals['_STATSRESPONSE']._serialized_end=1639
+  _globals['_WORKERCONTROL']._serialized_start=2015
+  _globals['_WORKERCONTROL']._serialized_end=2443
 # @@protoc_insertion_point(module_scope)

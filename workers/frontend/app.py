@@ -2,7 +2,17 @@
 
 Routes: POST /v1/completions, POST /v1/chat/completions (both streaming and not), GET /v1/models,
 GET /health, GET /metrics. Every error leaves as an OpenAI error body (the middleware renders
-`FrontendError`s; anything unexpected is a logged 500 `server_error`, never a traceback).
+`FrontendError`s; anything unexpected is a logged 500 `server_error`, never a traceback). Every
+response is counted by route and status code.
+
+/health (the frontend's readiness probe) reports, per role, its groups by state (live, starting,
+draining, restarting, failed, with each group's restarts and reason). It answers 200 only when
+every role can serve, i.e. has a live group (decode always; prefill when any prefill group is
+registered: with none, the deployment runs aggregated); otherwise 503 with the reason. The body's
+`status` is `ok`, `degraded` (every role serves, but a group is restarting or failed: less
+capacity, and the reason) or `unavailable` (503). A degraded pool stays ready on purpose: taking
+every frontend out of its Service because one of several groups restarts would turn one dead rank
+into an outage.
 
 Errors that happen before the first output token (no capacity, a group's refusal, the timeout)
 get their own HTTP status; a stream that already started ends with an error event instead.
@@ -19,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from moeplane.api.enums import Role
+from aiohttp.typedefs import Middleware
 from moeplane.workers.frontend import responses as R
 from moeplane.workers.frontend.chat_template import render_chat
 from moeplane.workers.frontend.errors import (
@@ -30,7 +40,8 @@ from moeplane.workers.frontend.errors import (
     RequestTimeout,
     UpstreamError,
 )
-from moeplane.workers.frontend.metrics import CONTENT_TYPE
+from moeplane.workers.frontend.health import health_report
+from moeplane.workers.frontend.metrics import CONTENT_TYPE, FrontendMetrics
 from moeplane.workers.frontend.pipeline import Chunk, Endpoint, GenerateRequest, Pipeline, Timings
 from moeplane.workers.frontend.requests import SamplingBody, parse_chat, parse_completion
 from moeplane.workers.model.tokenizer import Tokenizer
@@ -57,6 +68,25 @@ class FrontendConfig:
                 f"bad frontend config: max_model_len={self.max_model_len} (>= 2), default_max_tokens="
                 f"{self.default_max_tokens} (>= 1), request_timeout_s={self.request_timeout_s} (> 0)"
             )
+
+
+def counting(metrics: FrontendMetrics) -> Middleware:
+    """A middleware counting responses by route and status code (outside `openai_errors`, so the
+    error bodies it renders are counted with their status)."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            metrics.responses.labels(route=route, code=str(exc.status)).inc()
+            raise
+        metrics.responses.labels(route=route, code=str(resp.status)).inc()
+        return resp
+
+    return count
 
 
 @web.middleware
@@ -89,7 +119,9 @@ class Frontend:
         self.started_at = int(time.time())
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[openai_errors], client_max_size=8 * 1024 * 1024)
+        app = web.Application(
+            middlewares=[counting(self.pipeline.metrics), openai_errors], client_max_size=8 * 1024 * 1024
+        )
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
@@ -132,16 +164,19 @@ class Frontend:
 
     async def health(self, request: web.Request) -> web.Response:
         cache = self.pipeline.cache
-        counts = cache.counts()
-        ready = counts[Role.DECODE] > 0
+        await cache.refresh()  # the registry as of now (one Redis read); the cached copy if it is away
+        report = health_report(cache.all_groups(), cache.counts())
         body = {
-            "status": "ok" if ready else "no_capacity",
+            "status": str(report.status),
+            "reason": report.reason,
             "model": self.config.served_model,
-            "groups": {str(role): n for role, n in counts.items()},
+            "groups": {str(role): n for role, n in cache.counts().items()},  # live, per role
+            "roles": report.roles,
+            "queued_requests": self.pipeline.admission.num_waiting,
             "registry_staleness_s": round(cache.staleness_s, 3),
             "registry_error": cache.last_error,
         }
-        return web.json_response(body, status=200 if ready else 503)
+        return web.json_response(body, status=200 if report.can_serve else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.pipeline.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

@@ -7,8 +7,10 @@ pulls imported KV while its main thread runs model steps.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+import ray
 import torch
 from moeplane.api.arch import ModelArch
 from moeplane.workers.ep.comm import EPComm
@@ -40,7 +42,7 @@ class RankSpec:
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     security: GrpcSecurity = field(default_factory=GrpcSecurity)
-    collective_timeout_s: float = 120.0
+    collective_timeout_s: float = 60.0  # bounds every collective (gloo and NCCL process-group timeout)
     torch_threads: int = 1
 
 
@@ -60,11 +62,30 @@ def make_transport(spec: RankSpec) -> KVTransport:
     )
 
 
+# The Ray concurrency group of `RankWorker.ping`: its own thread, so a liveness probe is answered
+# while a step (or a stats call waiting on the step) occupies the default group's threads.
+LIVENESS_GROUP = "liveness"
+
+
+@dataclass(frozen=True)
+class RankIdentity:
+    """Where a rank actor runs: what a supervisor needs to kill it if Ray cannot."""
+
+    pid: int
+    node_id: str
+
+
 class RankWorker:
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         self.rank, self.world_size = rank, world_size
         self.engine: RankEngine | None = None
         self.loop: LoopThread | None = None
+
+    def assign(self, rank: int, world_size: int) -> None:
+        """Give a spare actor (started ahead, its imports done) its place in a group, before `start`."""
+        if self.engine is not None:
+            raise RuntimeError(f"rank {self.rank} is already serving")
+        self.rank, self.world_size = rank, world_size
 
     def rendezvous_address(self, host: str = "127.0.0.1") -> str:
         """A free TCP endpoint for the group's torch.distributed store (asked of rank 0).
@@ -86,6 +107,11 @@ class RankWorker:
         self._expiry = self.loop.submit(run_expiry(transport))
         self.engine = RankEngine(spec.engine, runner, cache, tokenizer_for(spec.arch), transport, self.loop)
         return transport.address
+
+    @ray.method(concurrency_group=LIVENESS_GROUP)
+    def ping(self) -> RankIdentity:
+        """The liveness probe: answered on its own thread, whatever the step loop is doing."""
+        return RankIdentity(os.getpid(), ray.get_runtime_context().get_node_id())
 
     def _engine(self) -> RankEngine:
         if self.engine is None:

@@ -18,8 +18,8 @@ from moeplane.protos import kv_transfer_pb2 as kv_pb
 from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
 from moeplane.workers.grpc_security import GrpcSecurity
-from moeplane.workers.serving.convert import FINISH_FROM_PB, sampling_to_pb
-from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+from moeplane.workers.serving.convert import ERROR_KIND_FROM_PB, FINISH_FROM_PB, sampling_to_pb
+from moeplane.workers.serving.sequence import ErrorKind, FinishReason, SamplingParams
 
 
 class WorkerControlError(RuntimeError):
@@ -48,6 +48,7 @@ class TokenEvent:
     finish_reason: FinishReason | None
     error: str
     num_output_tokens: int
+    error_kind: ErrorKind | None = None  # with FinishReason.ERROR: whether another group can help
 
 
 class WorkerControlClient:
@@ -109,6 +110,7 @@ class WorkerControlClient:
                     FINISH_FROM_PB[ev.finish_reason],
                     ev.error,
                     ev.num_output_tokens,
+                    ERROR_KIND_FROM_PB.get(ev.error_kind),
                 )
         except grpc.aio.AioRpcError as exc:
             raise WorkerControlError(exc.code(), exc.details() or "") from None
