@@ -86,8 +86,10 @@ class _GroupFailed(Exception):
 
     def __init__(self, group: GroupRef | None, stage: str, message: str) -> None:
         message = message.splitlines()[0] if message else "failed"
-        named = group is None or message.startswith(f"group {group[0]}")
-        super().__init__(f"{stage} {message}" if named else f"{stage} group {group[0]}: {message}")
+        if group is None or message.startswith(f"group {group[0]}"):
+            super().__init__(f"{stage} {message}")
+        else:
+            super().__init__(f"{stage} group {group[0]}: {message}")
         self.group = group
         self.stage = stage
 

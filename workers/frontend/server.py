@@ -39,7 +39,8 @@ class FrontendServer:
     ) -> None:
         if limits is None:  # the default queue, with the config's length and timeout
             limits = ServingLimits(
-                max_model_len=config.max_model_len, request_timeout_s=config.request_timeout_s
+                max_model_len=config.max_model_len, request_timeout_s=config.request_timeout_s,
+                queue_timeout_s=min(ServingLimits.queue_timeout_s, config.request_timeout_s),
             )
         if limits.request_timeout_s != config.request_timeout_s:
             raise ValueError(

@@ -36,6 +36,8 @@ RankActor = ray.remote(  # type: ignore[call-overload]  # ray's stubs omit these
 
 # How long a clean close waits for each rank to shut its KV transport and process group.
 _CLOSE_RANK_S = 20.0
+# After a failed step, how long the other ranks' results may take to say which rank died.
+_DIAGNOSE_S = 2.0
 
 
 class RankFailed(RuntimeError):
@@ -96,11 +98,22 @@ class RankSet:
         done, pending = await asyncio.wait(
             futures, timeout=self.spec.step_timeout_s, return_when=asyncio.FIRST_EXCEPTION
         )
+
+        def errors(among: set[asyncio.Future[Any]]) -> list[tuple[int, BaseException]]:
+            return [(r, e) for r, f in enumerate(futures) if f in among and (e := f.exception()) is not None]
+
+        failed = errors(done)
+        if failed and pending:
+            # A survivor's collective often fails first ("connection reset by peer"): give the dead
+            # rank's own error a moment to arrive, so the reason names the rank that died.
+            more, pending = await asyncio.wait(pending, timeout=_DIAGNOSE_S)
+            failed += errors(more)
         for fut in pending:
             fut.cancel()
-        for rank, fut in enumerate(futures):
-            if fut in done and (exc := fut.exception()) is not None:
-                raise RankFailed(rank_failure(rank, exc))
+        if failed:
+            died = [(r, e) for r, e in failed if isinstance(e, ray.exceptions.RayActorError)]
+            rank, exc = (died or failed)[0]
+            raise RankFailed(rank_failure(rank, exc))
         if pending:
             slow = [r for r, f in enumerate(futures) if f in pending]
             raise RankFailed(f"ranks {slow} did not finish a step in {self.spec.step_timeout_s:g} s")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -154,6 +155,18 @@ class GroupSupervisor:
                     raise errors[0]
             self._fill_spares()
 
+    async def set_spare_ranks(self, n: int) -> None:
+        """Keep `n` spare rank actors from now on (0: none; restarts then spawn fresh processes)."""
+        self.options = dataclasses.replace(self.options, spare_ranks=n)
+        if self._spares is not None:
+            await self._spares.close()
+            self._spares = None
+        self._fill_spares()
+
+    @property
+    def num_spares_ready(self) -> int:
+        return 0 if self._spares is None else self._spares.num_ready
+
     def _fill_spares(self) -> None:
         """Keep `spare_ranks` rank actors spawned ahead, once the pool has groups to restart."""
         if self.options.spare_ranks <= 0 or not self.groups or self._closed:
@@ -181,14 +194,24 @@ class GroupSupervisor:
         await self._enter(g, GroupState.STARTING, "starting: ranks loading their weights")
         g.beat.start()
         self.progress(f"starting group {g.group_id} ({spec.ep_size} ranks) at {g.address}")
-        try:
-            await self._bring_up(g)
-        except Exception as exc:
-            if strict:
-                await self._stop(g)
-                raise GroupStartError(f"group {g.group_id} did not start: {one_line(exc)}") from exc
-            self._recover_soon(g, f"did not start: {one_line(exc)}")
-            return
+        policy, attempts = self.options.restart, 0
+        while True:
+            try:
+                await self._bring_up(g)
+                break
+            except Exception as exc:
+                reason = f"did not start: {one_line(exc)}"
+                if not strict:
+                    self._recover_soon(g, reason)
+                    return
+                attempts += 1  # a start can fail for a passing reason (a port taken meanwhile)
+                if attempts > policy.max_restarts:
+                    await self._stop(g)
+                    raise GroupStartError(f"group {g.group_id} {reason}") from exc
+                log.warning("group %s %s; trying again (attempt %d of %d)", g.group_id, reason, attempts,
+                            policy.max_restarts)
+                await g.controller.close()
+                await asyncio.sleep(policy.backoff_s(attempts))
         self.progress(f"group {g.group_id} is live at {g.address}")
 
     async def _bring_up(self, g: SupervisedGroup, restart: bool = False) -> bool:

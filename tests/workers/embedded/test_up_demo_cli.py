@@ -1,16 +1,21 @@
 """`moeplane up` and `moeplane demo` as a user runs them: real subprocesses, real Ray, real Redis.
 
-`up` prints its URLs, serves, and on Ctrl-C (SIGINT) stops with exit 0 leaving no process behind;
-`demo` drives its load and prints the SLA report with no errors. Every process either command
-started (Ray's, redis-server) is collected while it runs and must be gone when it returns.
+`up` prints its URLs, serves, listens on loopback only (every socket of every process it started,
+Ray's GCS, raylet, workers and agents included), and on Ctrl-C (SIGINT) stops with exit 0 leaving
+no process behind; `demo` drives its load and prints the SLA report with no errors. Every process
+either command started (Ray's, redis-server) is collected while it runs and must be gone when it
+returns.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -57,6 +62,42 @@ def alive(pids: set[int]) -> list[str]:
         if stat.rsplit(")", 1)[1].split()[0] != "Z":
             left.append(f"{pid}: {cmd}")
     return left
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket in LISTEN state that one of `pids` holds, from
+    /proc/net/tcp{,6} and the processes' file descriptors."""
+    owner: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[int(target[8:-1])] = pid
+    out = []
+    for family, table in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or int(fields[9]) not in owner:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            words = [int(hex_addr[i : i + 8], 16) for i in range(0, len(hex_addr), 8)]
+            address = socket.inet_ntop(family, b"".join(struct.pack("<I", w) for w in words))
+            out.append((owner[int(fields[9])], address, int(hex_port, 16)))
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class Watch:
@@ -119,6 +160,12 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
             assert json.load(resp)["usage"]["completion_tokens"] >= 1
         started = watch.seen | descendants(proc.pid)
         assert any("redis-server" in c for c in alive(started)) and any("raylet" in c for c in alive(started))
+        # Loopback only: no process of the stack listens on a wildcard or another interface.
+        sockets = listening_sockets(started | {proc.pid})
+        owners = {pid for pid, _, _ in sockets}
+        assert len(sockets) >= 8 and any("gcs_server" in c for c in alive(owners)), sockets
+        exposed = [(pid, addr, port) for pid, addr, port in sockets if not is_loopback(addr)]
+        assert exposed == [], [(alive({pid}), addr, port) for pid, addr, port in exposed]
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
