@@ -20,6 +20,7 @@ resources alone, which is correct for one group per cluster and for CPU pools.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,12 +40,21 @@ class RankPlacement(Protocol):
         ...
 
 
+def loopback_interface() -> str:
+    """The name of this machine's loopback interface (`lo` on Linux, `lo0` on macOS)."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in names if n in ("lo", "lo0")), names[0] if names else "lo")
+
+
 @dataclass(frozen=True)
 class LocalCpuShares:
-    """Embedded mode: each rank takes `spec.num_cpus_per_rank` CPUs of the local Ray instance."""
+    """Embedded mode: each rank takes `spec.num_cpus_per_rank` CPUs of the local Ray instance, and
+    its gloo process group uses the loopback interface only (`GLOO_SOCKET_IFNAME`; by default gloo
+    listens on whatever address the hostname resolves to)."""
 
     def actor_options(self, spec: GroupSpec, rank: int) -> dict[str, Any]:
-        return {"num_cpus": spec.num_cpus_per_rank, "num_gpus": 0}
+        env = {"GLOO_SOCKET_IFNAME": loopback_interface()}
+        return {"num_cpus": spec.num_cpus_per_rank, "num_gpus": 0, "runtime_env": {"env_vars": env}}
 
     def release(self, spec: GroupSpec) -> None:
         return None
