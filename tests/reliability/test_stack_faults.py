@@ -149,7 +149,7 @@ async def test_redis_auth_and_grpc_token_are_enforced(stack, secured_redis) -> N
     assert status == 200 and body["usage"]["completion_tokens"] >= 1
 
 
-async def test_bounded_load_sheds_only_with_retry_after_and_leaks_nothing(stack, secured_redis) -> None:
+async def test_load_is_queued_never_refused_and_leaks_nothing(stack, secured_redis) -> None:
     assert secured_redis._proc is not None
     pids = {"frontend": os.getpid(), "redis": secured_redis._proc.pid, **load.group_rank_pids(stack)}
     assert len(pids) == 2 + 2 * 3, pids  # 3 groups of EP2

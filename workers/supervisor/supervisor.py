@@ -287,8 +287,8 @@ class GroupSupervisor:
             recovering.cancel()
             await asyncio.gather(recovering, return_exceptions=True)
         if g.controller.healthy:
+            g.controller.drain()  # refuse new requests first, then say so
             await self._enter(g, GroupState.DRAINING, "draining: scale-down")
-            g.controller.drain()
             deadline = time.monotonic() + self.options.drain_timeout_s
             while g.controller.healthy and not await self._idle(g):
                 if time.monotonic() > deadline:

@@ -85,9 +85,15 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
         async for _ in direct.decode("direct-1", [1, 2, 3], SamplingParams(max_tokens=2)):
             pass
     await direct.close()
-    assert stack._registry is not None
-    states = {g.group_id: g.state for g in await stack._registry.groups()}
-    assert states["decode-1"] is GroupState.DRAINING and states["decode-0"] is GroupState.LIVE
+    registry = stack._registry
+    assert registry is not None
+    states: dict[str, GroupState] = {}
+    deadline = time.monotonic() + 30
+    while states.get("decode-1") is not GroupState.DRAINING:  # published right after the switch
+        assert time.monotonic() < deadline, states
+        states = {g.group_id: g.state for g in await registry.groups()}
+        await asyncio.sleep(0.02)
+    assert states["decode-0"] is GroupState.LIVE
     await asyncio.wait_for(shrink, 60)
     shrunk_at = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
