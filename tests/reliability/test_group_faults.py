@@ -83,6 +83,7 @@ class HealthWatch:
     samples: list[tuple[int, str, bool]] = field(default_factory=list)  # (status, reason, degraded)
     violations: list[str] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _down(self) -> set[Role]:
         assert self.stack.frontend is not None
@@ -93,7 +94,7 @@ class HealthWatch:
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as http:
-            while True:
+            while not self._stop.is_set():
                 before = await self._down()
                 async with http.get(self.stack.url + "/health") as resp:
                     status, body = resp.status, await resp.json()
@@ -104,13 +105,14 @@ class HealthWatch:
                     self.violations.append(f"200 while {sorted(before & after)} had no live group: {body}")
                 await asyncio.sleep(0.05)
 
-    def __enter__(self) -> HealthWatch:
+    async def __aenter__(self) -> HealthWatch:
         self._task = asyncio.create_task(self._run())
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
+        self._stop.set()
+        await self._task
 
     @property
     def saw_unavailable(self) -> bool:
@@ -175,7 +177,7 @@ async def test_decode_rank_killed_mid_stream(stack: EmbeddedStack) -> None:
     async with aiohttp.ClientSession() as http:
         reference = [await completion(http, stack.url, p, 80) for p in prompts]
         started = [asyncio.Event() for _ in prompts]
-        with HealthWatch(stack) as health:
+        async with HealthWatch(stack) as health:
             streams = [
                 asyncio.create_task(stream(http, stack.url, p, 80, s))
                 for p, s in zip(prompts, started, strict=True)
@@ -198,7 +200,7 @@ async def test_prefill_rank_killed_with_prefills_in_flight(stack: EmbeddedStack)
     prefill = stack.group("prefill-0")
     async with aiohttp.ClientSession() as http:
         reference = [await completion(http, stack.url, p, 12) for p in prompts]
-        with HealthWatch(stack) as health:
+        async with HealthWatch(stack) as health:
             requests = [asyncio.create_task(completion(http, stack.url, p, 12)) for p in prompts]
             # Really in flight: the prefill group holds requests when its rank dies.
             await until(lambda: prefill.controller.num_requests > 0, "prefills in flight")
@@ -219,7 +221,7 @@ async def test_decode_rank_that_hangs(stack: EmbeddedStack) -> None:
         started = [asyncio.Event() for _ in prompts]
         pid = rank_pid(stack, "decode-0", 0)
         try:
-            with HealthWatch(stack) as health:
+            async with HealthWatch(stack) as health:
                 streams = [
                     asyncio.create_task(stream(http, stack.url, p, 80, s))
                     for p, s in zip(prompts, started, strict=True)
@@ -253,42 +255,41 @@ async def test_repeated_kills_mark_the_group_failed_then_it_comes_back(stack: Em
     )
     await tiny_queue.start()
     try:
-        async with aiohttp.ClientSession() as http:
-            with HealthWatch(stack) as health:
-                # Earlier tests' failures count too: the streak only ends after `stable_s` of serving.
-                kills = 0
-                while g.state is not GroupState.FAILED:
-                    await until(lambda: g.state is GroupState.LIVE, "decode-0 live")
-                    os.kill(rank_pid(stack, "decode-0", 1), signal.SIGKILL)
-                    kills += 1
-                    await until(lambda: g.state is not GroupState.LIVE, "decode-0 down")
-                    assert kills <= POLICY.max_restarts + 1
-                assert "rank 1 died" in g.message and "3 failures in a row" in g.message
-                failed_restarts = g.restarts
-                await until(
-                    lambda: [x.state for x in tiny_queue.cache.all_groups() if x.group_id == "decode-0"]
-                    == [GroupState.FAILED],
-                    "the second frontend to see decode-0 failed",
-                )
-                # While it is failed: two requests wait in the tiny queue, the rest get 503 at once.
-                body = {"model": "tiny", "prompt": "queued", "max_tokens": 4, "temperature": 0}
+        async with aiohttp.ClientSession() as http, HealthWatch(stack) as health:
+            # Earlier tests' failures count too: the streak only ends after `stable_s` of serving.
+            kills = 0
+            while g.state is not GroupState.FAILED:
+                await until(lambda: g.state is GroupState.LIVE, "decode-0 live")
+                os.kill(rank_pid(stack, "decode-0", 1), signal.SIGKILL)
+                kills += 1
+                await until(lambda: g.state is not GroupState.LIVE, "decode-0 down")
+                assert kills <= POLICY.max_restarts + 1
+            assert "rank 1 died" in g.message and "3 failures in a row" in g.message
+            failed_restarts = g.restarts
+            await until(
+                lambda: [x.state for x in tiny_queue.cache.all_groups() if x.group_id == "decode-0"]
+                == [GroupState.FAILED],
+                "the second frontend to see decode-0 failed",
+            )
+            # While it is failed: two requests wait in the tiny queue, the rest get 503 at once.
+            body = {"model": "tiny", "prompt": "queued", "max_tokens": 4, "temperature": 0}
 
-                async def post() -> tuple[int, str | None, str]:
-                    async with http.post(tiny_queue.url + "/v1/completions", json=body) as resp:
-                        return resp.status, resp.headers.get("Retry-After"), await resp.text()
+            async def post() -> tuple[int, str | None, str]:
+                async with http.post(tiny_queue.url + "/v1/completions", json=body) as resp:
+                    return resp.status, resp.headers.get("Retry-After"), await resp.text()
 
-                queued = [asyncio.create_task(post()) for _ in range(2)]
-                await until(lambda: tiny_queue.pipeline.admission.num_waiting == 2, "two queued requests")
-                refused = await asyncio.gather(*(post() for _ in range(3)))
-                assert g.state is GroupState.FAILED  # still: they were refused by the full queue
-                for status, retry_after, text in refused:
-                    assert status == 503 and retry_after is not None and int(retry_after) >= 1
-                    assert "maxQueuedRequests 2" in text
-                # The supervisor tries the failed group again; the queued requests then complete.
-                await wait_restarted(stack, "decode-0", failed_restarts + 1)
-                done = await asyncio.wait_for(asyncio.gather(*queued), WAIT_S)
-                assert [status for status, _, _ in done] == [200, 200], done
-                assert len(await completion(http, stack.url, "served again", 8)) > 0
+            queued = [asyncio.create_task(post()) for _ in range(2)]
+            await until(lambda: tiny_queue.pipeline.admission.num_waiting == 2, "two queued requests")
+            refused = await asyncio.gather(*(post() for _ in range(3)))
+            assert g.state is GroupState.FAILED  # still: they were refused by the full queue
+            for status, retry_after, text in refused:
+                assert status == 503 and retry_after is not None and int(retry_after) >= 1
+                assert "maxQueuedRequests 2" in text
+            # The supervisor tries the failed group again; the queued requests then complete.
+            await wait_restarted(stack, "decode-0", failed_restarts + 1)
+            done = await asyncio.wait_for(asyncio.gather(*queued), WAIT_S)
+            assert [status for status, _, _ in done] == [200, 200], done
+            assert len(await completion(http, stack.url, "served again", 8)) > 0
         assert health.violations == [] and any(
             "decode-0 failed: rank 1 died" in r for _, r, _ in health.samples
         ), health.samples[-3:]

@@ -45,7 +45,10 @@ class RankFailed(RuntimeError):
 
 
 def one_line(exc: BaseException, limit: int = 240) -> str:
-    """`Type: first line of the message`, short enough for one log line."""
+    """`Type: first line of the message`, short enough for one log line; for an error a rank
+    raised, the rank's own error (Ray's wrapper starts with the call site)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
 
@@ -55,8 +58,7 @@ def rank_failure(rank: int, exc: BaseException) -> str:
     if isinstance(exc, ray.exceptions.RayActorError):
         return f"rank {rank} died ({type(exc).__name__})"
     if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        return f"rank {rank} failed its step: {one_line(cause)}"
+        return f"rank {rank} failed its step: {one_line(exc)}"
     return f"rank {rank}: {one_line(exc)}"
 
 

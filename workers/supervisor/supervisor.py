@@ -197,8 +197,9 @@ class GroupSupervisor:
         policy, attempts = self.options.restart, 0
         while True:
             try:
-                await self._bring_up(g)
-                break
+                if await self._bring_up(g):
+                    break
+                raise GroupStartError(g.controller.status_message)  # failed right after its probe
             except Exception as exc:
                 reason = f"did not start: {one_line(exc)}"
                 if not strict:
@@ -232,6 +233,8 @@ class GroupSupervisor:
     def _on_failure(self, g: SupervisedGroup, reason: str) -> None:
         """A group's controller failed (called on the event loop, once per run of its ranks)."""
         self._probe.unwatch(g.group_id)
+        if g.state is GroupState.STARTING:
+            return  # its first start is under way: the starter sees the failure and retries
         if self._closed or g.state is GroupState.DRAINING or self.groups.get(g.index) is not g:
             log.info("group %s lost while %s: %s", g.group_id, g.state, reason)
             return  # a draining group is not restarted: its requests fail over, then it stops
@@ -273,9 +276,11 @@ class GroupSupervisor:
             except Exception as exc:
                 reason = f"restart failed: {one_line(exc)}"
                 continue
-            if live:
-                log.warning("group %s restarted (restart %d), %.1f s after the failure",
-                            g.group_id, g.restarts, time.monotonic() - failed_at)
+            if not live:  # it failed again right after its probe
+                reason = g.controller.status_message
+                continue
+            log.warning("group %s restarted (restart %d), %.1f s after the failure",
+                        g.group_id, g.restarts, time.monotonic() - failed_at)
             return
 
     # ---- draining and stopping --------------------------------------------------------------------
