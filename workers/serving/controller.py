@@ -215,10 +215,9 @@ class GroupController:
 
     @property
     def num_requests(self) -> int:
-        """Requests the group holds: queued, running, or prefilled with their KV still leased."""
-        now = time.time()
-        leased = sum(1 for _, expiry in self._handed_off.values() if expiry >= now)
-        return len(self._waiters) + leased
+        """Requests the group is working on: queued or running (a prefill until its hand-off; the
+        KV it then holds under a lease shows in the ranks' stats)."""
+        return len(self._waiters)
 
     @property
     def actors(self) -> list[Any]:
