@@ -9,6 +9,7 @@ returns.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -114,6 +115,22 @@ class Watch:
             time.sleep(0.5)
 
 
+def stop(proc: subprocess.Popen[str], watch: Watch) -> None:
+    """After a failed assertion: stop the command as Ctrl-C would, else kill it and every process
+    it started (redis-server runs in a session of its own, so it would outlive a plain kill)."""
+    if proc.poll() is not None:
+        return  # it exited by itself: whatever it left behind is the test's finding
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for line in alive(watch.seen):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
 def moeplane(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MOEPLANE_DASHBOARD_TOKEN", None)  # so `up` makes one and prints it
@@ -171,9 +188,7 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
         rest, _ = proc.communicate(timeout=120)
         output.append(rest)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, watch)
     assert proc.returncode == 0, "".join(output)
     assert "moeplane: stopped" in "".join(output)
     time.sleep(1.0)  # reaped processes vanish from /proc
@@ -189,9 +204,7 @@ def test_demo_prints_the_sla_report_without_errors(tmp_path: Path) -> None:
     try:
         output, _ = proc.communicate(timeout=START_TIMEOUT_S + 120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, watch)
     assert proc.returncode == 0, output
     assert re.search(r"demo \[#+\] 8/8  0 errors", output)  # the progress bar
     row = r"^TTFT ms\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+1000  (met|MISSED)"
