@@ -5,13 +5,16 @@ Each rank answers `RankWorker.ping` on a concurrency group of its own, so the an
 for a step, a stats call or a weight move. Every `interval_s` the probe sends a ping to each rank
 that has none outstanding and polls the outstanding ones:
 - a ping that fails with Ray's actor error: the rank died (kill -9, OOM, a node lost);
-- a ping unanswered for `timeout_s`: the rank hangs (SIGSTOP, a wedged driver, a dead host).
+- a ping unanswered for `timeout_s` while another watched rank answered a ping sent after it: the
+  rank hangs (SIGSTOP, a wedged driver, a dead host). Requiring a peer's answer keeps a machine
+  that is merely overloaded (every rank slow alike) from restarting healthy groups; a rank with no
+  watched peer, or silent for `10 * timeout_s`, is declared hung on time alone.
 Either verdict is delivered once, on the event loop, to the group's callback, and the group is no
 longer watched (its supervisor restarts it with fresh ranks, watched anew).
 
 The probe runs on a thread and polls with `ray.wait(timeout=0)`, so a busy event loop (the
 embedded stack serves HTTP on it) can neither delay a verdict nor fake a hang. Detection takes at
-most `timeout_s + interval_s` for a hang, `interval_s` for a death (a step in flight reports a
+most `timeout_s + 2 * interval_s` for a hang, `interval_s` for a death (a step in flight reports a
 death sooner).
 """
 
@@ -41,7 +44,8 @@ class LivenessError(ValueError):
 class _Rank:
     actor: Any
     ping: Any = None  # the outstanding ObjectRef
-    sent_at_s: float = 0.0  # monotonic
+    sent_at_s: float = 0.0  # monotonic, of the outstanding ping
+    answered_sent_at_s: float = -1.0  # monotonic send time of the last ping it answered
 
 
 @dataclass
@@ -90,17 +94,26 @@ class LivenessProbe:
         while not self._stop.wait(self.interval_s):
             with self._lock:
                 watched = list(self._watched.items())
+            verdicts: dict[str, tuple[_Watched, str]] = {}
             for key, entry in watched:
                 try:
-                    reason = self._check(entry)
+                    died = self._poll(entry)
                 except Exception as exc:  # never let the probe thread die
                     log.warning("liveness probe of %s: %s", key, exc)
                     continue
-                if reason is not None:
-                    self._deliver(key, entry, reason)
+                if died is not None:
+                    verdicts[key] = (entry, died)
+            every = [r for _, entry in watched for r in entry.ranks]
+            now = time.monotonic()
+            for key, entry in watched:
+                if key not in verdicts and (hung := self._hung(entry, every, now)) is not None:
+                    verdicts[key] = (entry, hung)
+            for key, (entry, reason) in verdicts.items():
+                self._deliver(key, entry, reason)
             self.num_rounds += 1
 
-    def _check(self, entry: _Watched) -> str | None:
+    def _poll(self, entry: _Watched) -> str | None:
+        """Send the pings due and collect the answers; a death's reason, if any."""
         now = time.monotonic()
         for r in entry.ranks:
             if r.ping is None:
@@ -116,8 +129,16 @@ class LivenessProbe:
                     return f"rank {rank} died ({type(exc).__name__})"
                 except Exception as exc:  # answered, but with an error: the rank is still there
                     log.debug("rank %d ping answered with %s", rank, exc)
-                r.ping = None
-            elif now - r.sent_at_s > self.timeout_s:
+                r.ping, r.answered_sent_at_s = None, r.sent_at_s
+        return None
+
+    def _hung(self, entry: _Watched, every: list[_Rank], now: float) -> str | None:
+        for rank, r in enumerate(entry.ranks):
+            if r.ping is None or now - r.sent_at_s <= self.timeout_s:
+                continue
+            peers = [q for q in every if q is not r]
+            answered = any(q.answered_sent_at_s > r.sent_at_s for q in peers)
+            if answered or not peers or now - r.sent_at_s > 10 * self.timeout_s:
                 return f"rank {rank} hung (no liveness answer in {self.timeout_s:g} s)"
         return None
 
