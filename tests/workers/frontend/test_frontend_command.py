@@ -54,7 +54,7 @@ def test_frontend_command_serves_from_env_and_stops_on_sigterm(
         url = f"http://127.0.0.1:{port}"
         assert _get(url + "/v1/models")[1]["data"][0]["id"] == "tiny-chat"
         status, health = _get(url + "/health")
-        assert status == 503 and health["status"] == "no_capacity"  # no worker group registered
+        assert status == 503 and health["status"] == "unavailable"  # no worker group registered
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
