@@ -38,6 +38,7 @@ from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import load_tokenizer
+from moeplane.workers.runtime import serving_limits
 from moeplane.workers.serving.actor import RankSpec
 from moeplane.workers.serving.config import Role as EngineRole
 from moeplane.workers.serving.controller import GroupSpec
@@ -76,8 +77,8 @@ class StackOptions:
     # Rank actors each pool keeps spawned ahead, so a restart need not wait for new processes to
     # import torch (~300 MB each); None: one group's worth (the pool's EP size).
     spare_ranks: int | None = None
-    # The frontend's queue (maxQueuedRequests, queueTimeoutSeconds); None: the defaults, with the
-    # plan's scheduler limits and `request_timeout_s`.
+    # The frontend's queue and limits; None: the runtime document's spec.serving (maxQueuedRequests,
+    # queueTimeoutSeconds), with `request_timeout_s` as the request timeout.
     serving: ServingLimits | None = None
 
 
@@ -132,7 +133,7 @@ class EmbeddedStack:
     @property
     def limits(self) -> ServingLimits:
         opts = self.options
-        return opts.serving or ServingLimits.of(self.plan.scheduler, request_timeout_s=opts.request_timeout_s)
+        return opts.serving or serving_limits(self.plan.serving, opts.request_timeout_s)
 
     async def start(self, progress: Progress = lambda _: None) -> EmbeddedStack:
         try:

@@ -11,6 +11,9 @@ request is not starved by small ones behind it.
 or a request waited `queue_timeout_s`. A stream resuming after its group failed (already admitted
 once) waits at the head, ahead of new requests, does not count against the bound, and waits until
 the request's own deadline, since giving up on it would break a stream the client is reading.
+
+`close()` (the frontend stopping) refuses every waiting and later request with a 503 at once, so a
+shutdown does not wait out the queue's timeout.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ class AdmissionQueue:
         self.num_timed_out = 0
         self._queue: deque[_Ticket] = deque()
         self._event = asyncio.Event()
+        self._closed: str | None = None  # why nothing is admitted any more
+
+    def close(self, reason: str) -> None:
+        """Admit nothing more: waiting and new requests get NoCapacity naming `reason`."""
+        self._closed = reason
+        self.wake()
 
     @property
     def num_waiting(self) -> int:
@@ -58,10 +67,15 @@ class AdmissionQueue:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise NoCapacity(self._closed, retry_after_s=self.retry_after_s)
+
     async def admit(self, route: Callable[[], Route], *, resuming: bool, deadline_s: float) -> Route:
         """A route for the request, waiting in line for it until `deadline_s` (monotonic; new
         requests wait at most `queue_timeout_s`). `route()` raises NoCapacity while nothing fits;
         any other error (an invalid request) propagates at once."""
+        self._check_open()
         if not self._queue:
             with contextlib.suppress(NoCapacity):
                 return route()
@@ -84,6 +98,7 @@ class AdmissionQueue:
         last: NoCapacity | None = None
         try:
             while True:
+                self._check_open()
                 if self._queue[0] is ticket:
                     try:
                         chosen = route()

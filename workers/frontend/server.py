@@ -81,6 +81,9 @@ class FrontendServer:
         return self.url
 
     async def stop(self) -> None:
+        # Requests still waiting for capacity get their 503 now rather than at the queue's timeout
+        # (another frontend replica may serve them); streams already running finish or are cancelled.
+        self.pipeline.admission.close("this frontend is shutting down; retry")
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, then cancels in-flight handlers
             self._runner = None

@@ -42,13 +42,3 @@ class ServingLimits:
             max_num_batched_tokens=self.max_num_batched_tokens, max_num_seqs=self.max_num_seqs,
             max_model_len=self.max_model_len, reserve_blocks=reserve_blocks,
         )
-
-    @classmethod
-    def of(cls, scheduler: SchedulerConfig, request_timeout_s: float = 300.0) -> ServingLimits:
-        """The limits of ranks that run `scheduler`, the frontend's queue at its defaults (its
-        timeout no longer than the request's)."""
-        return cls(
-            max_num_batched_tokens=scheduler.max_num_batched_tokens, max_num_seqs=scheduler.max_num_seqs,
-            max_model_len=scheduler.max_model_len, request_timeout_s=request_timeout_s,
-            queue_timeout_s=min(cls.queue_timeout_s, request_timeout_s),
-        )

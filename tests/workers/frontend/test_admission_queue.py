@@ -119,3 +119,20 @@ async def test_an_invalid_request_is_refused_at_once_and_leaves_the_queue() -> N
     assert q.num_waiting == 0
     cap = Capacity(slots=1)
     assert (await q.admit(cap.route, resuming=False, deadline_s=later())).decode is GROUP
+
+
+async def test_closing_refuses_the_waiting_and_later_requests_at_once() -> None:
+    q, cap = AdmissionQueue(max_queued_requests=4, queue_timeout_s=60), Capacity()
+    waiting = [
+        asyncio.ensure_future(q.admit(cap.route, resuming=r, deadline_s=later())) for r in (False, True)
+    ]
+    while q.num_waiting < 2:
+        await asyncio.sleep(0)
+    q.close("this frontend is shutting down; retry")
+    for task in waiting:
+        with pytest.raises(NoCapacity, match="shutting down"):
+            await task
+    cap.slots = 1
+    with pytest.raises(NoCapacity, match="shutting down"):
+        await q.admit(cap.route, resuming=False, deadline_s=later())
+    assert q.num_waiting == 0 and cap.slots == 1
