@@ -178,7 +178,9 @@ async def test_redis_restart_under_load(stack, secured_redis) -> None:
     assert stack.frontend is not None
     registry = WorkerRegistry(stack.frontend.redis, PLAN.keys, ttl_s=stack.options.registry_ttl_s)
     load_task = asyncio.create_task(load.run_load(stack.url, "tiny", 80, 8, 6, {}, "during-restart"))
-    await asyncio.sleep(1.0)
+    # The restart lands while requests are on the groups (waited for, however busy the machine).
+    inflight = stack.frontend.pipeline.inflight
+    await until(lambda: any(inflight.reservations.values()), "requests in flight")
     restarted_at = time.time()
     await asyncio.to_thread(secured_redis.restart, 1.0)  # empty afterwards: no persistence
     run = await asyncio.wait_for(load_task, 120)
