@@ -34,6 +34,10 @@ class DeploymentKeys:
         """Heartbeat key with a TTL; the group is live while it exists."""
         return self.prefix + f"alive:{group_id}"
 
+    def worker_epoch(self, group_id: str) -> str:
+        """The group's fence: the lowest incarnation the registry still accepts from its writers."""
+        return self.prefix + f"epoch:{group_id}"
+
     def request_metrics(self) -> str:
         """Stream of per-request metrics, capped with MAXLEN."""
         return self.prefix + "requests"
