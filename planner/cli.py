@@ -1,4 +1,5 @@
-"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf` and `planner`.
+"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf`, `planner`, `profile`, and
+`plan --sla` (added to moeplane.api's `plan`).
 
 Registering stays light (no numpy, no models): the handlers import their work when they run.
 """
@@ -62,6 +63,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     profile.add_argument("--kubeconfig", help="kubeconfig for --configmap (default KUBECONFIG)")
     profile.set_defaults(func=_profile)
+
+    # `moeplane plan` belongs to moeplane.api (the resolved layout); the planner adds --sla, the
+    # layout search, to it rather than a second command.
+    plan = subparsers.choices.get("plan")
+    if plan is not None:
+        from moeplane.planner.layout_cmd import add_arguments
+
+        add_arguments(plan)
+        layout_only = plan.get_default("func")
+
+        def plan_or_search(args: argparse.Namespace) -> int:
+            if getattr(args, "sla", False):
+                from moeplane.planner.layout_cmd import run
+
+                return run(args)
+            return int(layout_only(args))
+
+        plan.set_defaults(func=plan_or_search)
 
 
 def add_perf_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,15 +24,19 @@ from moeplane.planner.spec_adapter import roofline_models
 
 
 def load_spec(path: str, hardware: str | None) -> MoEDeploymentSpec:
+    """The manifest's spec; with `hardware`, the spec on that GPU preset instead (its own GPUs per
+    node), validated against it: memory fit and EP divisibility are the named hardware's."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise PerfModelError(f"{path}: {err}") from None
-    spec = parse_deployment(doc).spec
-    if hardware is not None:
-        hw = spec.hardware.model_copy(update={"gpu": HardwarePreset(hardware)})
-        spec = spec.model_copy(update={"hardware": hw})
-    return spec
+    if hardware is not None and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
+        hw = dict(doc["spec"].get("hardware") or {})
+        if hw.get("gpu") != HardwarePreset(hardware).value:
+            hw.pop("gpusPerNode", None)  # the manifest's node shape belongs to its own GPU
+        hw["gpu"] = HardwarePreset(hardware).value
+        doc = {**doc, "spec": {**doc["spec"], "hardware": hw}}
+    return parse_deployment(doc).spec
 
 
 def perf_report(args: argparse.Namespace) -> dict[str, Any]:
