@@ -115,6 +115,11 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
         "--mtp-draft-tokens", type=int, default=0, help="decode MTP draft tokens per step (default 0)"
     )
     p.add_argument("--mtp-acceptance", type=float, default=0.0, help="MTP draft acceptance rate (default 0)")
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="print the decode layout's frontier: output tokens/s per GPU against tokens/s per user, by batch",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write-profile", metavar="OUT", help="also write the model's curves as a profile JSON")
 

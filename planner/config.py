@@ -87,7 +87,7 @@ class PlannerConfig:
     # when the load arrives.
     startup_s: float = 0.0
     # On a confirmed rise, size for forecast × (1 + z × recent relative forecast error).
-    forecast_margin_z: float = 1.0
+    forecast_margin_z: float = 2.0
     forecast_error_alpha: float = 0.3
     # A rise counts once the rate has gone up this many intervals in a row (then the forecast
     # leads growth); a decline once it has gone down `trend_intervals_down` in a row (then past

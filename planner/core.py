@@ -95,20 +95,24 @@ def _size(
     return sizer(models, config, load, corr, headroom).groups
 
 
-def observed_miss(config: PlannerConfig, tick: TickInput, role: Role) -> str | None:
+def observed_miss(config: PlannerConfig, models: PoolModels, tick: TickInput, role: Role) -> str | None:
     """Why the pool was seen missing the SLA over the interval, or None."""
-    obs = tick.pool(role)
     sla = config.sla
-    target = sla.ttft_ms if role is Role.PREFILL else sla.itl_ms
-    if obs.latency_ms is not None and obs.latency_ms > target:
-        name = "TTFT" if role is Role.PREFILL else "ITL"
-        return f"observed {name} p{sla.percentile:g} {obs.latency_ms:.0f} ms over the {target:.0f} ms target"
+    # Decode full (KV memory nearly used up, or sequences waiting for it) holds requests back
+    # before their first decode step: refusals and the wait in TTFT are then decode's, unless
+    # prefill has a queue of its own.
+    decode_full = (tick.decode.utilization or 0.0) >= 0.85 or tick.decode.queued_requests > 0
+    prefill_queue = tick.prefill.queued_requests > tick.prefill.ready_groups * models.prefill.dp_ranks
+    blame = Role.DECODE if decode_full and not prefill_queue else Role.PREFILL
+    ttft = tick.prefill.latency_ms
+    if ttft is not None and ttft > sla.ttft_ms and role is blame:
+        return f"observed TTFT p{sla.percentile:g} {ttft:.0f} ms over the {sla.ttft_ms:.0f} ms target"
+    itl = tick.decode.latency_ms
+    if role is Role.DECODE and itl is not None and itl > sla.itl_ms:
+        return f"observed ITL p{sla.percentile:g} {itl:.0f} ms over the {sla.itl_ms:.0f} ms target"
     refused = tick.load.rejected_fraction
-    if refused > _MISS_FACTOR * sla.miss_allowance:
-        # Refusals come from decode when its KV memory is full, else from the queue to prefill.
-        decode_full = (tick.decode.utilization or 0.0) >= 0.85 or tick.decode.queued_requests > 0
-        if (role is Role.DECODE) == decode_full:
-            return f"{refused:.0%} of requests refused for lack of capacity"
+    if refused > _MISS_FACTOR * sla.miss_allowance and role is blame:
+        return f"{refused:.0%} of requests refused for lack of capacity"
     return None
 
 
@@ -163,7 +167,7 @@ def _pool_target(
         )
         up = running
     reasons.append(Reason(ReasonCode.SIZED, f"{up} groups for the coming load", role))
-    miss = observed_miss(config, tick, role)
+    miss = observed_miss(config, models, tick, role)
     if up > current:
         return up, up, True
     if miss is not None:
@@ -178,21 +182,30 @@ def _pool_target(
     # held them keeps holding them), and what the coming load needs at the stricter threshold
     # (the survivors take the removed groups' share with room to spare).
     window = config.scale_down_window_s(role)
-    down = max(up, _size(config, models, role, coming, corr, config.scale_down_headroom) or current)
+    strict = _size(config, models, role, coming, corr, config.scale_down_headroom)
+    down = max(up, current if strict is None else strict)
     for load in recent_loads(config, state, window, tick.at_s):
         need = _size(config, models, role, load, corr, config.headroom)
         down = max(down, need if need is not None else current)
     if role is Role.DECODE:
         # The sequences held over the window, and their KV, need room too: a decode pool that
         # filled its KV memory a few intervals ago will fill it again.
+        held = 0
         for seen in (*recent_decode(state, window, tick.at_s), obs):
             sequences = seen.running_requests + seen.queued_requests
             headroom = config.scale_down_headroom if seen is obs else config.headroom
-            down = max(
-                down,
+            held = max(
+                held,
                 groups_for_sequences(models, config, coming, corr, headroom, sequences),
                 in_flight_minimum(models, seen, coming),
             )
+        if held > down and held < current:
+            reasons.append(
+                Reason(
+                    ReasonCode.IN_FLIGHT, f"{held} groups hold the sequences of the last {window:.0f}s", role
+                )
+            )
+        down = max(down, held)
     if down >= current:
         if up < current:
             reasons.append(

@@ -93,7 +93,11 @@ def observe(
             peak_arrival_rate_per_s=load.peak_arrival_rate_per_s,
         )
     )
-    longest = max(config.prefill_scale_down_window_s, config.decode_scale_down_window_s)
+    longest = max(
+        config.prefill_scale_down_window_s,
+        config.decode_scale_down_window_s,
+        (max(config.trend_intervals, config.trend_intervals_down) + 1) * config.interval_s,
+    )
     history = (*(p for p in state.history if at_s - p.at_s < longest), LoadPoint(at_s, point, decode))
     return replace(state, history=history, last_rate_forecast=state.rate.forecast(1))
 
@@ -127,7 +131,7 @@ def rising_slope(config: PlannerConfig, state: PlannerState) -> float:
     recent = rates[-(n + 1) :]
     steps = [b - a for a, b in itertools.pairwise(recent)]
     noise = 2.0 * math.sqrt(max(rates[-1], 1e-9) / config.interval_s)
-    if min(steps) <= noise or max(steps) > 4 * min(steps):
+    if min(steps) <= noise or max(steps) > 6 * min(steps):
         return 0.0
     return steps[-1]
 

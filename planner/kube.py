@@ -53,7 +53,8 @@ def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     except (config.ConfigException, OSError) as exc:
         raise SourceError(f"no Kubernetes credentials: {kubeconfig or 'KUBECONFIG'}: {exc}") from None
-    token = (cfg.api_key or {}).get("authorization", "")
+    keys = cfg.api_key or {}
+    token = keys.get("BearerToken") or keys.get("authorization") or ""
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,

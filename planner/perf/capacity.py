@@ -154,8 +154,8 @@ def prefill_ttft_s(
     tail_isl = lognormal_quantile(isl_tokens, isl_cv, percentile)
     if attainable_s is not None:
         longest = longest_prompt(model, attainable_s, cached_fraction, batch_tokens)
-        if tail_isl > longest:  # the percentile of the prompts that can meet it at all
-            share = lognormal_cdf(longest, isl_tokens, isl_cv)
+        share = lognormal_cdf(longest, isl_tokens, isl_cv)
+        if tail_isl > longest and share > 1e-6:  # the percentile of the prompts that can meet it
             tail_isl = min(longest, lognormal_quantile(isl_tokens, isl_cv, percentile * share))
     tail = prefill_request_times(model, tail_isl, batch_tokens, cached_fraction)
     if arrival_rate_per_s <= 0:

@@ -33,7 +33,7 @@ class SimReport:
     policy: str
     requests: int  # scored: arriving after the warm-up
     attainable: int  # of which the SLA can be met for at all on this hardware (truth.attainable)
-    completed: int
+    completed: int  # of all scored requests
     failed: int
     attainment: float  # share of attainable requests meeting both TTFT and ITL (failed ones miss)
     ttft_attainment: float
@@ -122,9 +122,9 @@ def _report(
         cfg.sla.itl_ms,
         cfg.kv_transfer_s_per_token,
     )
-    scored = trace.arrival_s >= cfg.warmup_s
-    n_all = int(scored.sum())
-    scored &= can
+    in_scope = trace.arrival_s >= cfg.warmup_s
+    n_all = int(in_scope.sum())
+    scored = in_scope & can
     n = int(scored.sum())
     done = (book.status == DONE) & scored
     ttft = book.first_token_s - trace.arrival_s
@@ -148,8 +148,8 @@ def _report(
         policy=policy,
         requests=n_all,
         attainable=n,
-        completed=int(done.sum()),
-        failed=int(np.sum((book.status == FAILED) & scored)),
+        completed=int(np.sum((book.status == DONE) & in_scope)),
+        failed=int(np.sum((book.status == FAILED) & in_scope)),
         attainment=float(good.sum()) / n if n else 1.0,
         ttft_attainment=float(ttft_ok.sum()) / n if n else 1.0,
         itl_attainment=float(itl_ok.sum()) / n if n else 1.0,

@@ -50,9 +50,15 @@ async def overload(stack: EmbeddedStack, span_s: float, rate_per_s: float) -> No
     async with stack.frontend.redis.pipeline(transaction=False) as pipe:
         for i, at in enumerate(arrivals):
             rec = RequestRecord(
-                request_id=f"load-{i}", model=PLAN.served_model, status=RequestStatus.OK,
-                isl_tokens=8000, osl_tokens=2000, ttft_ms=float(rng.uniform(4000, 6000)),
-                itl_ms=float(rng.uniform(400, 600)), e2e_ms=40_000.0, arrived_at_s=float(at),
+                request_id=f"load-{i}",
+                model=PLAN.served_model,
+                status=RequestStatus.OK,
+                isl_tokens=8000,
+                osl_tokens=2000,
+                ttft_ms=float(rng.uniform(4000, 6000)),
+                itl_ms=float(rng.uniform(400, 600)),
+                e2e_ms=40_000.0,
+                arrived_at_s=float(at),
             )
             pipe.xadd(PLAN.keys.request_metrics(), rec.to_fields())
         await pipe.execute()
@@ -97,6 +103,7 @@ async def test_the_planner_loop_scales_the_stack(stack: EmbeddedStack, planner) 
             await asyncio.sleep(0.2)
     assert summary["name"] == PLAN.keys.deployment
 
+
 async def test_apply_edits_the_in_memory_spec(stack: EmbeddedStack, planner) -> None:
     key = (PLAN.keys.namespace, PLAN.keys.deployment)
     url = f"{planner.url}/api/deployments/{key[0]}/{key[1]}/apply"
@@ -116,4 +123,3 @@ async def test_apply_edits_the_in_memory_spec(stack: EmbeddedStack, planner) -> 
     while dp.config.sla.ttft_ms != 1500:
         assert time.monotonic() < deadline, dp.config.sla
         await asyncio.sleep(0.1)
-
