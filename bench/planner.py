@@ -1,4 +1,7 @@
-"""Benchmark of the SLA planner: `python bench/planner.py [--quick] [--json OUT] [--trace FILE --rate-scale X]`.
+"""Benchmark of the SLA planner.
+
+    python bench/planner.py [--quick] [--json OUT] [--trace FILE --rate-scale X]
+
 
 Replays traces against DeepSeek-R1 on H800 as `examples/deepseek-r1.yaml` lays it out (prefill
 EP32 over 4 nodes, decode EP144 over 18 nodes) with the roofline model, under five policies
@@ -32,7 +35,6 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         unattainable = 1 - res["rows"][0]["attainable"] / max(res["rows"][0]["requests"], 1)
         print(
             f"{'':9s} {res['note']}; oracle program {res['oracle_bound_gpu_hours']:.1f} GPU-h "
-            f"(sweep {res['oracle_sweep_s']:.0f}s); {unattainable:.2%} of requests unattainable on any pool size"
+            f"(sweep {res['oracle_sweep_s']:.0f}s); {unattainable:.2%} of requests unattainable "
+            "on any pool size"
         )
     print(f"\ndynamo = {DYNAMO_SOURCE}")
     print(
@@ -207,7 +210,8 @@ def main() -> int:
     first = cases[0].scenario
     print(
         f"DeepSeek-R1 on H800 (examples/deepseek-r1.yaml): prefill EP{first.prefill.gpus_per_group}/"
-        f"{first.prefill.nodes_per_group} nodes, decode EP{first.decode.gpus_per_group}/{first.decode.nodes_per_group} "
+        f"{first.prefill.nodes_per_group} nodes, decode EP{first.decode.gpus_per_group}/"
+        f"{first.decode.nodes_per_group} "
         f"nodes; start-up {first.sim.startup_s:.0f}s, interval {first.planner.interval_s:.0f}s, warm-up "
         f"{first.sim.warmup_s:.0f}s unscored; {len(cases)} traces, {args.jobs} worker(s)"
     )
@@ -246,7 +250,8 @@ def main() -> int:
 
     published = comparison()
     print(
-        "\nroofline model vs published figures (tokens/s per GPU); [fit] = calibration rows, the rest held out"
+        "\nroofline model vs published figures (tokens/s per GPU); [fit] = calibration rows, "
+        "the rest held out"
     )
     print(f"  {'source':58s} {'metric':16s} {'published':>10s} {'model':>9s} {'ratio':>6s}")
     for p in published:
@@ -275,7 +280,8 @@ def main() -> int:
                     }
                 )
     print(
-        "\npredictor backtests: mean absolute error / mean of the per-minute arrival rate (1 and 3 steps ahead)"
+        "\npredictor backtests: mean absolute error / mean of the per-minute arrival rate "
+        "(1 and 3 steps ahead)"
     )
     print(f"  {'trace':9s} " + " ".join(f"{k.value:>15s}" for k in kinds))
     for case in cases:

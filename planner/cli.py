@@ -118,7 +118,8 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pareto",
         action="store_true",
-        help="print the decode layout's frontier: output tokens/s per GPU against tokens/s per user, by batch",
+        help="print the decode layout's frontier: output tokens/s per GPU against tokens/s per user, "
+        "by batch",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write-profile", metavar="OUT", help="also write the model's curves as a profile JSON")

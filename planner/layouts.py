@@ -283,15 +283,25 @@ def advise(
     )
 
 
-def layout_patch(advice: LayoutAdvice) -> dict[str, Any]:
-    """The MoEDeployment spec merge patch that applies the advice (pools whose layout changes;
-    the group count becomes the advised one, within the pool's bounds later by the planner)."""
+def layout_patch(advice: LayoutAdvice, spec: MoEDeploymentSpec | None = None) -> dict[str, Any]:
+    """The MoEDeployment spec merge patch that applies the advice: per pool whose layout
+    changes, the new EP size, redundant experts and group count. With `spec`, a pool whose
+    advised groups fall outside its minReplicas..maxReplicas is left out (the bounds are the
+    user's; the recommendation still shows it)."""
     patch: dict[str, Any] = {}
     for p in (advice.prefill, advice.decode):
-        if p.best is not None and p.best.label != p.current.label and p.best.groups is not None:
-            patch[p.role.value] = {
-                "expertParallel": p.best.expert_parallel,
-                "redundantExperts": p.best.redundant_experts,
-                "replicas": p.best.groups,
-            }
+        if p.best is None or p.best.groups is None or p.best.label == p.current.label:
+            continue
+        if spec is not None:
+            pool = spec.pool(p.role)
+            if p.best.groups < pool.min_replicas or (
+                pool.max_replicas is not None and p.best.groups > pool.max_replicas
+            ):
+                continue
+        patch[p.role.value] = {
+            "expertParallel": p.best.expert_parallel,
+            "redundantExperts": p.best.redundant_experts,
+            "dataParallelAttention": None,  # every GPU its own attention rank, as searched
+            "replicas": p.best.groups,
+        }
     return patch

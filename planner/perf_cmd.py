@@ -127,7 +127,8 @@ def format_report(r: dict[str, Any]) -> str:
             mark = "" if p["fits_kv"] else " *"
             lines.append(
                 f"  batch {p['batch_per_rank']:>6.0f}  step {p['step_ms']:8.2f} ms  "
-                f"{p['tokens_per_s_per_user']:8.1f} tok/s/user  {p['tokens_per_s_per_gpu']:9.1f} tok/s/GPU{mark}"
+                f"{p['tokens_per_s_per_user']:8.1f} tok/s/user  "
+                f"{p['tokens_per_s_per_gpu']:9.1f} tok/s/GPU{mark}"
             )
     lines += ["", f"calibration: {r['calibration']}"]
     return "\n".join(lines)

@@ -233,10 +233,7 @@ def model_at(figure: PublishedFigure, efficiency: Efficiency | None = None) -> d
     """The model's tokens/s per GPU at the figure's settings, beside the published one."""
     model = _model_per_gpu(figure, efficiency or Efficiency())
     ratio = model / figure.per_gpu
-    if figure.kind is Kind.BENCHMARK:
-        ok = abs(ratio - 1) <= TOLERANCE
-    else:
-        ok = ratio >= 1 - TOLERANCE
+    ok = abs(ratio - 1) <= TOLERANCE if figure.kind is Kind.BENCHMARK else ratio >= 1 - TOLERANCE
     return {
         "label": figure.label,
         "url": figure.url,

@@ -17,13 +17,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from moeplane.api.enums import Role
+from moeplane.api.enums import LayoutChanges, Role
 from moeplane.api.spec import MoEDeployment
 from moeplane.api.status import PlannerDecisionStatus
 from moeplane.planner.adapters import DeploymentSource, PoolScaler
 from moeplane.planner.config import PlannerConfig
 from moeplane.planner.core import Planner, initial_state
-from moeplane.planner.layouts import LayoutAdvice
+from moeplane.planner.layouts import LayoutAdvice, Workload, advise, layout_patch
+from moeplane.planner.perf.errors import PerfModelError
 from moeplane.planner.metrics import PlannerMetrics
 from moeplane.planner.observe import (
     PoolGroups,
@@ -44,6 +45,9 @@ from moeplane.bus.keys import DeploymentKeys
 log = logging.getLogger(__name__)
 
 DECISIONS_MAXLEN = 2000
+LAYOUT_ANNOTATION = "moeplane.io/last-layout-change"
+LAYOUT_STABLE_TICKS = 3
+LAYOUT_MIN_SAVING = 0.1
 WARMUP_INTERVALS = 30
 _REASON_CHARS = 1024
 
@@ -84,7 +88,9 @@ def decision_record(
     return out
 
 
-def last_decision_status(decision: Decision, applied: bool) -> PlannerDecisionStatus:
+def last_decision_status(
+    decision: Decision, applied: bool, advice: LayoutAdvice | None = None
+) -> PlannerDecisionStatus:
     """`status.lastDecision` of the MoEDeployment, typed (its wire form is written)."""
     reasons = [str(r) for r in decision.reasons if r.code is not ReasonCode.HOLD]
     return PlannerDecisionStatus(
@@ -94,6 +100,7 @@ def last_decision_status(decision: Decision, applied: bool) -> PlannerDecisionSt
         predicted_requests_per_s=round(decision.forecast.arrival_rate_per_s, 4),
         applied=applied,
         reason="; ".join(reasons)[:_REASON_CHARS],
+        layout_recommendation=None if advice is None else advice.summary()[:_REASON_CHARS],
     )
 
 
@@ -136,6 +143,8 @@ class DeploymentPlanner:
         self.last_pools: tuple[PoolGroups, PoolGroups] | None = None
         self.expert_load = ExpertLoadHistory()
         self.recommendation: LayoutAdvice | None = None
+        self._layout_key: str | None = None
+        self._layout_streak = 0
         self.warmed = False
         self._in_flight: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -235,8 +244,80 @@ class DeploymentPlanner:
             maxlen=DECISIONS_MAXLEN,
             approximate=True,
         )
-        await self.source.record_decision(self.namespace, self.name, last_decision_status(decision, applied))
+        self.recommendation = self._advise(decision)
+        await self.source.record_decision(
+            self.namespace, self.name, last_decision_status(decision, applied, self.recommendation)
+        )
+        if (
+            self.recommendation is not None
+            and self.deployment.spec.planner.layout_changes is LayoutChanges.APPLY
+        ):
+            await self._apply_layout(self.recommendation, tick)
         return result
+
+    def _advise(self, decision: Decision) -> LayoutAdvice | None:
+        """The cheapest layouts for the load just sized for (the roofline of each candidate)."""
+        load = decision.forecast
+        if load.arrival_rate_per_s <= 0:
+            return self.recommendation
+        work = Workload(
+            load.arrival_rate_per_s,
+            load.isl_tokens,
+            load.osl_tokens,
+            load.isl_tokens_cv,
+            load.osl_tokens_cv,
+            load.cached_fraction,
+        )
+        try:
+            return advise(self.deployment.spec, self.config, work)
+        except (ValueError, PerfModelError):  # a model the roofline cannot describe: no advice
+            log.exception("%s/%s: layout search failed", *self.key)
+            return None
+
+    async def _apply_layout(self, advice: LayoutAdvice, tick: TickInput) -> None:
+        """`layoutChanges: apply`: patch the pools' layout when the same recommendation held for
+        `LAYOUT_STABLE_TICKS` ticks, it saves at least `LAYOUT_MIN_SAVING` of the GPUs and the
+        pools are settled. Until rollouts replace groups one at a time, the operator rebuilds a
+        pool whose layout changed (see README)."""
+        patch = layout_patch(advice, self.deployment.spec)
+        now, best = advice.gpus_now, advice.gpus_best
+        worth = bool(patch) and best is not None and (now is None or best <= (1 - LAYOUT_MIN_SAVING) * now)
+        # The same layout (sizes may move with the load) must hold for a few ticks.
+        shape = {pool: (p["expertParallel"], p["redundantExperts"]) for pool, p in patch.items()}
+        key = json.dumps(shape, sort_keys=True) if worth else None
+        self._layout_streak = (self._layout_streak + 1) if key is not None and key == self._layout_key else 1
+        self._layout_key = key
+        if key is None or self._layout_streak < LAYOUT_STABLE_TICKS:
+            return
+        if (
+            tick.prefill.unsettled
+            or tick.decode.unsettled
+            or tick.prefill.starting_groups
+            or tick.decode.starting_groups
+        ):
+            return
+        audit = {
+            "kind": "layout_change",
+            "at": datetime.now(UTC).isoformat(),
+            "by": "planner",
+            "patch": patch,
+            "summary": advice.summary(),
+        }
+        await self.source.patch_spec(
+            self.namespace,
+            self.name,
+            {
+                "metadata": {"annotations": {LAYOUT_ANNOTATION: json.dumps(audit, sort_keys=True)}},
+                "spec": patch,
+            },
+        )
+        await self.redis.xadd(
+            self.keys.planner_decisions(),
+            {"json": json.dumps(audit)},
+            maxlen=DECISIONS_MAXLEN,
+            approximate=True,
+        )
+        self._layout_streak, self._layout_key = 0, None
 
     async def run(self) -> None:
         while True:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from moeplane.api.enums import Role
-from moeplane.planner.observe import window_stats
+from moeplane.planner.observe import WindowBy, window_stats
 from moeplane.planner.service.deployment import DeploymentPlanner
 
 from moeplane.bus.eplb import read_logical_load, read_status
@@ -92,17 +92,24 @@ def series(
     window_s: float,
     heatmap_s: float | None = None,
 ) -> dict[str, Any]:
-    """Per-bucket traffic and latency from where the data starts (at most `window_s` back), the
+    """Per-bucket traffic and latency (requests by end time) from where the data starts (at most
+    `window_s` back), the
     planner's decisions and SLA changes, the groups' health, and the pools' EPLB state with the
     expert load over `heatmap_s` (default: the window)."""
     interval = max(MIN_BUCKET_S, window_s / MAX_BUCKETS)
-    starts = [r.arrived_at_s for r in records] + [e.get("atSeconds", now_s) for e in events]
+    starts = [r.finished_at_s for r in records] + [e.get("atSeconds", now_s) for e in events]
     first = max(now_s - window_s, min(starts, default=now_s))
     n = max(1, math.ceil((now_s - first) / interval))
     start = now_s - n * interval
+    # By end time: a bucket holds the requests that ended in it, so the latest buckets are
+    # complete (by arrival, the requests still running would be missing from them).
     buckets = [
         window_stats(
-            records, start + i * interval, start + (i + 1) * interval, p.config.sla.percentile
+            records,
+            start + i * interval,
+            start + (i + 1) * interval,
+            p.config.sla.percentile,
+            by=WindowBy.FINISH,
         ).to_dict()
         for i in range(n)
     ]

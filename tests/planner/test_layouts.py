@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from moeplane.api.enums import Role
-from moeplane.cli import main
 from moeplane.planner.layouts import Workload, advise, balancedness_for, layout_patch
 from moeplane.planner.spec_adapter import config_from_spec
+
+from moeplane.cli import main
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +38,7 @@ def test_the_search_finds_a_valid_cheapest_layout_per_pool(r1_spec) -> None:
     assert advice.gpu_hours_saved_per_hour == (advice.gpus_now or 0) - (advice.gpus_best or 0)
     patch = layout_patch(advice)
     for role, p in patch.items():
-        assert set(p) == {"expertParallel", "redundantExperts", "replicas"}, role
+        assert set(p) == {"expertParallel", "redundantExperts", "dataParallelAttention", "replicas"}, role
 
 
 def test_more_load_needs_more_gpus_and_spare_slots_balance_better(r1_spec) -> None:

@@ -255,3 +255,53 @@ async def test_overload_with_refusals_scales_decode_up(kube_crds: EmulatedCluste
         assert "refused" in text
         assert pool_replicas(kube_crds, "overload", Role.DECODE) == 2
     await redis.aclose()
+
+
+async def test_layout_recommendation_in_status_and_applied_when_asked(
+    kube_crds: EmulatedCluster, redis_server: Any
+) -> None:
+    name = "layout-r1"
+    obj = r1_manifest(name)
+    obj["spec"]["planner"]["layoutChanges"] = "apply"
+    obj["spec"]["planner"].pop("gpuBudgetNodes", None)
+    for pool in ("prefill", "decode"):
+        obj["spec"][pool]["maxReplicas"] = 64
+    install(kube_crds, obj)
+    keys = DeploymentKeys("default", name)
+    redis = aioredis.from_url(redis_server.url)
+    await redis.delete(keys.request_metrics(), keys.planner_decisions())
+    await write_requests(redis, keys, 60.0, 6 * INTERVAL_S, 2048)
+    async with started(kube_crds, redis_server) as (svc, _):
+        await wait_for(lambda: ("default", name) in svc.deployments)
+        planner = svc.deployments[("default", name)]
+        first = await planner.tick()
+        assert first is not None and planner.recommendation is not None
+        dep = kube_crds.get("moeplane.io/v1alpha1", "MoEDeployment", name, "default")
+        assert dep is not None and dep["status"]["lastDecision"]["layoutRecommendation"]
+        assert dep["spec"]["decode"]["expertParallel"] == 144  # not before it held for 3 ticks
+        for i in range(1, 6):  # the same layout must hold for three ticks in a row, pools settled
+            for role in Role:  # the operator reports the groups asked for as ready
+                pool = f"{name}-{role.value}"
+                kube_crds.kubectl(
+                    "patch",
+                    "moepool",
+                    pool,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    json.dumps({"status": {"readyReplicas": pool_replicas(kube_crds, name, role)}}),
+                )
+            await planner.tick(planner.clock() + i * 0.01)
+            dep = kube_crds.get("moeplane.io/v1alpha1", "MoEDeployment", name, "default")
+            assert dep is not None
+            if "moeplane.io/last-layout-change" in (dep["metadata"].get("annotations") or {}):
+                break
+            assert dep["spec"]["decode"]["expertParallel"] == 144
+        audit = json.loads(dep["metadata"]["annotations"]["moeplane.io/last-layout-change"])
+        changed = audit["patch"]
+        assert changed and all(
+            dep["spec"][pool]["expertParallel"] == p["expertParallel"] for pool, p in changed.items()
+        )
+        events = [json.loads(f[b"json"])["kind"] for _, f in await redis.xrange(keys.planner_decisions())]
+        assert "layout_change" in events
+    await redis.aclose()
