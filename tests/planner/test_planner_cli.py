@@ -80,6 +80,10 @@ async def test_planner_process_serves_and_scales(
         while pool_replicas(kube_crds, name, Role.PREFILL) != 2:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        import os as _os
+        if _os.environ.get("PYSPY_DEBUG"):
+            time.sleep(3)
+            subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(proc.pid)], check=False)
         listing = get_json(f"{base}/api/deployments")
         assert [d["name"] for d in listing["deployments"]] == [name]
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
