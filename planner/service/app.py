@@ -30,6 +30,7 @@ from moeplane.planner.service.whatif import WhatIfError, what_if
 from moeplane.bus.keys import DeploymentKeys
 
 log = logging.getLogger(__name__)
+REDIS_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -56,7 +57,9 @@ class PlannerService:
         self.config = config
         self.source: DeploymentSource = source
         self.pools: PoolScaler = pools
-        self.redis = aioredis.from_url(config.redis_url)
+        # redis-py's default 5 s read timeout is too short for a 2,000-record XRANGE on a busy
+        # node; the planner would skip a tick for it. A dead Redis still fails the tick.
+        self.redis = aioredis.from_url(config.redis_url, socket_timeout=REDIS_TIMEOUT_S)
         self.metrics = PlannerMetrics()
         self.deployments: dict[tuple[str, str], DeploymentPlanner] = {}
         self.invalid: dict[tuple[str, str], str] = {}

@@ -48,6 +48,14 @@ DECISIONS_MAXLEN = 2000
 LAYOUT_ANNOTATION = "moeplane.io/last-layout-change"
 LAYOUT_STABLE_TICKS = 3
 LAYOUT_MIN_SAVING = 0.1
+# The layout search (about a second of CPU) is rerun when the workload moved by more than this.
+ADVICE_REUSE_CHANGE = 0.05
+
+
+def _close(a: Workload, b: Workload, rel: float) -> bool:
+    """Rate and mean lengths within `rel` of each other (the recommendation would not change)."""
+    pairs = ((a.rate_per_s, b.rate_per_s), (a.isl_tokens, b.isl_tokens), (a.osl_tokens, b.osl_tokens))
+    return all(abs(x - y) <= rel * max(abs(x), abs(y), 1e-9) for x, y in pairs)
 WARMUP_INTERVALS = 30
 _REASON_CHARS = 1024
 
@@ -143,6 +151,7 @@ class DeploymentPlanner:
         self.last_pools: tuple[PoolGroups, PoolGroups] | None = None
         self.expert_load = ExpertLoadHistory()
         self.recommendation: LayoutAdvice | None = None
+        self._advised_for: tuple[Any, PlannerConfig] | None = None  # (spec, config) of it
         self._layout_key: str | None = None
         self._layout_streak = 0
         self.warmed = False
@@ -270,8 +279,18 @@ class DeploymentPlanner:
             load.osl_tokens_cv,
             load.cached_fraction,
         )
+        spec, config = self.deployment.spec, self.config
+        last = self.recommendation
+        if (
+            last is not None
+            and self._advised_for == (spec, config)
+            and _close(last.workload, work, ADVICE_REUSE_CHANGE)
+        ):
+            return last  # the same workload to a few %: the same answer
         try:
-            return advise(self.deployment.spec, self.config, work)
+            advice = advise(spec, config, work)
+            self._advised_for = (spec, config)
+            return advice
         except (ValueError, PerfModelError):  # a model the roofline cannot describe: no advice
             log.exception("%s/%s: layout search failed", *self.key)
             return None
