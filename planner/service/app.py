@@ -222,6 +222,10 @@ class PlannerService:
         now = time.time()
         records = await planner.observer.refresh(now)
         window = window_s or min(1800.0, max(10 * planner.config.interval_s, 60.0))
+        # A deployment quiet for the whole window replays the last window that had traffic.
+        last_at = max((r.arrived_at_s for r in records), default=None)
+        if last_at is not None and last_at < now - window:
+            now = last_at + 1e-3
         try:
             result = await asyncio.to_thread(
                 what_if,
