@@ -50,6 +50,11 @@ class PerfModelSource(StrEnum):
     PROFILE = "profile"  # Curves measured by `moeplane profile` (see `profileFile`).
 
 
+class LayoutChanges(StrEnum):
+    RECOMMEND = "recommend"  # the planner reports the cheapest EP layout; a person applies it
+    APPLY = "apply"  # the planner patches the pools' layout itself when it saves enough
+
+
 class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"

@@ -25,6 +25,7 @@ from moeplane.api.enums import (
     EplbAlgorithm,
     EplbMode,
     KvTransferBackend,
+    LayoutChanges,
     PerfModelSource,
     Predictor,
     Role,
@@ -323,6 +324,12 @@ class PlannerSpec(ApiModel):
     )
     profile_file: str | None = Field(
         None, min_length=1, description="Profile JSON written by `moeplane profile` (perfModel profile)."
+    )
+    layout_changes: LayoutChanges = Field(
+        LayoutChanges.RECOMMEND,
+        description="The planner searches each pool's EP layout for the observed load: recommend reports "
+        "the cheapest in status and on the dashboard; apply also patches spec.prefill/spec.decode "
+        "(expertParallel, redundantExperts, replicas) when it saves at least 10% of the GPUs.",
     )
 
 

@@ -53,6 +53,9 @@ class PlannerDecisionStatus(ApiModel):
     )
     applied: bool = Field(True, description="Whether the decision was applied to the pools.")
     reason: str = Field("", description="Why the planner decided this.")
+    layout_recommendation: str | None = Field(
+        None, description="The cheapest EP layout for the observed load, and the GPU-hours it would save."
+    )
 
 
 class MoEDeploymentStatus(ApiModel):

@@ -1,194 +1,310 @@
-"""Benchmark of the SLA planner: `python bench/planner.py [--quick] [--json OUT]`.
+"""Benchmark of the SLA planner.
 
-Replays three synthetic traces (Poisson, bursty on/off, diurnal) against DeepSeek-R1 served on
-H800 as `examples/deepseek-r1.yaml` lays it out (prefill EP32 over 4 nodes, decode EP144 over 18
-nodes), with the roofline model, under five policies measured in the same run: our planner, an
-oracle that knows each interval's load in advance (the baseline of the GPU-hours ratio), static
-provisioning for the peak and for the mean, and a reactive threshold autoscaler.
+    python bench/planner.py [--quick] [--json OUT] [--trace FILE --rate-scale X]
 
-Targets: ours attains the SLA for >= 99% of requests (the SLA binds p99) and uses <= 1.15x the
-oracle's GPU-hours on every trace. Also printed: the roofline model against published per-node
-throughput (with sources) and one-step/three-step forecast errors of each predictor on the traces.
 
-JSON: `rows` (trace, policy, attainment, gpu_hours, gpu_hours_over_oracle, ...), `targets`,
-`published`, `backtests`, `settings`.
+Replays traces against DeepSeek-R1 on H800 as `examples/deepseek-r1.yaml` lays it out (prefill
+EP32 over 4 nodes, decode EP144 over 18 nodes) with the roofline model, under five policies
+measured in the same run:
+
+- ours: the planner core;
+- oracle: the true offline optimum (`planner/sim/oracle.py`): the least GPU-hours whose schedule
+  meets the SLA in every interval, knowing the whole trace and the start-up time, replayed;
+- static-peak: the least fixed sizes meeting the SLA in every interval;
+- dynamo: a Dynamo-style planner re-implemented from NVIDIA Dynamo's published design;
+- reactive: an HPA-style threshold autoscaler.
+
+Traces: synthetic Poisson, bursty on/off and diurnal, and the two real traces of
+`shared/traces/` (Mooncake conversations, Azure coding) at DeepSeek-R1 scale; `--trace FILE
+--rate-scale X` replays any trace file instead. Then a model-error section (the simulator's
+ground truth differs from the planner's model), the roofline model against published figures
+(its calibration row marked) and predictor backtests.
+
+Checks: the oracle uses no more GPU-hours than any policy reaching the attainment target (exit
+status 1 if not); targets for ours: attainment >= 99% of attainable requests, GPU-hours <= 1.10x
+the oracle's and <= static-peak's (<= 1.02x on Poisson), >= 99% under every model error.
+
+JSON: `rows`, `targets`, `oracle_bound`, `model_errors`, `published`, `backtests`, `settings`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from moeplane.api.enums import Predictor
 from moeplane.planner.config import SlaTargets
 from moeplane.planner.perf.published import comparison
 from moeplane.planner.predictors import arima_available, backtest, make_predictor
-from moeplane.planner.sim.scenario import POLICIES, load_scenario, synthetic_traces
-from moeplane.planner.sim.traces import LengthDist
+from moeplane.planner.sim.cases import SLA, Case, file_case, real_cases, synthetic_cases
+from moeplane.planner.sim.dynamo import SOURCE as DYNAMO_SOURCE
+from moeplane.planner.sim.scenario import POLICIES, with_sim
+from moeplane.planner.sim.truth import MODEL_ERRORS
 
-ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = ROOT / "examples" / "deepseek-r1.yaml"
-SLA = SlaTargets(ttft_ms=2000.0, itl_ms=50.0, percentile=99.0)
 ATTAINMENT_TARGET = 0.99
-GPU_HOURS_OVER_ORACLE_TARGET = 1.15
+OVER_ORACLE_TARGET = 1.10
+OVER_STATIC_TARGET = 1.0
+POISSON_OVER_STATIC_TARGET = 1.02
+ERROR_TRACE = "diurnal"
 
 
-def _progress(label: str):
+def _cases(args: argparse.Namespace) -> list[Case]:
+    if args.trace:
+        sla = SlaTargets(args.ttft_ms, args.itl_ms, 99.0)
+        return [file_case(Path(args.trace), args.rate_scale, sla, seed=args.seed)]
+    scored_s = 2700.0 if args.quick else 5400.0
+    cases = synthetic_cases(scored_s, args.seed)
+    return cases if args.no_real else cases + real_cases(args.seed)
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Every policy on one trace (in a worker process)."""
     started = time.perf_counter()
+    oracle = case.scenario.oracle(case.trace)
+    sweep_s = time.perf_counter() - started
+    rows = []
+    for policy in POLICIES:
+        rep = case.scenario.run(case.trace, policy)
+        row = rep.row()
+        row["requests_per_wall_s"] = round(case.trace.requests / max(rep.wall_s, 1e-9), 1)
+        rows.append(row)
+    return {
+        "trace": case.name,
+        "note": case.note,
+        "sla": {"ttft_ms": case.scenario.sim.sla.ttft_ms, "itl_ms": case.scenario.sim.sla.itl_ms},
+        "oracle_bound_gpu_hours": round(oracle.gpu_hours_bound, 2),
+        "oracle_sweep_s": round(sweep_s, 1),
+        "rows": rows,
+    }
 
-    def show(fraction: float) -> None:
-        done = int(fraction * 30)
-        sys.stderr.write(
-            f"\r  {label:24s} [{'#' * done}{'.' * (30 - done)}] {fraction:4.0%} "
-            f"{time.perf_counter() - started:5.1f}s"
+
+def run_errors(case: Case) -> list[dict[str, Any]]:
+    out = []
+    for err in MODEL_ERRORS:
+        scenario = with_sim(case.scenario, truth=err)
+        policy = scenario.policy("ours", case.trace)
+        from moeplane.planner.sim.runner import simulate
+
+        rep = simulate(case.trace, scenario.prefill, scenario.decode, policy, scenario.sim)
+        last = policy.decisions[-1]  # type: ignore[attr-defined]
+        out.append(
+            {
+                "error": err.name,
+                "trace": case.name,
+                "attainment": round(rep.attainment, 6),
+                "gpu_hours": round(rep.gpu_hours, 2),
+                "flaps_per_hour": round(rep.flaps_per_hour, 2),
+                "prefill_correction": round(last.prefill.correction, 3),
+                "decode_correction": round(last.decode.correction, 3),
+            }
         )
-        if fraction >= 1:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    return out
 
-    return show
+
+def _map(fn: Any, items: list[Any], jobs: int) -> list[Any]:
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(fn, items))
+
+
+def _ratios(results: list[dict[str, Any]]) -> None:
+    for res in results:
+        by = {r["policy"]: r for r in res["rows"]}
+        oracle, static = by["oracle"]["gpu_hours"], by["static-peak"]["gpu_hours"]
+        for r in res["rows"]:
+            r["gpu_hours_over_oracle"] = round(r["gpu_hours"] / oracle, 4) if oracle else None
+            r["gpu_hours_over_static_peak"] = round(r["gpu_hours"] / static, 4) if static else None
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'trace':9s} {'policy':12s} {'attain':>7s} {'ttft ok':>7s} {'itl ok':>7s} {'gpu-h':>8s} "
+        f"{'x oracle':>8s} {'x static':>8s} {'nodes':>6s} {'flaps/h':>7s} {'ttft p99':>9s} {'itl p99':>8s}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for res in results:
+        for r in res["rows"]:
+            print(
+                f"{r['trace']:9s} {r['policy']:12s} {r['attainment']:7.4f} {r['ttft_attainment']:7.4f} "
+                f"{r['itl_attainment']:7.4f} {r['gpu_hours']:8.1f} {r['gpu_hours_over_oracle']:8.3f} "
+                f"{r['gpu_hours_over_static_peak']:8.3f} {r['mean_nodes']:6.1f} {r['flaps_per_hour']:7.1f} "
+                f"{r['ttft_p99_ms']:9.0f} {r['itl_p99_ms']:8.1f}"
+            )
+        unattainable = 1 - res["rows"][0]["attainable"] / max(res["rows"][0]["requests"], 1)
+        print(
+            f"{'':9s} {res['note']}; oracle program {res['oracle_bound_gpu_hours']:.1f} GPU-h "
+            f"(sweep {res['oracle_sweep_s']:.0f}s); {unattainable:.2%} of requests unattainable "
+            "on any pool size"
+        )
+    print(f"\ndynamo = {DYNAMO_SOURCE}")
+    print(
+        "attain = share of attainable requests meeting TTFT and ITL; flaps/h = reversals of a pool's "
+        "scaling direction per scored hour"
+    )
+
+
+def check(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    targets, violations = [], []
+    for res in results:
+        by = {r["policy"]: r for r in res["rows"]}
+        oracle = by["oracle"]["gpu_hours"]
+        for r in res["rows"]:
+            if r["policy"] != "oracle" and r["attainment"] >= ATTAINMENT_TARGET and r["gpu_hours"] < oracle:
+                violations.append(
+                    f"{res['trace']}: {r['policy']} reached {r['attainment']:.4f} with {r['gpu_hours']:.1f} "
+                    f"GPU-hours < the oracle's {oracle:.1f}"
+                )
+        ours = by["ours"]
+        static_cap = POISSON_OVER_STATIC_TARGET if res["trace"] == "poisson" else OVER_STATIC_TARGET
+        targets.append(
+            {
+                "trace": res["trace"],
+                "attainment": ours["attainment"],
+                "attainment_ok": ours["attainment"] >= ATTAINMENT_TARGET,
+                "over_oracle": ours["gpu_hours_over_oracle"],
+                "over_oracle_ok": ours["gpu_hours_over_oracle"] <= OVER_ORACLE_TARGET,
+                "over_static_peak": ours["gpu_hours_over_static_peak"],
+                "over_static_peak_ok": ours["gpu_hours_over_static_peak"] <= static_cap,
+                "flaps_per_hour": ours["flaps_per_hour"],
+                "fewest_flaps_meeting_sla": all(
+                    ours["flaps_per_hour"] <= r["flaps_per_hour"]
+                    for r in res["rows"]
+                    if r["policy"] not in ("ours", "oracle", "static-peak")
+                    and r["attainment"] >= ATTAINMENT_TARGET
+                ),
+            }
+        )
+    return targets, violations
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="shorter traces (a few minutes in all)")
+    ap.add_argument(
+        "--quick", action="store_true", help="45-minute scored synthetic traces (a few minutes in all)"
+    )
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rate", type=float, default=1200.0, help="mean arrivals per second (default 1200)")
+    ap.add_argument(
+        "--trace", metavar="FILE", help="replay this trace file (Mooncake .jsonl, Azure .csv) only"
+    )
+    ap.add_argument(
+        "--rate-scale", type=float, default=1.0, help="multiply the trace's request rate (--trace)"
+    )
+    ap.add_argument("--ttft-ms", type=float, default=SLA.ttft_ms, help="TTFT target for --trace")
+    ap.add_argument("--itl-ms", type=float, default=SLA.itl_ms, help="ITL target for --trace")
+    ap.add_argument("--no-real", action="store_true", help="synthetic traces only")
+    ap.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)"
+    )
     args = ap.parse_args()
 
-    warmup_s, scored_s = (900.0, 2700.0) if args.quick else (900.0, 5400.0)
-    isl, osl = LengthDist(2000, 0.6, 16, 16384), LengthDist(2000, 0.6, 16, 16384)
-    scenario = load_scenario(MANIFEST, sla=SLA, warmup_s=warmup_s, predictor=Predictor.HOLT)
-    traces = synthetic_traces(
-        args.rate, warmup_s + scored_s, isl=isl, osl=osl, seed=args.seed, warmup_s=warmup_s
-    )
+    started = time.perf_counter()
+    cases = _cases(args)
+    first = cases[0].scenario
     print(
-        f"DeepSeek-R1 on H800 ({MANIFEST.name}): prefill EP{scenario.prefill.gpus_per_group}/"
-        f"{scenario.prefill.nodes_per_group} nodes, decode EP{scenario.decode.gpus_per_group}/"
-        f"{scenario.decode.nodes_per_group} nodes; SLA TTFT {SLA.ttft_ms:.0f} ms, ITL {SLA.itl_ms:.0f} ms at "
-        f"p{SLA.percentile:.0f}; {args.rate:.0f} req/s mean, "
-        f"ISL/OSL {isl.mean_tokens:.0f}/{osl.mean_tokens:.0f}; "
-        f"{warmup_s:.0f}s warm-up + {scored_s:.0f}s scored; start-up {scenario.sim.startup_s:.0f}s"
+        f"DeepSeek-R1 on H800 (examples/deepseek-r1.yaml): prefill EP{first.prefill.gpus_per_group}/"
+        f"{first.prefill.nodes_per_group} nodes, decode EP{first.decode.gpus_per_group}/"
+        f"{first.decode.nodes_per_group} "
+        f"nodes; start-up {first.sim.startup_s:.0f}s, interval {first.planner.interval_s:.0f}s, warm-up "
+        f"{first.sim.warmup_s:.0f}s unscored; {len(cases)} traces, {args.jobs} worker(s)"
     )
-
-    rows = []
-    for trace_name, trace in traces.items():
-        reports = {}
-        for policy in POLICIES:
-            reports[policy] = scenario.run(trace, policy, progress=_progress(f"{trace_name}/{policy}"))
-        oracle = reports["oracle"].gpu_hours
-        for rep in reports.values():
-            row = rep.row()
-            row["requests_per_wall_s"] = round(trace.requests / rep.wall_s, 1)
-            row["gpu_hours_over_oracle"] = round(rep.gpu_hours / oracle, 4) if oracle else None
-            rows.append(row)
-
-    header = (
-        f"{'trace':8s} {'policy':12s} {'attain':>8s} {'ttft ok':>8s} {'itl ok':>8s} {'gpu-h':>8s} "
-        f"{'x oracle':>8s} {'nodes':>7s} {'peak':>5s} {'ttft p99':>9s} {'itl p99':>8s} {'wall s':>7s}"
+    results = _map(run_case, cases, args.jobs)
+    _ratios(results)
+    print_table(results)
+    targets, violations = check(results)
+    print(
+        f"\ntargets (ours): attainment >= {ATTAINMENT_TARGET}, GPU-hours <= {OVER_ORACLE_TARGET}x oracle and "
+        f"<= static-peak (<= {POISSON_OVER_STATIC_TARGET}x on poisson)"
     )
-    print("\n" + header + "\n" + "-" * len(header))
-    for r in rows:
-        print(
-            f"{r['trace']:8s} {r['policy']:12s} {r['attainment']:8.4f} {r['ttft_attainment']:8.4f} "
-            f"{r['itl_attainment']:8.4f} {r['gpu_hours']:8.1f} {r['gpu_hours_over_oracle']:8.3f} "
-            f"{r['mean_nodes']:7.1f} {r['peak_nodes']:5d} {r['ttft_p99_ms']:9.0f} {r['itl_p99_ms']:8.1f} "
-            f"{r['wall_s']:7.2f}"
-        )
-
-    targets = []
-    for r in rows:
-        if r["policy"] == "ours":
-            ok_att = r["attainment"] >= ATTAINMENT_TARGET
-            ok_gpu = r["gpu_hours_over_oracle"] <= GPU_HOURS_OVER_ORACLE_TARGET
-            targets.append(
-                {
-                    "trace": r["trace"],
-                    "attainment": r["attainment"],
-                    "attainment_ok": ok_att,
-                    "gpu_hours_over_oracle": r["gpu_hours_over_oracle"],
-                    "gpu_hours_ok": ok_gpu,
-                }
-            )
-    print("\ntargets (ours): attainment >= 0.99, GPU-hours <= 1.15x oracle")
     for t in targets:
+        flag = lambda ok: "ok" if ok else "MISS"  # noqa: E731
         print(
-            f"  {t['trace']:8s} attainment {t['attainment']:.4f} {'ok' if t['attainment_ok'] else 'MISS'}   "
-            f"GPU-hours {t['gpu_hours_over_oracle']:.3f}x {'ok' if t['gpu_hours_ok'] else 'MISS'}"
+            f"  {t['trace']:9s} attainment {t['attainment']:.4f} {flag(t['attainment_ok']):4s}  "
+            f"{t['over_oracle']:.3f}x oracle {flag(t['over_oracle_ok']):4s}  {t['over_static_peak']:.3f}x "
+            f"static-peak {flag(t['over_static_peak_ok']):4s}  flaps/h {t['flaps_per_hour']:.1f}"
+            f"{'' if t['fewest_flaps_meeting_sla'] else ' (another policy meeting the SLA flaps less)'}"
+        )
+    print("\noracle lower bound (no policy reaching the attainment target uses fewer GPU-hours):")
+    print("  ok" if not violations else "\n".join("  VIOLATED " + v for v in violations))
+
+    errors: list[dict[str, Any]] = []
+    error_case = next((c for c in cases if c.name == ERROR_TRACE), cases[0])
+    errors = [e for chunk in _map(run_errors, [error_case], 1) for e in chunk]
+    print(
+        f"\nmodel errors: the simulator's hardware differs from the planner's model ({error_case.name} trace)"
+    )
+    print(f"  {'error':44s} {'attain':>7s} {'gpu-h':>8s} {'flaps/h':>7s} {'corr p':>6s} {'corr d':>6s}")
+    for e in errors:
+        ok = "ok" if e["attainment"] >= ATTAINMENT_TARGET else "MISS"
+        print(
+            f"  {e['error']:44s} {e['attainment']:7.4f} {e['gpu_hours']:8.1f} {e['flaps_per_hour']:7.1f} "
+            f"{e['prefill_correction']:6.2f} {e['decode_correction']:6.2f} {ok}"
         )
 
     published = comparison()
-    print("\nroofline model vs published per-node throughput (tokens/s per node)")
     print(
-        f"  {'hardware':8s} {'layout':40s} {'prefill pub':>11s} {'model':>9s} {'ratio':>6s} "
-        f"{'decode pub':>10s} {'model':>9s} {'ratio':>6s}"
+        "\nroofline model vs published figures (tokens/s per GPU); [fit] = calibration rows, "
+        "the rest held out"
     )
+    print(f"  {'source':58s} {'metric':16s} {'published':>10s} {'model':>9s} {'ratio':>6s}")
     for p in published:
+        mark = "[fit]" if p["fit"] else ("ok" if p["within_25_percent"] else "OUT")
         print(
-            f"  {p['hardware']:8s} {p['layout']:40s} "
-            f"{p['published_prefill_input_tokens_per_s_per_node']:11,.0f} "
-            f"{p['model_prefill_input_tokens_per_s_per_node']:9,.0f} "
-            f"{p['prefill_model_over_published']:6.2f} "
-            f"{p['published_decode_output_tokens_per_s_per_node']:10,.0f} "
-            f"{p['model_decode_output_tokens_per_s_per_node']:9,.0f} {p['decode_model_over_published']:6.2f}"
+            f"  {p['label'][:58]:58s} {p['metric']:16s} {p['published']:10,.0f} {p['model']:9,.0f} "
+            f"{p['ratio']:6.2f} {mark}"
         )
-        print(f"           {p['source']}\n           {p['url']}\n           ({p['note']})")
+    print("  sources: " + "; ".join(sorted({p["url"] for p in published})))
 
     kinds = [k for k in Predictor if k is not Predictor.ARIMA or arima_available()]
     backtests = []
-    for trace_name, trace in traces.items():
-        series = [x.arrival_rate_per_s for x in trace.interval_loads(scenario.planner.interval_s, 5.0)]
+    for case in cases:
+        series = [
+            x.arrival_rate_per_s for x in case.trace.interval_loads(case.scenario.planner.interval_s, 5.0)
+        ]
         for kind in kinds:
             for horizon in (1, 3):
                 b = backtest(make_predictor(kind), series, horizon=horizon)
                 backtests.append(
                     {
-                        "trace": trace_name,
+                        "trace": case.name,
                         "predictor": kind.value,
                         "horizon": horizon,
                         "mape": round(b.mape, 4),
-                        "mae": round(b.mae, 3),
                     }
                 )
-    print("\npredictor backtests: mean absolute error / mean, per-minute arrival rate (1 and 3 steps ahead)")
-    print(f"  {'trace':8s} " + " ".join(f"{k.value:>15s}" for k in kinds))
-    for trace_name in traces:
-        cells = []
-        for kind in kinds:
-            m = {
-                b["horizon"]: b["mape"]
-                for b in backtests
-                if b["trace"] == trace_name and b["predictor"] == kind.value
-            }
-            cells.append(f"{m[1]:7.3f}/{m[3]:7.3f}")
-        print(f"  {trace_name:8s} " + " ".join(cells))
-    if not arima_available():
-        print("  (arima skipped: statsmodels is not installed)")
+    print(
+        "\npredictor backtests: mean absolute error / mean of the per-minute arrival rate "
+        "(1 and 3 steps ahead)"
+    )
+    print(f"  {'trace':9s} " + " ".join(f"{k.value:>15s}" for k in kinds))
+    for case in cases:
+        m = {(b["predictor"], b["horizon"]): b["mape"] for b in backtests if b["trace"] == case.name}
+        print(
+            f"  {case.name:9s} " + " ".join(f"{m[(k.value, 1)]:7.3f}/{m[(k.value, 3)]:7.3f}" for k in kinds)
+        )
+    print(f"\nwall time {time.perf_counter() - started:.0f}s")
 
     if args.json:
         out = {
-            "rows": rows,
+            "rows": [r for res in results for r in res["rows"]],
+            "traces": [{k: v for k, v in res.items() if k != "rows"} for res in results],
             "targets": targets,
+            "oracle_bound": {"ok": not violations, "violations": violations},
+            "model_errors": errors,
             "published": published,
             "backtests": backtests,
-            "settings": {
-                "quick": args.quick,
-                "seed": args.seed,
-                "rate_per_s": args.rate,
-                "warmup_s": warmup_s,
-                "scored_s": scored_s,
-                "sla": {"ttft_ms": SLA.ttft_ms, "itl_ms": SLA.itl_ms, "percentile": SLA.percentile},
-                "manifest": str(MANIFEST.relative_to(ROOT)),
-                "startup_s": scenario.sim.startup_s,
-            },
+            "settings": {"quick": args.quick, "seed": args.seed, "dynamo": DYNAMO_SOURCE},
         }
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0
+        print(f"wrote {args.json}")
+    return 1 if violations else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf` and `planner`.
+"""Subcommands of the `moeplane` CLI owned by moeplane.planner: `perf`, `planner`, `profile`, and
+`plan --sla` (added to moeplane.api's `plan`).
 
 Registering stays light (no numpy, no models): the handlers import their work when they run.
 """
@@ -63,6 +64,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--kubeconfig", help="kubeconfig for --configmap (default KUBECONFIG)")
     profile.set_defaults(func=_profile)
 
+    # `moeplane plan` belongs to moeplane.api (the resolved layout); the planner adds --sla, the
+    # layout search, to it rather than a second command.
+    plan = subparsers.choices.get("plan")
+    if plan is not None:
+        from moeplane.planner.layout_cmd import add_arguments
+
+        add_arguments(plan)
+        layout_only = plan.get_default("func")
+
+        def plan_or_search(args: argparse.Namespace) -> int:
+            if getattr(args, "sla", False):
+                from moeplane.planner.layout_cmd import run
+
+                return run(args)
+            return int(layout_only(args))
+
+        plan.set_defaults(func=plan_or_search)
+
 
 def add_perf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", required=True, help="MoEDeployment manifest (YAML)")
@@ -96,6 +115,12 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
         "--mtp-draft-tokens", type=int, default=0, help="decode MTP draft tokens per step (default 0)"
     )
     p.add_argument("--mtp-acceptance", type=float, default=0.0, help="MTP draft acceptance rate (default 0)")
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="print the decode layout's frontier: output tokens/s per GPU against tokens/s per user, "
+        "by batch",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write-profile", metavar="OUT", help="also write the model's curves as a profile JSON")
 

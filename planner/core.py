@@ -1,14 +1,19 @@
 """The planner core: `on_tick(config, models, state, tick) -> Decision`, with no I/O.
 
-Each tick:
-1. **Observe**: feed the interval's arrival rate, peak rate, ISL and OSL to the predictors, and
-   score the previous forecasts (their relative error sets the forecast margin).
-2. **Correct**: observed latency over the model's prediction at the observed load, smoothed and
-   clamped, per pool.
-3. **Predict**: the highest forecast over the next `1 + startup_s / interval_s` intervals (new
-   groups must be up when the load comes), times the margin.
-4. **Size** each pool with the performance model (`sizing.py`).
-5. **Constrain**: in-flight floor, bounds, cooldown, step limit, GPU budget.
+Each tick, per pool:
+1. **Observe** the interval (`forecast.observe`): predictors, forecast error, the window's loads.
+2. **Correct**: the observed service time against the model's, smoothed and clamped, per pool
+   (prefill: busy share of its ranks, or median TTFT with a short queue; decode: ITL at the batch
+   it ran).
+3. **Grow** when the coming load (`forecast.coming_load`: the last interval, or the forecast over
+   the start-up horizon on a confirmed rise) needs more groups at `headroom` of the SLA, or when
+   the pool was seen missing the SLA (latency over target, or requests refused for capacity)
+   and nothing already grows it.
+4. **Shrink** only to a size that meets the stricter `scale_down_headroom` at every load of the
+   scale-down window (carried along a confirmed trend) — so the survivors can take the removed
+   groups' load — and, for decode, holds the sequences running now; never while groups are
+   starting, a rollout is under way or within `cooldown_s` of growing.
+5. **Constrain**: in-flight floor, bounds, step limits, GPU budget.
 
 The state is an immutable value returned inside the decision, so live runs, the replay
 simulator and what-if previews can fork it freely. `Planner` is a small holder for live use.
@@ -16,12 +21,12 @@ simulator and what-if previews can fork it freely. `Planner` is a small holder f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from moeplane.api.enums import Role
 from moeplane.planner.config import PlannerConfig
-from moeplane.planner.perf.capacity import decode_context_tokens, decode_itl_s, prefill_request_times
+from moeplane.planner.correction import correct
+from moeplane.planner.forecast import LoadPoint, coming_load, observe, recent_decode, recent_loads
 from moeplane.planner.predictors import LoadPredictor, make_predictor
 from moeplane.planner.sizing import (
     PoolModels,
@@ -29,6 +34,7 @@ from moeplane.planner.sizing import (
     estimated_itl_ms,
     estimated_ttft_ms,
     fit_budget,
+    groups_for_sequences,
     in_flight_minimum,
     size_decode,
     size_prefill,
@@ -36,193 +42,195 @@ from moeplane.planner.sizing import (
 from moeplane.planner.tick import (
     Decision,
     LoadForecast,
+    LoadObservation,
+    ObservedPool,
     PoolDecision,
     Reason,
     ReasonCode,
     TickInput,
 )
 
-_RATIO_CLAMP = (0.5, 2.0)  # one interval's observed/predicted ratio, before smoothing
-_CV_ALPHA = 0.3  # smoothing of the length variability
+# A miss counts when this many times the allowance of requests missed (one slow request in a
+# quiet interval is not a miss).
+_MISS_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
 class PlannerState:
     rate: LoadPredictor
-    peak: LoadPredictor
     isl: LoadPredictor
     osl: LoadPredictor
-    isl_cv: float = 0.0
-    osl_cv: float = 0.0
     rate_error_sq: float = 0.0  # smoothed squared relative error of the one-step rate forecast
-    peak_error_sq: float = 0.0
     last_rate_forecast: float | None = None
-    last_peak_forecast: float | None = None
+    last_lengths: LoadObservation | None = None  # the last busy interval (lengths, cache hits)
+    history: tuple[LoadPoint, ...] = ()  # the intervals of the longest scale-down window
     prefill_correction: float = 1.0
     decode_correction: float = 1.0
-    prefill_changed_at_s: float | None = None
-    decode_changed_at_s: float | None = None
+    prefill_grew_at_s: float | None = None
+    decode_grew_at_s: float | None = None
     prefill_settled: bool = False  # the prefill queue was short at the previous tick
-    # (at_s, prefill groups, decode groups) sized within the scale-down window
-    recent_sized: tuple[tuple[float, int, int], ...] = ()
     ticks: int = 0
 
-    def correction(self, role: Role) -> float:
-        return self.prefill_correction if role is Role.PREFILL else self.decode_correction
+    def correction(self, role: Role, deadband: float = 0.0) -> float:
+        """The pool's correction; within `deadband` of 1 it is the model's noise, not an error."""
+        value = self.prefill_correction if role is Role.PREFILL else self.decode_correction
+        return 1.0 if abs(value - 1.0) <= deadband else value
 
-    def changed_at_s(self, role: Role) -> float | None:
-        return self.prefill_changed_at_s if role is Role.PREFILL else self.decode_changed_at_s
+    def grew_at_s(self, role: Role) -> float | None:
+        return self.prefill_grew_at_s if role is Role.PREFILL else self.decode_grew_at_s
 
 
 def initial_state(config: PlannerConfig) -> PlannerState:
     return PlannerState(
         rate=make_predictor(config.predictor),
-        peak=make_predictor(config.predictor),
         isl=make_predictor(config.predictor),
         osl=make_predictor(config.predictor),
     )
 
 
-def _error_sq(previous: float | None, actual: float, old: float, alpha: float) -> float:
-    if previous is None:
-        return old
-    rel = (actual - previous) / max(previous, actual, 1e-9)
-    return (1 - alpha) * old + alpha * rel * rel
+def _size(
+    config: PlannerConfig, models: PoolModels, role: Role, load: LoadForecast, corr: float, headroom: float
+) -> int | None:
+    sizer = size_prefill if role is Role.PREFILL else size_decode
+    return sizer(models, config, load, corr, headroom).groups
 
 
-def observe(config: PlannerConfig, state: PlannerState, tick: TickInput) -> PlannerState:
-    """Step 1: the predictors and forecast errors after this tick's observation."""
-    load = tick.load
-    a = config.forecast_error_alpha
-    state = replace(
-        state,
-        rate_error_sq=_error_sq(state.last_rate_forecast, load.arrival_rate_per_s, state.rate_error_sq, a),
-        peak_error_sq=_error_sq(state.last_peak_forecast, load.peak_rate_per_s, state.peak_error_sq, a),
-        rate=state.rate.update(load.arrival_rate_per_s),
-        peak=state.peak.update(load.peak_rate_per_s),
-        ticks=state.ticks + 1,
-    )
-    if load.arrival_rate_per_s > 0:  # lengths mean nothing in an idle interval
-        first = state.isl.observations == 0
-        a_cv = 1.0 if first else _CV_ALPHA
-        state = replace(
-            state,
-            isl=state.isl.update(load.isl_tokens_mean),
-            osl=state.osl.update(load.osl_tokens_mean),
-            isl_cv=(1 - a_cv) * state.isl_cv + a_cv * load.isl_tokens_cv,
-            osl_cv=(1 - a_cv) * state.osl_cv + a_cv * load.osl_tokens_cv,
-        )
-    return replace(
-        state, last_rate_forecast=state.rate.forecast(1), last_peak_forecast=state.peak.forecast(1)
-    )
+def observed_miss(config: PlannerConfig, models: PoolModels, tick: TickInput, role: Role) -> str | None:
+    """Why the pool was seen missing the SLA over the interval, or None."""
+    sla = config.sla
+    # Decode full (KV memory nearly used up, or sequences waiting for it) holds requests back
+    # before their first decode step: refusals and the wait in TTFT are then decode's, unless
+    # prefill has a queue of its own.
+    decode_full = (tick.decode.utilization or 0.0) >= 0.85 or tick.decode.queued_requests > 0
+    prefill_queue = tick.prefill.queued_requests > tick.prefill.ready_groups * models.prefill.dp_ranks
+    blame = Role.DECODE if decode_full and not prefill_queue else Role.PREFILL
+    ttft = tick.prefill.latency_ms
+    if ttft is not None and ttft > sla.ttft_ms and role is blame:
+        return f"observed TTFT p{sla.percentile:g} {ttft:.0f} ms over the {sla.ttft_ms:.0f} ms target"
+    itl = tick.decode.latency_ms
+    if role is Role.DECODE and itl is not None and itl > sla.itl_ms:
+        return f"observed ITL p{sla.percentile:g} {itl:.0f} ms over the {sla.itl_ms:.0f} ms target"
+    refused = tick.load.rejected_fraction
+    if refused > _MISS_FACTOR * sla.miss_allowance and role is blame:
+        return f"{refused:.0%} of requests refused for lack of capacity"
+    return None
 
 
-def _smoothed(config: PlannerConfig, old: float, ratio: float) -> float:
-    lo, hi = _RATIO_CLAMP
-    value = (1 - config.correction_alpha) * old + config.correction_alpha * min(hi, max(lo, ratio))
-    return min(config.correction_max, max(config.correction_min, value))
-
-
-def correct(config: PlannerConfig, models: PoolModels, state: PlannerState, tick: TickInput) -> PlannerState:
-    """Step 2: corrections from what was observed against what the model predicted.
-
-    Prefill: the busy share of rank time against the model's (service time, and it still reads
-    when the pool is saturated), and the TTFT against the model's while the queue is short (a
-    backlog left by an earlier shortage is not a model error); the larger ratio counts. Decode:
-    the ITL against the model's at the batch the pool actually ran.
-    """
-    load = tick.load
-    prefill, decode = state.prefill_correction, state.decode_correction
-    p_obs, d_obs = tick.prefill, tick.decode
-    lanes = p_obs.ready_groups * models.prefill.dp_ranks
-    settled = p_obs.queued_requests <= lanes and (p_obs.utilization is None or p_obs.utilization < 0.95)
-    if load.arrival_rate_per_s > 0 and lanes:
-        ratios = []
-        service = prefill_request_times(
-            models.prefill, max(load.isl_tokens_mean, 1.0), config.prefill_batch_tokens
-        )
-        predicted_util = load.arrival_rate_per_s * service.service_s / lanes
-        # Where the model itself expects saturation the ratio says nothing about service time.
-        if p_obs.utilization is not None and 0.05 < predicted_util < 0.95:
-            ratios.append(p_obs.utilization / predicted_util)
-        if settled and state.prefill_settled and p_obs.latency_ms is not None:
-            seen = LoadForecast(
-                arrival_rate_per_s=load.arrival_rate_per_s,
-                peak_arrival_rate_per_s=load.peak_rate_per_s,
-                isl_tokens=load.isl_tokens_mean,
-                osl_tokens=load.osl_tokens_mean,
-                isl_tokens_cv=load.isl_tokens_cv,
-            )
-            predicted = estimated_ttft_ms(models, config, seen, p_obs.ready_groups)
-            if math.isfinite(predicted) and predicted > 0:
-                ratios.append(p_obs.latency_ms / predicted)
-        if ratios:
-            prefill = _smoothed(config, prefill, max(ratios))
-    ranks = d_obs.ready_groups * models.decode.dp_ranks
-    if d_obs.running_requests and ranks and state.isl.observations and d_obs.latency_ms is not None:
-        ctx = decode_context_tokens(state.isl.forecast(1), state.osl.forecast(1), state.osl_cv)
-        predicted = decode_itl_s(models.decode, d_obs.running_requests / ranks, ctx) * 1e3
-        decode = _smoothed(config, decode, d_obs.latency_ms / predicted)
-    return replace(state, prefill_correction=prefill, decode_correction=decode, prefill_settled=settled)
-
-
-def forecast(config: PlannerConfig, state: PlannerState) -> LoadForecast:
-    """Step 3: the load to size for, over the start-up horizon, with the error margin."""
-    horizon = 1 + math.ceil(config.startup_s / config.interval_s)
-    rate = max(state.rate.forecast(h) for h in range(1, horizon + 1))
-    peak = max(state.peak.forecast(h) for h in range(1, horizon + 1))
-    z = config.forecast_margin_z
-    rate *= 1 + z * math.sqrt(state.rate_error_sq)
-    peak *= 1 + z * math.sqrt(state.peak_error_sq)
-    isl = state.isl.forecast(1) if state.isl.observations else 1.0
-    osl = state.osl.forecast(1) if state.osl.observations else 1.0
-    return LoadForecast(rate, max(peak, rate), max(isl, 1.0), max(osl, 1.0), state.isl_cv, state.osl_cv)
-
-
-def _sized(
+def _pool_target(
     config: PlannerConfig,
     models: PoolModels,
+    state: PlannerState,
+    tick: TickInput,
     role: Role,
-    load: LoadForecast,
-    correction: float,
-    current: int,
+    coming: LoadForecast,
     reasons: list[Reason],
-) -> int:
-    """Step 4 for one pool: groups for the load, or the most allowed when no size meets the SLA."""
-    sizer = size_prefill if role is Role.PREFILL else size_decode
-    sized = sizer(models, config, load, correction).groups
-    if sized is None:
+) -> tuple[int, int, bool]:
+    """(groups wanted before bounds/steps/budget, groups the coming load needs, grew)."""
+    obs: ObservedPool = tick.pool(role)
+    corr = state.correction(role, config.correction_deadband)
+    current = obs.groups
+    up = _size(config, models, role, coming, corr, config.headroom)
+    if up is None:
         top = config.bounds(role).max_groups
         wanted = top if top is not None else current + config.max_step_groups
         reasons.append(
             Reason(ReasonCode.INFEASIBLE, f"no pool size meets the SLA; asking for {wanted}", role)
         )
-        return wanted
-    reasons.append(Reason(ReasonCode.SIZED, f"{sized} groups for the forecast", role))
-    return sized
-
-
-def _with_backlog(
-    config: PlannerConfig,
-    models: PoolModels,
-    load: LoadForecast,
-    correction: float,
-    queued: int,
-    reasons: list[Reason],
-) -> int:
-    """Prefill groups that also drain the queue within one interval. A backlog is a transient:
-    the scale-down window does not remember it."""
-    drain_s = config.interval_s
-    extra = queued / drain_s
-    reasons.append(
-        Reason(
-            ReasonCode.BACKLOG,
-            f"+{extra:.2f} req/s to drain {queued} queued requests within {drain_s:.0f}s",
-            Role.PREFILL,
+        return wanted, wanted, wanted > current
+    if role is Role.PREFILL and obs.queued_requests > obs.ready_groups * models.prefill.dp_ranks:
+        extra = obs.queued_requests / config.interval_s
+        bigger = replace(coming, peak_arrival_rate_per_s=coming.peak_arrival_rate_per_s + extra)
+        drained = _size(config, models, role, bigger, corr, config.headroom) or up
+        if drained > up:
+            reasons.append(
+                Reason(
+                    ReasonCode.BACKLOG,
+                    f"{drained} groups also drain {obs.queued_requests} queued in {config.interval_s:.0f}s",
+                    role,
+                )
+            )
+            up = drained
+    running = (
+        groups_for_sequences(
+            models, config, coming, corr, config.headroom, obs.running_requests + obs.queued_requests
         )
+        if role is Role.DECODE
+        else 0
     )
-    bigger = replace(load, peak_arrival_rate_per_s=load.peak_arrival_rate_per_s + extra)
-    return _sized(config, models, Role.PREFILL, bigger, correction, 0, [])
+    if running > up:
+        reasons.append(
+            Reason(
+                ReasonCode.IN_FLIGHT,
+                f"{running} groups run the {obs.running_requests} sequences in flight",
+                role,
+            )
+        )
+        up = running
+    reasons.append(Reason(ReasonCode.SIZED, f"{up} groups for the coming load", role))
+    miss = observed_miss(config, models, tick, role)
+    if up > current:
+        return up, up, True
+    if miss is not None:
+        if obs.starting_groups:
+            reasons.append(
+                Reason(ReasonCode.OBSERVED_MISS, f"{miss}; {obs.starting_groups} groups still starting", role)
+            )
+            return current, up, False
+        reasons.append(Reason(ReasonCode.OBSERVED_MISS, f"{miss}: one more group", role))
+        return current + 1, up, True
+    # Shrinking: to what every load of the window needs (at the growth threshold: a size that
+    # held them keeps holding them), and what the coming load needs at the stricter threshold
+    # (the survivors take the removed groups' share with room to spare).
+    window = config.scale_down_window_s(role)
+    strict = _size(config, models, role, coming, corr, config.scale_down_headroom)
+    down = max(up, current if strict is None else strict)
+    for load in recent_loads(config, state, window, tick.at_s):
+        need = _size(config, models, role, load, corr, config.headroom)
+        down = max(down, need if need is not None else current)
+    if role is Role.DECODE:
+        # The sequences held over the window, and their KV, need room too: a decode pool that
+        # filled its KV memory a few intervals ago will fill it again.
+        held = 0
+        for seen in (*recent_decode(state, window, tick.at_s), obs):
+            sequences = seen.running_requests + seen.queued_requests
+            headroom = config.scale_down_headroom if seen is obs else config.headroom
+            held = max(
+                held,
+                groups_for_sequences(models, config, coming, corr, headroom, sequences),
+                in_flight_minimum(models, seen, coming),
+            )
+        if held > down and held < current:
+            reasons.append(
+                Reason(
+                    ReasonCode.IN_FLIGHT, f"{held} groups hold the sequences of the last {window:.0f}s", role
+                )
+            )
+        down = max(down, held)
+    if down >= current:
+        if up < current:
+            reasons.append(
+                Reason(
+                    ReasonCode.STABILIZED,
+                    f"held at {current}: the last {window:.0f}s of load need {down}",
+                    role,
+                )
+            )
+        return current, up, False
+    grew = state.grew_at_s(role)
+    if obs.starting_groups or obs.unsettled:
+        reasons.append(
+            Reason(ReasonCode.UNSETTLED, f"held at {current}: groups starting or a rollout under way", role)
+        )
+        return current, up, False
+    if grew is not None and tick.at_s - grew < config.cooldown_s:
+        wait = config.cooldown_s - (tick.at_s - grew)
+        reasons.append(
+            Reason(
+                ReasonCode.COOLDOWN, f"held {current} groups (wanted {down}); may shrink in {wait:.0f}s", role
+            )
+        )
+        return current, up, False
+    return down, up, False
 
 
 def on_tick(
@@ -233,55 +241,32 @@ def on_tick(
     *,
     known_load: LoadForecast | None = None,
 ) -> Decision:
-    """One planning decision. `known_load` replaces the forecast (the replay oracle, what-if)."""
-    state = observe(config, state, tick)
+    """One planning decision. `known_load` replaces the coming load (what-if, tests)."""
+    state = observe(config, state, tick.at_s, tick.load, tick.decode)
     state = correct(config, models, state, tick)
-    load = known_load if known_load is not None else forecast(config, state)
+    coming, rising = coming_load(config, state)
+    if known_load is not None:
+        coming, rising = known_load, False
     reasons = [
         Reason(
             ReasonCode.FORECAST,
-            f"{'known' if known_load is not None else 'forecast'} {load.arrival_rate_per_s:.2f} req/s "
-            f"(peak {load.peak_arrival_rate_per_s:.2f}), ISL {load.isl_tokens:.0f}, "
-            f"OSL {load.osl_tokens:.0f} "
-            f"-> {load.input_tokens_per_s:.0f} input tokens/s",
+            f"{'known' if known_load is not None else ('rising to' if rising else 'last')} "
+            f"{coming.arrival_rate_per_s:.2f} req/s (peak {coming.peak_arrival_rate_per_s:.2f}), "
+            f"ISL {coming.isl_tokens:.0f}, OSL {coming.osl_tokens:.0f}"
+            + (f", {coming.cached_fraction:.0%} cached" if coming.cached_fraction else "")
+            + (f", {tick.load.rejected_fraction:.0%} refused" if tick.load.rejected_fraction else ""),
         )
     ]
     desired: dict[Role, int] = {}
-    sized_groups: dict[Role, int] = {}
-    longest = max(config.prefill_scale_down_window_s, config.decode_scale_down_window_s)
-    recent = [e for e in state.recent_sized if tick.at_s - e[0] < longest]
+    sized: dict[Role, int] = {}
+    grew: dict[Role, bool] = {}
     for role in (Role.PREFILL, Role.DECODE):
-        obs, corr = tick.pool(role), state.correction(role)
+        obs, corr = tick.pool(role), state.correction(role, config.correction_deadband)
         if abs(corr - 1) > 0.02:
-            reasons.append(Reason(ReasonCode.CORRECTION, f"latency correction x{corr:.2f}", role))
-        sized_groups[role] = _sized(config, models, role, load, corr, obs.groups, reasons)
-        wanted = sized_groups[role]
-        if role is Role.PREFILL and tick.prefill.queued_requests:
-            wanted = max(
-                wanted, _with_backlog(config, models, load, corr, tick.prefill.queued_requests, reasons)
-            )
-        window = config.scale_down_window_s(role)
-        held = max(
-            (int(e[1] if role is Role.PREFILL else e[2]) for e in recent if tick.at_s - e[0] < window),
-            default=0,
-        )
-        if held > wanted:
-            reasons.append(
-                Reason(
-                    ReasonCode.STABILIZED,
-                    f"held at {held} groups, the most asked for in the last {window:.0f}s (sized {wanted})",
-                    role,
-                )
-            )
-            wanted = held
+            reasons.append(Reason(ReasonCode.CORRECTION, f"service time x{corr:.2f} the model's", role))
+        wanted, sized[role], grew[role] = _pool_target(config, models, state, tick, role, coming, reasons)
         groups, why = constrain_pool(
-            config,
-            role,
-            current=obs.groups,
-            wanted=wanted,
-            floor=in_flight_minimum(models, obs, load),
-            last_change_at_s=state.changed_at_s(role),
-            at_s=tick.at_s,
+            config, role, current=obs.groups, wanted=wanted, floor=in_flight_minimum(models, obs, coming)
         )
         desired[role] = groups
         reasons.extend(why)
@@ -291,15 +276,15 @@ def on_tick(
 
     pools: dict[Role, PoolDecision] = {}
     for role in (Role.PREFILL, Role.DECODE):
-        obs, corr, groups = tick.pool(role), state.correction(role), desired[role]
+        obs, corr, groups = tick.pool(role), state.correction(role, config.correction_deadband), desired[role]
         if role is Role.PREFILL:
-            latency = estimated_ttft_ms(models, config, load, groups, corr)
+            latency = estimated_ttft_ms(models, config, coming, groups, corr)
         else:
-            latency = estimated_itl_ms(models, load, groups, corr)
+            latency = estimated_itl_ms(models, coming, groups, corr)
         pools[role] = PoolDecision(
             role=role,
             current_groups=obs.groups,
-            sized_groups=sized_groups[role],
+            sized_groups=sized[role],
             desired_groups=groups,
             nodes_per_group=models.nodes_per_group(role),
             gpus_per_group=models.gpus_per_group(role),
@@ -308,14 +293,14 @@ def on_tick(
         )
         if groups == obs.groups:
             reasons.append(Reason(ReasonCode.HOLD, f"stays at {groups} groups", role))
-    recent.append((tick.at_s, sized_groups[Role.PREFILL], sized_groups[Role.DECODE]))
+    p_grew = pools[Role.PREFILL].desired_groups > pools[Role.PREFILL].current_groups
+    d_grew = pools[Role.DECODE].desired_groups > pools[Role.DECODE].current_groups
     state = replace(
         state,
-        recent_sized=tuple(recent),
-        prefill_changed_at_s=tick.at_s if pools[Role.PREFILL].changed else state.prefill_changed_at_s,
-        decode_changed_at_s=tick.at_s if pools[Role.DECODE].changed else state.decode_changed_at_s,
+        prefill_grew_at_s=tick.at_s if p_grew else state.prefill_grew_at_s,
+        decode_grew_at_s=tick.at_s if d_grew else state.decode_grew_at_s,
     )
-    return Decision(tick.at_s, load, pools[Role.PREFILL], pools[Role.DECODE], tuple(reasons), state)
+    return Decision(tick.at_s, coming, pools[Role.PREFILL], pools[Role.DECODE], tuple(reasons), state)
 
 
 class Planner:
@@ -329,3 +314,19 @@ class Planner:
         decision = on_tick(self.config, self.models, self.state, tick, known_load=known_load)
         self.state = decision.state
         return decision
+
+
+def groups_needed(
+    config: PlannerConfig,
+    models: PoolModels,
+    load: LoadForecast,
+    correction: tuple[float, float] = (1.0, 1.0),
+) -> tuple[int, int]:
+    """Groups both pools need at `load` at the config's headroom, within the bounds (the sizes a
+    policy starts a replay with)."""
+    out = []
+    for role, corr in zip((Role.PREFILL, Role.DECODE), correction, strict=True):
+        n = _size(config, models, role, load, corr, config.headroom)
+        bounds = config.bounds(role)
+        out.append(bounds.clamp(n if n is not None else bounds.max_groups or 1))
+    return out[0], out[1]

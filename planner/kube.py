@@ -1,189 +1,199 @@
-"""Act (and read the CRs) on Kubernetes with the official client: list/watch MoEDeployments,
-read each pool's size, PATCH the MoEPool scale subresource, record the last decision in the
-MoEDeployment's status and patch its spec for the dashboard's Apply.
+"""The Kubernetes back end of the planner's adapters, over the operator's API client
+(`moeplane.operator.kube.HttpKubeApi`, aiohttp with kopf's connection info): one client library
+for the operator and the planner.
 
-The client is synchronous; the service calls it from worker threads (`asyncio.to_thread`).
-Every call here is one the chart's planner ClusterRole grants (tests/planner/api_calls.json).
+- `KubeDeployments` (`DeploymentSource`): lists MoEDeployments every `poll_s` seconds and turns
+  the differences into events (level-triggered: a missed change is seen at the next list, and
+  nothing lives in a long watch), reads one for what-if and Apply, merge-patches its spec, and
+  writes `status.lastDecision`.
+- `KubePools` (`PoolScaler`): reads a MoEPool's size (`spec.replicas`, `status.readyGroups`,
+  a rollout from its Progressing condition or an unobserved generation) and PATCHes `/scale`.
+
+Every call is one the chart's planner ClusterRole grants (tests/planner/api_calls.json).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-from moeplane.api.enums import Role
-from moeplane.api.spec import GROUP, VERSION
+import aiohttp
+import kopf
+from moeplane.api.enums import ConditionStatus, ConditionType, Role
+from moeplane.api.spec import MoEPoolStatus
+from moeplane.api.status import PlannerDecisionStatus
+from moeplane.operator.kinds import MOEDEPLOYMENT, MOEPOOL
+from moeplane.operator.kube import ApiError, HttpKubeApi, KubeApi
 from moeplane.operator.names import pool_name
+from moeplane.planner.adapters import DeploymentEvent, EventKind, SourceError, event_for
 from moeplane.planner.observe import PoolGroups
+from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENTS = "moedeployments"
-POOLS = "moepools"
 AUDIT_ANNOTATION = "moeplane.io/last-sla-change"
+DEFAULT_POLL_S = 5.0
+_TRANSIENT = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-class KubeError(RuntimeError):
-    """An API call that failed: names the object and the status."""
+def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
+    """The service account when running in a pod (and no kubeconfig is named), else the
+    kubeconfig file (`KUBECONFIG` or ~/.kube/config when None), read by the official client's
+    loader."""
+    if kubeconfig is None:
+        info = kopf.login_with_service_account(settings=kopf.OperatorSettings())
+        if info is not None:
+            return info
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except (config.ConfigException, OSError) as exc:
+        raise SourceError(f"no Kubernetes credentials: {kubeconfig or 'KUBECONFIG'}: {exc}") from None
+    keys = cfg.api_key or {}
+    token = keys.get("BearerToken") or keys.get("authorization") or ""
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        token=token.removeprefix("Bearer ").strip() or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        username=cfg.username or None,
+        password=cfg.password or None,
+    )
 
 
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # ADDED, MODIFIED, DELETED
-    obj: dict[str, Any]
+def _version(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
 
-class KubeClient:
-    """Thin wrapper over `CustomObjectsApi` for moeplane's two kinds."""
+class KubeDeployments:
+    """MoEDeployments of `namespaces` (all when empty) as a `DeploymentSource`."""
 
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
+    apply_target = "the MoEDeployment"
 
-        self._api_client = api_client
-        self.custom: Any = client.CustomObjectsApi(api_client)  # its stubs type every body as object
+    def __init__(
+        self, api: KubeApi, namespaces: list[str] | None = None, poll_s: float = DEFAULT_POLL_S
+    ) -> None:
+        self.api, self.namespaces, self.poll_s = api, list(namespaces or []), poll_s
 
-    @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
-        """In-cluster service account if there is one, else the kubeconfig (`KUBECONFIG`)."""
-        from kubernetes import config
+    async def _list(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ns in self.namespaces or [""]:
+            out.extend(await self.api.list(MOEDEPLOYMENT, ns))
+        return out
 
-        if kubeconfig is None:
+    async def events(self) -> AsyncIterator[list[DeploymentEvent]]:
+        seen: dict[tuple[str, str], str] = {}
+        synced = False
+        while True:
             try:
-                config.load_incluster_config()
-                from kubernetes import client
+                objs = await self._list()
+            except _TRANSIENT as exc:
+                log.warning("listing MoEDeployments failed, retrying in %.0fs: %s", self.poll_s, exc)
+                await asyncio.sleep(self.poll_s)
+                continue
+            now = {
+                (e.namespace, e.name): (e, _version(o))
+                for o in objs
+                for e in [event_for(EventKind.CHANGED, o)]
+            }
+            if not synced:
+                yield [event_for(EventKind.SYNCED, o) for o in objs]
+                synced = True
+            else:
+                batch = [e for key, (e, v) in now.items() if seen.get(key) != v]
+                batch += [DeploymentEvent(EventKind.DELETED, *key) for key in seen if key not in now]
+                if batch:
+                    yield batch
+            seen = {key: v for key, (_, v) in now.items()}
+            await asyncio.sleep(self.poll_s)
 
-                return cls(client.ApiClient())
-            except config.ConfigException:
-                pass
-        return cls(config.new_client_from_config(config_file=kubeconfig))
-
-    def close(self) -> None:
-        self._api_client.close()
-
-    # ---- reads ------------------------------------------------------------------------------
-    def list_objects(self, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        """Every object of `plural` (moedeployments or moepools) and the list's resourceVersion."""
-        out: dict[str, Any]
-        if namespace is None:
-            out = self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
-        else:
-            out = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
-        return list(out.get("items", [])), str(out.get("metadata", {}).get("resourceVersion", ""))
-
-    def watch_objects(
-        self,
-        plural: str,
-        namespace: str | None,
-        resource_version: str,
-        timeout_s: int,
-        stop: Callable[[], bool],
-    ) -> Iterator[WatchEvent]:
-        """Events after `resource_version` until `timeout_s` passes or `stop()` says so."""
-        from kubernetes import watch
-
-        w = watch.Watch()
-        if namespace is None:
-            fn: Any = self.custom.list_cluster_custom_object
-            args: tuple[Any, ...] = (GROUP, VERSION, plural)
-        else:
-            fn = self.custom.list_namespaced_custom_object
-            args = (GROUP, VERSION, namespace, plural)
+    async def get(self, namespace: str, name: str) -> dict[str, Any]:
         try:
-            for event in w.stream(fn, *args, resource_version=resource_version, timeout_seconds=timeout_s):
-                yield WatchEvent(str(event["type"]), event["object"])
-                if stop():
-                    break
-        finally:
-            w.stop()
+            obj = await self.api.get(MOEDEPLOYMENT, namespace, name)
+        except _TRANSIENT as exc:
+            raise SourceError(f"get MoEDeployment {namespace}/{name}: {exc}") from exc
+        if obj is None:
+            raise SourceError(f"MoEDeployment {namespace}/{name} not found")
+        return obj
 
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        return self._call(
-            f"get MoEDeployment {namespace}/{name}",
-            self.custom.get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            DEPLOYMENTS,
-            name,
-        )
+    async def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in patch.items() if k in ("metadata", "spec")}
+        try:
+            return await self.api.patch(MOEDEPLOYMENT, namespace, name, body)
+        except _TRANSIENT as exc:
+            raise SourceError(f"patch MoEDeployment {namespace}/{name}: {exc}") from exc
 
-    def pool_groups(self, namespace: str, deployment: str, role: Role) -> PoolGroups | None:
-        """The pool's desired (spec.replicas) and ready groups; None before the operator made it."""
-        from kubernetes.client.exceptions import ApiException
+    async def record_decision(self, namespace: str, name: str, decision: PlannerDecisionStatus) -> None:
+        body = {"status": {"lastDecision": decision.to_wire()}}
+        try:
+            await self.api.patch(MOEDEPLOYMENT, namespace, name, body, subresource="status")
+        except _TRANSIENT as exc:
+            raise SourceError(f"patch MoEDeployment {namespace}/{name}/status: {exc}") from exc
 
+    async def close(self) -> None:
+        if isinstance(self.api, HttpKubeApi):
+            await self.api.close()
+
+
+def _rolling(pool: dict[str, Any]) -> bool:
+    """A rollout is under way: the pool's Progressing condition is True, or its controller has
+    not observed its latest generation yet."""
+    try:
+        status = MoEPoolStatus.model_validate(pool.get("status") or {})
+    except ValidationError:
+        return False
+    progressing = any(
+        c.type is ConditionType.PROGRESSING and c.status is ConditionStatus.TRUE for c in status.conditions
+    )
+    generation = (pool.get("metadata") or {}).get("generation")
+    unobserved = (
+        generation is not None
+        and status.observed_generation is not None
+        and (status.observed_generation < int(generation))
+    )
+    return progressing or unobserved
+
+
+class KubePools:
+    """MoEPools as a `PoolScaler`: their size, and `/scale`."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+
+    async def pool_groups(self, namespace: str, deployment: str, role: Role) -> PoolGroups | None:
         name = pool_name(deployment, role)
-        pool: dict[str, Any]
         try:
-            pool = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, POOLS, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"get MoEPool {namespace}/{name}: {exc.status} {exc.reason}") from exc
+            pool = await self.api.get(MOEPOOL, namespace, name)
+        except _TRANSIENT as exc:
+            raise SourceError(f"get MoEPool {namespace}/{name}: {exc}") from exc
+        if pool is None:
+            return None
         status = pool.get("status") or {}
         return PoolGroups(
-            desired=int(pool.get("spec", {}).get("replicas", 0)),
+            desired=int((pool.get("spec") or {}).get("replicas", 0)),
             ready=int(status.get("readyGroups", 0)),
+            rolling=_rolling(pool),
         )
 
-    # ---- writes -----------------------------------------------------------------------------
-    def scale_pool(self, namespace: str, deployment: str, role: Role, groups: int) -> int:
-        """PATCH the pool's /scale to `groups`; returns the replicas it had before."""
+    async def scale(self, namespace: str, deployment: str, role: Role, groups: int) -> None:
         name = pool_name(deployment, role)
-        scale = self._call(
-            f"get MoEPool {namespace}/{name}/scale",
-            self.custom.get_namespaced_custom_object_scale,
-            GROUP,
-            VERSION,
-            namespace,
-            POOLS,
-            name,
-        )
-        before = int((scale.get("spec") or {}).get("replicas", 0))
-        if before != groups:
-            self._call(
-                f"patch MoEPool {namespace}/{name}/scale",
-                self.custom.patch_namespaced_custom_object_scale,
-                GROUP,
-                VERSION,
-                namespace,
-                POOLS,
-                name,
-                {"spec": {"replicas": groups}},
-            )
-        return before
-
-    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """A JSON merge patch of the MoEDeployment (spec and metadata)."""
-        return self._call(
-            f"patch MoEDeployment {namespace}/{name}",
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            DEPLOYMENTS,
-            name,
-            patch,
-        )
-
-    def patch_last_decision(self, namespace: str, name: str, last_decision: dict[str, Any]) -> None:
-        self._call(
-            f"patch MoEDeployment {namespace}/{name}/status",
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            DEPLOYMENTS,
-            name,
-            {"status": {"lastDecision": last_decision}},
-        )
-
-    @staticmethod
-    def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
         try:
-            return fn(*args)
-        except ApiException as exc:
-            raise KubeError(f"{what}: {exc.status} {exc.reason}: {exc.body}") from exc
+            await self.api.patch(
+                MOEPOOL, namespace, name, {"spec": {"replicas": groups}}, subresource="scale"
+            )
+        except _TRANSIENT as exc:
+            raise SourceError(f"patch MoEPool {namespace}/{name}/scale: {exc}") from exc
+
+
+def kube_adapters(
+    kubeconfig: str | None = None, namespaces: list[str] | None = None, poll_s: float = DEFAULT_POLL_S
+) -> tuple[KubeDeployments, KubePools]:
+    """Both adapters over one API client."""
+    api = HttpKubeApi(connection_info(kubeconfig))
+    return KubeDeployments(api, namespaces, poll_s), KubePools(api)

@@ -18,21 +18,25 @@ from moeplane.api.hardware import HardwarePreset
 from moeplane.api.spec import MoEDeploymentSpec, parse_deployment
 from moeplane.planner.perf.errors import PerfModelError
 from moeplane.planner.perf.profile import profile_from_models, save_profile
-from moeplane.planner.perf.report import Workload, node_throughput
+from moeplane.planner.perf.report import Workload, decode_pareto, node_throughput
 from moeplane.planner.perf.roofline import RooflineOptions
 from moeplane.planner.spec_adapter import roofline_models
 
 
 def load_spec(path: str, hardware: str | None) -> MoEDeploymentSpec:
+    """The manifest's spec; with `hardware`, the spec on that GPU preset instead (its own GPUs per
+    node), validated against it: memory fit and EP divisibility are the named hardware's."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise PerfModelError(f"{path}: {err}") from None
-    spec = parse_deployment(doc).spec
-    if hardware is not None:
-        hw = spec.hardware.model_copy(update={"gpu": HardwarePreset(hardware)})
-        spec = spec.model_copy(update={"hardware": hw})
-    return spec
+    if hardware is not None and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
+        hw = dict(doc["spec"].get("hardware") or {})
+        if hw.get("gpu") != HardwarePreset(hardware).value:
+            hw.pop("gpusPerNode", None)  # the manifest's node shape belongs to its own GPU
+        hw["gpu"] = HardwarePreset(hardware).value
+        doc = {**doc, "spec": {**doc["spec"], "hardware": hw}}
+    return parse_deployment(doc).spec
 
 
 def perf_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,6 +56,9 @@ def perf_report(args: argparse.Namespace) -> dict[str, Any]:
         itl_target_ms=args.itl_ms if args.itl_ms is not None else spec.sla.itl_ms,
     )
     result = node_throughput(prefill, decode, work)
+    pareto = (
+        decode_pareto(decode, work.isl_tokens, work.osl_tokens) if getattr(args, "pareto", False) else None
+    )
     if args.write_profile:
         save_profile(
             profile_from_models(prefill, decode, model=prefill.arch.name, hardware=prefill.hw.name),
@@ -78,7 +85,15 @@ def perf_report(args: argparse.Namespace) -> dict[str, Any]:
             "itl_target_ms": work.itl_target_ms,
         },
         **result.as_dict(),
+        **({"pareto": [p.as_dict() for p in pareto]} if pareto is not None else {}),
+        "calibration": CALIBRATION_NOTE,
     }
+
+
+CALIBRATION_NOTE = (
+    "end-to-end factors fit to SGLang's 96 x H100 (Hopper) and GB200 NVL72 (Blackwell) DeepSeek "
+    "benchmarks; held-out sources within 25% (bench/planner.py prints them)"
+)
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -103,6 +118,19 @@ def format_report(r: dict[str, Any]) -> str:
     for key in bp:
         if key.endswith("_ms"):
             lines.append(f"  {key[:-3]:32s}{bp[key]:>12.2f}{bd[key]:>12.2f}")
+    if "pareto" in r:
+        lines += [
+            "",
+            "decode frontier (batch per GPU: tokens/s per user, tokens/s per GPU; * = past KV memory)",
+        ]
+        for p in r["pareto"]:
+            mark = "" if p["fits_kv"] else " *"
+            lines.append(
+                f"  batch {p['batch_per_rank']:>6.0f}  step {p['step_ms']:8.2f} ms  "
+                f"{p['tokens_per_s_per_user']:8.1f} tok/s/user  "
+                f"{p['tokens_per_s_per_gpu']:9.1f} tok/s/GPU{mark}"
+            )
+    lines += ["", f"calibration: {r['calibration']}"]
     return "\n".join(lines)
 
 
@@ -113,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.messages:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return 1
-    except PerfModelError as err:
+    except (PerfModelError, ValueError) as err:
         print(f"moeplane perf: {err}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=1) if args.json else format_report(report))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from moeplane.api.enums import Role
 from moeplane.planner.config import PlannerConfig
 from moeplane.planner.perf.capacity import (
+    DecodePoint,
     decode_capacity,
     decode_groups_needed,
     decode_itl_at_load_s,
@@ -19,7 +20,7 @@ from moeplane.planner.perf.capacity import (
     prefill_ttft_s,
 )
 from moeplane.planner.perf.step_model import DecodeStepModel, PrefillStepModel
-from moeplane.planner.tick import LoadForecast, PoolObservation, Reason, ReasonCode
+from moeplane.planner.tick import LoadForecast, ObservedPool, Reason, ReasonCode
 
 
 @dataclass(frozen=True)
@@ -98,39 +99,74 @@ def corrected(models: PoolModels, prefill: float, decode: float) -> PoolModels:
 
 
 def size_prefill(
-    models: PoolModels, config: PlannerConfig, load: LoadForecast, correction: float = 1.0
+    models: PoolModels,
+    config: PlannerConfig,
+    load: LoadForecast,
+    correction: float = 1.0,
+    headroom: float | None = None,
 ) -> Sized:
-    """Fewest prefill groups whose TTFT at the SLA percentile meets the target with headroom at the
-    forecast peak arrival rate, with prefill steps `correction` times the model's."""
+    """Fewest prefill groups whose TTFT at the SLA percentile meets `headroom` (default: the
+    config's) of the target at the load's rate and peak, with prefill steps `correction` times
+    the model's."""
     model = corrected(models, correction, 1.0).prefill
     return Sized(
         prefill_groups_needed(
             model,
-            arrival_rate_per_s=load.peak_arrival_rate_per_s,
+            arrival_rate_per_s=load.arrival_rate_per_s,
+            peak_rate_per_s=load.peak_arrival_rate_per_s,
             isl_tokens=max(load.isl_tokens, 1.0),
-            ttft_target_ms=config.sla.ttft_ms * config.headroom,
+            ttft_target_ms=config.sla.ttft_ms * (config.headroom if headroom is None else headroom),
             isl_cv=load.isl_tokens_cv,
             percentile=config.sla.percentile,
             batch_tokens=config.prefill_batch_tokens,
+            cached_fraction=min(load.cached_fraction, 0.99),
+            service_s=None if load.prefill_service_s is None else load.prefill_service_s * correction,
         )
     )
 
 
-def size_decode(
-    models: PoolModels, config: PlannerConfig, load: LoadForecast, correction: float = 1.0
-) -> Sized:
-    """Fewest decode groups holding the forecast's concurrent sequences at the largest batch that
-    meets the ITL target with headroom and fits in KV memory, with decode steps `correction`
-    times the model's."""
-    model = corrected(models, 1.0, correction).decode
-    point = decode_capacity(
-        model,
+def decode_point(
+    models: PoolModels, config: PlannerConfig, load: LoadForecast, correction: float, headroom: float
+) -> DecodePoint:
+    """The largest decode batch meeting `headroom` of the ITL target and fitting KV memory."""
+    return decode_capacity(
+        corrected(models, 1.0, correction).decode,
         isl_tokens=max(load.isl_tokens, 1.0),
         osl_tokens=max(load.osl_tokens, 1.0),
-        itl_target_ms=config.sla.itl_ms * config.headroom,
+        itl_target_ms=config.sla.itl_ms * headroom,
         osl_cv=load.osl_tokens_cv,
     )
+
+
+def size_decode(
+    models: PoolModels,
+    config: PlannerConfig,
+    load: LoadForecast,
+    correction: float = 1.0,
+    headroom: float | None = None,
+) -> Sized:
+    """Fewest decode groups holding the load's concurrent sequences at the largest batch that
+    meets `headroom` of the ITL target and fits in KV memory, with decode steps `correction`
+    times the model's."""
+    point = decode_point(models, config, load, correction, config.headroom if headroom is None else headroom)
     return Sized(decode_groups_needed(point, arrival_rate_per_s=load.arrival_rate_per_s))
+
+
+def groups_for_sequences(
+    models: PoolModels,
+    config: PlannerConfig,
+    load: LoadForecast,
+    correction: float,
+    headroom: float,
+    sequences: int,
+) -> int:
+    """Decode groups that run `sequences` at `headroom` of the ITL target (0 if none)."""
+    if sequences <= 0:
+        return 0
+    point = decode_point(models, config, load, correction, headroom)
+    if not point.feasible or point.sequences_per_group <= 0:
+        return 0
+    return math.ceil(sequences / point.sequences_per_group - 1e-9)
 
 
 def estimated_ttft_ms(
@@ -140,16 +176,21 @@ def estimated_ttft_ms(
     groups: int,
     correction: float = 1.0,
     rate_per_s: float | None = None,
+    percentile: float | None = None,
 ) -> float:
-    rate = load.peak_arrival_rate_per_s if rate_per_s is None else rate_per_s
+    rate = load.arrival_rate_per_s if rate_per_s is None else rate_per_s
     ttft = prefill_ttft_s(
         corrected(models, correction, 1.0).prefill,
         arrival_rate_per_s=rate,
+        peak_rate_per_s=load.peak_arrival_rate_per_s if rate_per_s is None else None,
         groups=groups,
         isl_tokens=max(load.isl_tokens, 1.0),
         isl_cv=load.isl_tokens_cv,
-        percentile=config.sla.percentile,
+        percentile=config.sla.percentile if percentile is None else percentile,
         batch_tokens=config.prefill_batch_tokens,
+        cached_fraction=min(load.cached_fraction, 0.99),
+        attainable_s=config.sla.ttft_ms / 1e3,
+        service_s=None if load.prefill_service_s is None else load.prefill_service_s * correction,
     )
     return ttft * 1e3
 
@@ -173,7 +214,7 @@ def estimated_itl_ms(
     return itl * 1e3
 
 
-def in_flight_minimum(models: PoolModels, obs: PoolObservation, load: LoadForecast) -> int:
+def in_flight_minimum(models: PoolModels, obs: ObservedPool, load: LoadForecast) -> int:
     """Groups that must stay so requests in flight keep their place (scale-down drains the rest).
 
     Decode: enough KV memory for the sequences' reserved tokens. Prefill: one group while any
@@ -198,10 +239,8 @@ def constrain_pool(
     current: int,
     wanted: int,
     floor: int,
-    last_change_at_s: float | None,
-    at_s: float,
 ) -> tuple[int, list[Reason]]:
-    """Apply the in-flight floor, bounds, cooldown (shrinking only) and the step limit."""
+    """Apply the in-flight floor, the bounds and the step limits (growth, then shrinking)."""
     reasons: list[Reason] = []
     groups = wanted
     if groups < floor:
@@ -220,25 +259,15 @@ def constrain_pool(
             Reason(ReasonCode.MAX_BOUND, f"capped {groups} at maxReplicas {bounds.max_groups}", role)
         )
     groups = bounded
-    if groups < current and last_change_at_s is not None and at_s - last_change_at_s < config.cooldown_s:
-        wait = config.cooldown_s - (at_s - last_change_at_s)
-        reasons.append(
-            Reason(
-                ReasonCode.COOLDOWN,
-                f"held {current} groups (wanted {groups}); may shrink in {wait:.0f}s",
-                role,
-            )
-        )
-        groups = current
     step = config.max_step_groups
     if groups < current and config.max_scale_down_groups is not None:
-        step = min(step, config.max_scale_down_groups)
+        step = config.max_scale_down_groups
     if abs(groups - current) > step:
         limited = current + step if groups > current else current - step
         reasons.append(
             Reason(
                 ReasonCode.STEP_LIMIT,
-                f"moved {current} -> {limited} of {groups} (maxStepGroups {step})",
+                f"moved {current} -> {limited} of {groups} (at most {step} a decision)",
                 role,
             )
         )

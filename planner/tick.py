@@ -34,8 +34,20 @@ class LoadObservation:
     # Highest arrival rate over short windows (a few seconds) within the interval: prefill has
     # to keep up with it, decode smooths it over sequence lifetimes. None: use the mean.
     peak_arrival_rate_per_s: float | None = None
+    # Share of prompt tokens whose KV was already cached (prefix reuse): prefill skips them.
+    cached_fraction: float = 0.0
+    # Share of the arrivals refused for lack of capacity (503): demand the pools did not serve.
+    rejected_fraction: float = 0.0
+    # The performance model's mean prefill rank time per request over this interval's actual
+    # prompts (the observer knows each prompt; a mean and a cv miss a heavy tail). None: the
+    # sizing estimates it from the lengths' mean and cv.
+    prefill_service_s: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("cached_fraction", "rejected_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise TickInputError(f"load.{name} must be in [0, 1], got {value}")
         values = {
             "arrival_rate_per_s": self.arrival_rate_per_s,
             "isl_tokens_mean": self.isl_tokens_mean,
@@ -55,14 +67,18 @@ class LoadObservation:
 
 
 @dataclass(frozen=True)
-class PoolObservation:
-    """One pool as observed: its groups and latency at the SLA percentile."""
+class ObservedPool:
+    """One pool as observed: its groups and latency at the SLA percentile.
+
+    (The operator has its own `PoolObservation` of a MoEPool's children; this is the planner's.)
+    """
 
     role: Role
     ready_groups: int
     starting_groups: int = 0  # requested, not yet serving
     # TTFT (prefill) or ITL (decode) at the SLA percentile over the interval; None without samples.
     latency_ms: float | None = None
+    mean_latency_ms: float | None = None  # the same, averaged
     # prefill: requests being prefilled; decode: sequences decoding (holding KV cache).
     running_requests: int = 0
     # Requests waiting for this pool: for a prefill rank, or for a decode slot with KV memory.
@@ -71,6 +87,12 @@ class PoolObservation:
     inflight_kv_tokens: int = 0
     # prefill: busy share of rank time; decode: share of KV memory in use (0..1, None if unknown).
     utilization: float | None = None
+    # A rollout is replacing this pool's groups, or groups are draining/restarting/failed: the
+    # pool's size is in motion and must not shrink now.
+    unsettled: bool = False
+    # Measured over modelled service time of the requests served in the interval, where the back
+    # end can measure it per request (the replay simulator can; None: unknown).
+    service_ratio: float | None = None
 
     def __post_init__(self) -> None:
         counts = (
@@ -107,14 +129,14 @@ class PoolObservation:
 class TickInput:
     at_s: float
     load: LoadObservation
-    prefill: PoolObservation
-    decode: PoolObservation
+    prefill: ObservedPool
+    decode: ObservedPool
 
     def __post_init__(self) -> None:
         if self.prefill.role is not Role.PREFILL or self.decode.role is not Role.DECODE:
             raise TickInputError("tick.prefill must observe the prefill pool and tick.decode the decode pool")
 
-    def pool(self, role: Role) -> PoolObservation:
+    def pool(self, role: Role) -> ObservedPool:
         return self.prefill if role is Role.PREFILL else self.decode
 
 
@@ -128,6 +150,8 @@ class LoadForecast:
     osl_tokens: float
     isl_tokens_cv: float = 0.0
     osl_tokens_cv: float = 0.0
+    cached_fraction: float = 0.0  # share of prompt tokens served from the prefix cache
+    prefill_service_s: float | None = None  # model's mean prefill rank time per request, if known
 
     @property
     def input_tokens_per_s(self) -> float:
@@ -136,15 +160,17 @@ class LoadForecast:
 
 class ReasonCode(StrEnum):
     FORECAST = "forecast"  # the load sized for
-    CORRECTION = "correction"  # observed/predicted latency applied
+    CORRECTION = "correction"  # observed/predicted service time applied
     SIZED = "sized"  # groups the performance model asks for
     BACKLOG = "backlog"  # extra load to drain requests already waiting
     INFEASIBLE = "infeasible"  # no pool size meets the SLA: capped at the maximum
-    STABILIZED = "stabilized"  # held at the largest size asked for within the scale-down window
+    STABILIZED = "stabilized"  # held: the scale-down window's loads need this size
+    OBSERVED_MISS = "observed_miss"  # the pool was seen missing the SLA: one more group
+    UNSETTLED = "unsettled"  # held: groups starting, restarting or a rollout under way
     IN_FLIGHT = "in_flight"  # kept to hold requests in flight
     MIN_BOUND = "min_bound"
     MAX_BOUND = "max_bound"
-    COOLDOWN = "cooldown"  # shrinking held back: the pool changed too recently
+    COOLDOWN = "cooldown"  # shrinking held back: the pool grew too recently
     STEP_LIMIT = "step_limit"  # change capped at maxStepGroups
     GPU_BUDGET = "gpu_budget"  # cut to fit the node budget
     HOLD = "hold"  # no change

@@ -61,6 +61,18 @@ class RequestRecord(BaseModel):
     arrived_at_s: float = Field(ge=0, description="Unix time of arrival.")
     prefill_group: str | None = None
     decode_group: str | None = None
+    # Added for the planner and dashboard (optional: older writers leave them out).
+    http_status: int | None = Field(
+        None, ge=100, le=599, description="HTTP status answered: tells a 503 (no capacity) from a 4xx."
+    )
+    cached_tokens: int | None = Field(
+        None, ge=0, description="Prompt tokens whose KV came from the prefix cache."
+    )
+
+    @property
+    def finished_at_s(self) -> float:
+        """Unix time the request ended (arrival plus end-to-end time)."""
+        return self.arrived_at_s + self.e2e_ms / 1e3
 
     def to_fields(self) -> dict[Any, Any]:
         """Stream fields: every set value as a string; None values are left out."""

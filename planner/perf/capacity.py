@@ -25,6 +25,7 @@ from moeplane.planner.perf.errors import PerfModelError
 from moeplane.planner.perf.step_model import DecodeStepModel, PrefillStepModel
 
 DEFAULT_PREFILL_BATCH_TOKENS = 8192
+PEAK_WINDOW_S = 5.0  # the window of an observed peak arrival rate
 
 
 def lognormal_quantile(mean: float, cv: float, percentile: float) -> float:
@@ -36,6 +37,15 @@ def lognormal_quantile(mean: float, cv: float, percentile: float) -> float:
     return math.exp(mu + NormalDist().inv_cdf(percentile / 100) * math.sqrt(sigma2))
 
 
+def lognormal_cdf(x: float, mean: float, cv: float) -> float:
+    """P(X <= x) for a lognormal with this mean and coefficient of variation."""
+    if cv <= 0:
+        return 1.0 if x >= mean else 0.0
+    sigma2 = math.log1p(cv * cv)
+    mu = math.log(mean) - sigma2 / 2
+    return NormalDist().cdf((math.log(max(x, 1e-9)) - mu) / math.sqrt(sigma2))
+
+
 def erlang_c(servers: int, offered_load: float) -> float:
     """Probability that an arrival waits in an M/M/c queue with `offered_load` = λ × mean service."""
     if servers <= 0 or offered_load >= servers:
@@ -45,6 +55,10 @@ def erlang_c(servers: int, offered_load: float) -> float:
     blocking = 1.0  # Erlang B by its stable recursion
     for k in range(1, servers + 1):
         blocking = offered_load * blocking / (k + offered_load * blocking)
+        # Past the load, B only falls: once it is negligible the answer is 0 to 1e-12. Without
+        # this a pool of 10^5 lanes costs 10^5 steps per call (the layout search sizes many).
+        if k > offered_load and blocking * servers < 1e-12:
+            break
     return servers * blocking / (servers - offered_load * (1 - blocking))
 
 
@@ -55,13 +69,61 @@ class PrefillRequestTimes:
 
 
 def prefill_request_times(
-    model: PrefillStepModel, isl_tokens: float, batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS
+    model: PrefillStepModel,
+    isl_tokens: float,
+    batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+    cached_fraction: float = 0.0,
 ) -> PrefillRequestTimes:
+    """A prompt of `isl_tokens` of which `cached_fraction` comes from the prefix cache: its
+    uncached tokens run at its length (the simulator does the same per request)."""
     if isl_tokens <= 0:
         raise PerfModelError(f"isl_tokens must be positive, got {isl_tokens}")
-    n = max(isl_tokens, batch_tokens)
-    service = isl_tokens * model.prefill_step_s(n, isl_tokens) / n
-    return PrefillRequestTimes(service_s=service, floor_s=model.prefill_step_s(isl_tokens, isl_tokens))
+    if not 0 <= cached_fraction < 1:
+        raise PerfModelError(f"cached_fraction must be in [0, 1), got {cached_fraction}")
+    new = max(1.0, isl_tokens * (1 - cached_fraction))
+    n = max(new, batch_tokens)
+    service = new * model.prefill_step_s(n, isl_tokens) / n
+    return PrefillRequestTimes(service_s=service, floor_s=model.prefill_step_s(new, isl_tokens))
+
+
+_QUADRATURE = 16  # lognormal quantiles averaged for a mean over the prompt-length mix
+
+
+def service_moments(
+    model: PrefillStepModel,
+    isl_tokens: float,
+    isl_cv: float = 0.0,
+    batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+    cached_fraction: float = 0.0,
+) -> tuple[float, float]:
+    """(mean, coefficient of variation) of the rank time per request over a lognormal mix of
+    prompt lengths (mean `isl_tokens`, coefficient of variation `isl_cv`): long prompts cost
+    more than in proportion (attention grows with the square of their length), so the mean
+    prompt's time understates the mix's, and service varies more than prompt length."""
+    if isl_cv <= 0:
+        return prefill_request_times(model, isl_tokens, batch_tokens, cached_fraction).service_s, 0.0
+    points = [
+        lognormal_quantile(isl_tokens, isl_cv, 100 * (i + 0.5) / _QUADRATURE) for i in range(_QUADRATURE)
+    ]
+    # Quantile points have the distribution's shape but not exactly its mean: rescale to it.
+    scale = isl_tokens / (sum(points) / len(points))
+    times = [
+        prefill_request_times(model, max(1.0, x * scale), batch_tokens, cached_fraction).service_s
+        for x in points
+    ]
+    mean = sum(times) / len(times)
+    var = sum((t - mean) ** 2 for t in times) / len(times)
+    return mean, math.sqrt(var) / mean if mean > 0 else 0.0
+
+
+def mean_service_s(
+    model: PrefillStepModel,
+    isl_tokens: float,
+    isl_cv: float = 0.0,
+    batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+    cached_fraction: float = 0.0,
+) -> float:
+    return service_moments(model, isl_tokens, isl_cv, batch_tokens, cached_fraction)[0]
 
 
 def prefill_ttft_s(
@@ -73,23 +135,68 @@ def prefill_ttft_s(
     isl_cv: float = 0.0,
     percentile: float = 90.0,
     batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+    cached_fraction: float = 0.0,
+    peak_rate_per_s: float | None = None,
+    peak_window_s: float = PEAK_WINDOW_S,
+    attainable_s: float | None = None,
+    service_s: float | None = None,
 ) -> float:
-    """Predicted TTFT (seconds) at `percentile` for a pool of `groups` groups; inf if overloaded."""
+    """Predicted TTFT (seconds) at `percentile` for a pool of `groups` groups; inf if overloaded.
+
+    `arrival_rate_per_s` is the sustained rate (the M/G/c wait); `peak_rate_per_s`, the busiest
+    `peak_window_s` seconds, adds the wait of the backlog such a peak leaves where it exceeds
+    what the pool serves (a pool with hundreds of lanes rides a short peak, it cannot sustain it).
+    With `attainable_s`, prompts whose own step alone exceeds it are left out of the percentile:
+    no pool size brings them under it, so sizing for them would only add groups. `service_s`,
+    the mean rank time per request of the actual prompts when known, replaces the estimate from
+    the lengths' mean and cv.
+    """
     servers = groups * model.dp_ranks
-    mean = prefill_request_times(model, isl_tokens, batch_tokens)
-    tail = prefill_request_times(model, lognormal_quantile(isl_tokens, isl_cv, percentile), batch_tokens)
+    estimate, service_cv = service_moments(model, isl_tokens, isl_cv, batch_tokens, cached_fraction)
+    if service_s is None:
+        service_s = estimate
+    tail_isl = lognormal_quantile(isl_tokens, isl_cv, percentile)
+    if attainable_s is not None:
+        longest = longest_prompt(model, attainable_s, cached_fraction, batch_tokens)
+        share = lognormal_cdf(longest, isl_tokens, isl_cv)
+        if tail_isl > longest and share > 1e-6:  # the percentile of the prompts that can meet it
+            tail_isl = min(longest, lognormal_quantile(isl_tokens, isl_cv, percentile * share))
+    tail = prefill_request_times(model, tail_isl, batch_tokens, cached_fraction)
     if arrival_rate_per_s <= 0:
         return tail.floor_s
-    offered = arrival_rate_per_s * mean.service_s
+    offered = arrival_rate_per_s * service_s
     if servers == 0 or offered >= servers:
         return math.inf
+    served_per_s = servers / service_s
     p_wait = erlang_c(servers, offered)
     tail_prob = 1 - percentile / 100
     wait = 0.0
     if p_wait > tail_prob:
-        drain_per_s = servers / mean.service_s - arrival_rate_per_s
-        wait = math.log(p_wait / tail_prob) * (1 + isl_cv * isl_cv) / 2 / drain_per_s
-    return tail.floor_s + wait
+        drain_per_s = served_per_s - arrival_rate_per_s
+        wait = math.log(p_wait / tail_prob) * (1 + service_cv * service_cv) / 2 / drain_per_s
+    peak = max(arrival_rate_per_s, peak_rate_per_s or 0.0)
+    backlog = max(0.0, peak - served_per_s) * peak_window_s
+    return tail.floor_s + wait + backlog / served_per_s
+
+
+def longest_prompt(
+    model: PrefillStepModel,
+    floor_s: float,
+    cached_fraction: float = 0.0,
+    batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+) -> float:
+    """The longest prompt whose own prefill step takes at most `floor_s` (at least one token)."""
+
+    def floor(isl: float) -> float:
+        return prefill_request_times(model, isl, batch_tokens, cached_fraction).floor_s
+
+    lo, hi = 1.0, 1024.0
+    while floor(hi) <= floor_s and hi < 1e7:
+        lo, hi = hi, hi * 2
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if floor(mid) <= floor_s else (lo, mid)
+    return lo
 
 
 @dataclass(frozen=True)
@@ -167,6 +274,9 @@ def prefill_groups_needed(
     isl_cv: float = 0.0,
     percentile: float = 90.0,
     batch_tokens: float = DEFAULT_PREFILL_BATCH_TOKENS,
+    cached_fraction: float = 0.0,
+    peak_rate_per_s: float | None = None,
+    service_s: float | None = None,
     max_groups: int = 100_000,
 ) -> int | None:
     """Fewest groups whose predicted TTFT meets the target; None if no pool size can."""
@@ -182,13 +292,17 @@ def prefill_groups_needed(
                 isl_cv=isl_cv,
                 percentile=percentile,
                 batch_tokens=batch_tokens,
+                cached_fraction=cached_fraction,
+                peak_rate_per_s=peak_rate_per_s,
+                attainable_s=target_s,
+                service_s=service_s,
             )
             <= target_s
         )
 
     if arrival_rate_per_s <= 0:
         return 0
-    service = prefill_request_times(model, isl_tokens, batch_tokens).service_s
+    service = service_s or mean_service_s(model, isl_tokens, isl_cv, batch_tokens, cached_fraction)
     lo = max(1, math.ceil(arrival_rate_per_s * service / model.dp_ranks))
     hi = lo
     while not ok(hi):  # TTFT falls as groups grow: gallop, then bisect

@@ -75,3 +75,41 @@ def node_throughput(prefill: RooflineModel, decode: RooflineModel, work: Workloa
             "decode": {"context_tokens": ctx, "batch_per_rank": round(batch, 2), **d_step.as_dict()},
         },
     )
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One batch size of a layout: what a user gets against what a GPU delivers."""
+
+    batch_per_rank: float
+    step_ms: float
+    tokens_per_s_per_user: float
+    tokens_per_s_per_gpu: float
+    fits_kv: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_per_rank": self.batch_per_rank,
+            "step_ms": round(self.step_ms, 3),
+            "tokens_per_s_per_user": round(self.tokens_per_s_per_user, 2),
+            "tokens_per_s_per_gpu": round(self.tokens_per_s_per_gpu, 1),
+            "fits_kv": self.fits_kv,
+        }
+
+
+def decode_pareto(decode: RooflineModel, isl_tokens: float, osl_tokens: float) -> list[ParetoPoint]:
+    """Decode output tokens/s per GPU against tokens/s per user, batch 1, 2, 4, ... up to what KV
+    memory holds (one point past it, marked): the throughput/latency frontier of the layout."""
+    ctx = decode_context_tokens(isl_tokens, osl_tokens)
+    kv_batch = decode.kv_tokens_per_rank / max(isl_tokens + osl_tokens, 1.0)
+    points: list[ParetoPoint] = []
+    batch = 1.0
+    while True:
+        step = decode.decode_step_s(batch, ctx)
+        per_user = decode.output_tokens_per_step / step
+        per_gpu = per_user * batch * decode.dp_ranks / decode.gpus_per_group
+        points.append(ParetoPoint(batch, step * 1e3, per_user, per_gpu, batch <= kv_batch))
+        if batch > kv_batch or batch >= 4096:
+            break
+        batch *= 2
+    return points

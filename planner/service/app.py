@@ -1,25 +1,26 @@
-"""`moeplane planner`: the aiohttp service. Watches MoEDeployments, runs one `DeploymentPlanner`
-per deployment with `spec.planner.enabled`, and serves /healthz, /metrics, the JSON API and the
+"""`moeplane planner`: the aiohttp service. Follows the deployments its `DeploymentSource` reports
+(MoEDeployments in Kubernetes, the manifest in embedded mode), runs one `DeploymentPlanner` per
+deployment with `spec.planner.enabled`, and serves /healthz, /metrics, the JSON API and the
 dashboard. Handlers are thin: the logic is in deployment.py, tuning.py, whatif.py and views.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
+from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
-from moeplane.planner.connectors import PoolBackend
-from moeplane.planner.kube import AUDIT_ANNOTATION, DEPLOYMENTS, POOLS, KubeClient, KubeError, WatchEvent
+from moeplane.planner.adapters import DeploymentEvent, DeploymentSource, EventKind, PoolScaler, SourceError
+from moeplane.planner.kube import AUDIT_ANNOTATION
 from moeplane.planner.metrics import PlannerMetrics
 from moeplane.planner.service import views
 from moeplane.planner.service.deployment import DECISIONS_MAXLEN, DeploymentPlanner, read_events
@@ -29,8 +30,7 @@ from moeplane.planner.service.whatif import WhatIfError, what_if
 from moeplane.bus.keys import DeploymentKeys
 
 log = logging.getLogger(__name__)
-
-WATCH_TIMEOUT_S = 30
+REDIS_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -40,138 +40,77 @@ class ServiceConfig:
     dashboard_token: str | None = None
     kubeconfig: str | None = None
     tick: bool = True  # run the interval loops (tests drive ticks by hand)
-    # Watches end (and relist) this often; stopping waits for the current one to end.
-    watch_timeout_s: int = WATCH_TIMEOUT_S
-
-
-class ServiceBackend(PoolBackend, Protocol):
-    """What the service needs besides the pools: `KubeClient`, or the embedded stack's
-    `moeplane.planner.embedded.EmbeddedBackend` (the CR kept in memory)."""
-
-    def list_objects(self, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
-
-    def watch_objects(
-        self,
-        plural: str,
-        namespace: str | None,
-        resource_version: str,
-        timeout_s: int,
-        stop: Callable[[], bool],
-    ) -> Iterator[WatchEvent]: ...
-
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
-
-    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class PlannerService:
-    def __init__(self, config: ServiceConfig, kube: ServiceBackend | None = None) -> None:
+    """Plans every deployment its `source` reports, scaling through `pools`."""
+
+    def __init__(
+        self, config: ServiceConfig, source: DeploymentSource | None = None, pools: PoolScaler | None = None
+    ) -> None:
         import redis.asyncio as aioredis
 
+        if source is None or pools is None:
+            from moeplane.planner.kube import kube_adapters
+
+            source, pools = kube_adapters(config.kubeconfig, config.namespaces)
         self.config = config
-        self.kube: ServiceBackend = kube or KubeClient.from_environment(config.kubeconfig)
-        self.redis = aioredis.from_url(config.redis_url)
+        self.source: DeploymentSource = source
+        self.pools: PoolScaler = pools
+        # redis-py's default 5 s read timeout is too short for a 2,000-record XRANGE on a busy
+        # node; the planner would skip a tick for it. A dead Redis still fails the tick.
+        self.redis = aioredis.from_url(config.redis_url, socket_timeout=REDIS_TIMEOUT_S)
         self.metrics = PlannerMetrics()
         self.deployments: dict[tuple[str, str], DeploymentPlanner] = {}
         self.invalid: dict[tuple[str, str], str] = {}
-        self.pools: dict[tuple[str, str], dict[str, Any]] = {}
         self.synced = asyncio.Event()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: asyncio.Task[None] | None = None
         self._sync_redis: Any = None
         self._stopping: set[asyncio.Future[None]] = set()
 
-    # ---- the watch ------------------------------------------------------------------------
+    # ---- the deployments ----------------------------------------------------------------------
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        scopes: list[str | None] = list(self.config.namespaces) or [None]
-        watches = [(plural, ns) for plural in (DEPLOYMENTS, POOLS) for ns in scopes]
-        pending = len(watches)
-        lock = threading.Lock()
+        self._events = asyncio.create_task(self._follow(), name="planner-deployments")
 
-        def listed() -> None:
-            nonlocal pending
-            with lock:
-                pending -= 1
-                if pending == 0 and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.synced.set)
-
-        for plural, ns in watches:
-            t = threading.Thread(
-                target=self._watch, args=(plural, ns, listed), name=f"planner-{plural}-{ns}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
-
-    def _watch(self, plural: str, namespace: str | None, listed: Any) -> None:
-        """List, then watch from the list's version; relist when the watch ends or fails."""
-        first = True
-        while not self._stop.is_set():
+    async def _follow(self) -> None:
+        async for batch in self.source.events():
             try:
-                items, version = self.kube.list_objects(plural, namespace)
-                self._post(plural, "SYNC", {"namespace": namespace, "items": items})
-                if first:
-                    listed()
-                    first = False
-                for event in self.kube.watch_objects(
-                    plural, namespace, version, self.config.watch_timeout_s, self._stop.is_set
-                ):
-                    self._post(plural, event.kind, event.obj)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.exception("watching %s in %s failed; relisting", plural, namespace or "all namespaces")
-                self._stop.wait(1.0)
+                self.apply_events(batch)
+            except Exception:  # one bad batch must not stop the planner
+                log.exception("planner: applying deployment events failed")
+            self.synced.set()
 
-    def _post(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
-        if self._loop is not None and not self._stop.is_set():
-            handler = self._on_event if plural == DEPLOYMENTS else self._on_pool_event
-            self._loop.call_soon_threadsafe(handler, kind, obj)
-
-    def _on_pool_event(self, kind: str, obj: dict[str, Any]) -> None:
-        """The pools as last seen, for the dashboard (ticks read them fresh)."""
-        if kind == "SYNC":
-            ns = obj["namespace"]
-            self.pools = {k: v for k, v in self.pools.items() if ns is not None and k[0] != ns}
-            for item in obj["items"]:
-                self.pools[self._key(item)] = item
-        elif kind == "DELETED":
-            self.pools.pop(self._key(obj), None)
-        elif kind in ("ADDED", "MODIFIED"):
-            self.pools[self._key(obj)] = obj
-
-    def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "SYNC":
-            seen = set()
-            for item in obj["items"]:
-                seen.add(self._key(item))
-                self._upsert(item)
-            for key in [k for k in self.deployments if obj["namespace"] in (None, k[0]) and k not in seen]:
+    def apply_events(self, batch: list[DeploymentEvent]) -> None:
+        """Start, update or stop deployment planners; a SYNCED batch is the whole set."""
+        if any(e.kind is EventKind.SYNCED for e in batch):
+            keep = {e.key for e in batch}
+            for key in [k for k in self.deployments if k not in keep]:
                 self._drop(key)
+            self.invalid = {k: v for k, v in self.invalid.items() if k in keep}
+        for event in batch:
+            if event.kind is EventKind.DELETED:
+                self._drop(event.key)
+                self.invalid.pop(event.key, None)
+            else:
+                self._upsert(event)
+
+    def _upsert(self, event: DeploymentEvent) -> None:
+        key = event.key
+        if event.deployment is None:
+            self.invalid[key] = event.error or "not a MoEDeployment"
+            log.warning("%s/%s: not planned: %s", *key, self.invalid[key])
             return
-        if kind == "DELETED":
-            self._drop(self._key(obj))
-        elif kind in ("ADDED", "MODIFIED"):
-            self._upsert(obj)
-
-    @staticmethod
-    def _key(obj: dict[str, Any]) -> tuple[str, str]:
-        meta = obj.get("metadata", {})
-        return str(meta.get("namespace", "default")), str(meta.get("name", ""))
-
-    def _upsert(self, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
-        enabled = bool(((obj.get("spec") or {}).get("planner") or {}).get("enabled", True))
+        deployment = event.deployment
         current = self.deployments.get(key)
         try:
             if current is not None:
-                if not current.update(obj):
+                if not current.update(deployment):
                     self._drop(key)
+                self.invalid.pop(key, None)
                 return
-            if not enabled:
+            if not deployment.spec.planner.enabled:
                 return
-            planner = DeploymentPlanner(obj, self.kube, self.redis, self.metrics)
+            planner = DeploymentPlanner(deployment, self.source, self.pools, self.redis, self.metrics)
         except (SpecInvalid, ValueError) as exc:
             self.invalid[key] = str(exc)
             log.warning("%s/%s: not planned: %s", *key, exc)
@@ -189,13 +128,13 @@ class PlannerService:
             fut.add_done_callback(self._stopping.discard)
 
     async def stop(self) -> None:
-        self._stop.set()
+        if self._events is not None:
+            self._events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events
         for planner in list(self.deployments.values()):
             await planner.stop()
-        # A watch blocked on a quiet stream ends at its timeout; the threads are daemons, so the
-        # process need not wait that long to exit.
-        for t in self._threads:
-            await asyncio.to_thread(t.join, min(2.0, self.config.watch_timeout_s + 1.0))
+        await self.source.close()
         await self.redis.aclose()
         if self._sync_redis is not None:
             self._sync_redis.close()
@@ -233,7 +172,9 @@ class PlannerService:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
 
     async def list_deployments(self, _: web.Request) -> web.Response:
-        out = [views.summary(p, self.pools) for p in sorted(self.deployments.values(), key=lambda p: p.key)]
+        planners = sorted(self.deployments.values(), key=lambda p: p.key)
+        await asyncio.gather(*(p.pools() for p in planners), return_exceptions=True)
+        out = [views.summary(p) for p in planners]
         invalid = [{"namespace": k[0], "name": k[1], "error": e} for k, e in sorted(self.invalid.items())]
         return web.json_response({"deployments": out, "invalid": invalid})
 
@@ -250,11 +191,19 @@ class PlannerService:
     async def series(self, request: web.Request) -> web.Response:
         planner = self._planner(request)
         window_s = _float_query(request, "windowSeconds", 1800.0, 60.0, 86400.0)
+        heatmap_s = _float_query(request, "heatmapSeconds", window_s, 10.0, 86400.0)
         now = time.time()
         records = await planner.observer.refresh(now)
         events = await read_events(self.redis, planner.keys)
         eplb = await asyncio.to_thread(views.eplb_view, self.sync_redis(), planner.keys)
-        return web.json_response(views.series(planner, records, events, eplb, now, window_s, self.pools))
+        for role in Role:
+            planner.expert_load.add(role, eplb[role.value].pop("_matrix"), now)
+        workers = await planner.observer.workers()
+        with contextlib.suppress(SourceError):
+            await planner.pools()
+        return web.json_response(
+            views.series(planner, records, events, eplb, workers, now, window_s, heatmap_s)
+        )
 
     async def _body(self, request: web.Request) -> Any:
         try:
@@ -268,11 +217,15 @@ class PlannerService:
         raw_window = body.pop("windowSeconds", None) if isinstance(body, dict) else None
         tuning = parse_tuning(body)
         window_s = _window(raw_window, planner.observer.history_s)
-        obj = await asyncio.to_thread(self.kube.get_deployment, planner.namespace, planner.name)
+        obj = await self.source.get(planner.namespace, planner.name)
         proposed = proposed_spec(obj, tuning)
         now = time.time()
         records = await planner.observer.refresh(now)
         window = window_s or min(1800.0, max(10 * planner.config.interval_s, 60.0))
+        # A deployment quiet for the whole window replays the last window that had traffic.
+        last_at = max((r.arrived_at_s for r in records), default=None)
+        if last_at is not None and last_at < now - window:
+            now = last_at + 1e-3
         try:
             result = await asyncio.to_thread(
                 what_if,
@@ -297,7 +250,7 @@ class PlannerService:
                 {"error": "Apply needs the dashboard's bearer token (Authorization: Bearer …)"}, status=401
             )
         tuning = parse_tuning(await self._body(request))
-        obj = await asyncio.to_thread(self.kube.get_deployment, planner.namespace, planner.name)
+        obj = await self.source.get(planner.namespace, planner.name)
         proposed_spec(obj, tuning)  # refuse what the API would refuse, with the field
         patch = tuning.spec_patch()
         if not patch:
@@ -309,8 +262,7 @@ class PlannerService:
             "remote": request.remote or "",
             "patch": patch,
         }
-        updated = await asyncio.to_thread(
-            self.kube.patch_spec,
+        updated = await self.source.patch_spec(
             planner.namespace,
             planner.name,
             {
@@ -325,9 +277,12 @@ class PlannerService:
             approximate=True,
         )
         # The embedded back end patches an in-memory spec, not a CR, and the answer says so.
-        target = getattr(self.kube, "apply_target", "the MoEDeployment")
         return web.json_response(
-            {"applied": patch, "generation": updated.get("metadata", {}).get("generation"), "target": target}
+            {
+                "applied": patch,
+                "generation": updated.get("metadata", {}).get("generation"),
+                "target": self.source.apply_target,
+            }
         )
 
 
@@ -367,5 +322,5 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except TuningError as exc:
         return web.json_response({"error": str(exc), "field": exc.field}, status=400)
-    except KubeError as exc:
+    except SourceError as exc:
         return web.json_response({"error": str(exc)}, status=502)

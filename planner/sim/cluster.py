@@ -12,7 +12,7 @@ limit ends are counted failed: every request ends completed or failed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from moeplane.api.enums import Role
@@ -22,7 +22,8 @@ from moeplane.planner.sim.decode_pool import DecodePool
 from moeplane.planner.sim.prefill_pool import PrefillPool
 from moeplane.planner.sim.requests import PENDING, RequestBook
 from moeplane.planner.sim.traces import Trace
-from moeplane.planner.tick import PoolObservation, TickInput
+from moeplane.planner.sim.truth import EXACT, GroundTruth, ModelError
+from moeplane.planner.tick import ObservedPool, TickInput
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,17 @@ class SimConfig:
     drain_limit_s: float = 3600.0  # after the trace: time left for requests in flight
     kv_transfer_s_per_token: float = 0.0  # prefill -> decode KV transfer
     prefill_batch_tokens: float = 8192.0
-    model_error: float = 1.0  # real step time = model step time × this (the planner is not told)
+    # How the simulated hardware differs from the planner's model (the planner is not told).
+    truth: ModelError = EXACT
     # The first seconds of the trace give the planner history; requests arriving in them are not
     # scored and their GPU time is not counted.
     warmup_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.tick_s <= 0 or self.interval_s < self.tick_s or self.model_error <= 0 or self.warmup_s < 0:
+        if self.tick_s <= 0 or self.interval_s < self.tick_s or self.warmup_s < 0:
             raise ValueError(
-                f"sim needs tick_s > 0, interval_s >= tick_s, model_error > 0 and warmup_s >= 0, got "
-                f"{self.tick_s}, {self.interval_s}, {self.model_error}, {self.warmup_s}"
+                f"sim needs tick_s > 0, interval_s >= tick_s and warmup_s >= 0, got "
+                f"{self.tick_s}, {self.interval_s}, {self.warmup_s}"
             )
 
 
@@ -56,19 +58,18 @@ class Cluster:
     def __init__(self, trace: Trace, prefill: ProfiledModel, decode: ProfiledModel, cfg: SimConfig) -> None:
         self.trace, self.cfg = trace, cfg
         self.book = RequestBook(trace)
+        true_prefill, true_decode = GroundTruth(prefill, cfg.truth), GroundTruth(decode, cfg.truth)
         # A sequence lives on one DP rank: longer than its KV memory, it can never be served.
-        self.book.fail(np.flatnonzero(self.book.isl + self.book.osl > decode.kv_tokens_per_rank))
+        self.book.fail(np.flatnonzero(self.book.isl + self.book.osl > true_decode.kv_tokens_per_rank))
         self.prefill = PrefillPool(
-            prefill,
+            true_prefill,
             self.book,
             batch_tokens=cfg.prefill_batch_tokens,
-            model_error=cfg.model_error,
             timeout_s=cfg.request_timeout_s,
         )
         self.decode = DecodePool(
-            decode,
+            true_decode,
             self.book,
-            model_error=cfg.model_error,
             kv_transfer_s_per_token=cfg.kv_transfer_s_per_token,
         )
         self.now_s = 0.0
@@ -97,31 +98,42 @@ class Cluster:
         p = self.cfg.sla.percentile
         book = self.book
         load = self.trace.load_between(t0, t1, self.cfg.peak_window_s)
+        came = self.trace.between(t0, t1)
+        if came.stop > came.start:
+            load = replace(load, prefill_service_s=float(self.prefill.modelled_service_s[came].mean()))
         first = (book.first_token_s >= t0) & (book.first_token_s < t1)
+        # Prompts whose own prefill step exceeds the target miss it however many groups run:
+        # left out, as the live observer leaves out requests whose prefill alone took longer.
+        first &= self.prefill.floor_s * 1e3 <= self.cfg.sla.ttft_ms
         ttft = (book.first_token_s - book.arrival_s)[first]
         p_ready, p_start = self.prefill.groups.counts(t1)
         lanes = p_ready * self.prefill.model.dp_ranks
         util = min(1.0, self.prefill.busy_s / (lanes * (t1 - t0))) if lanes else None
-        self.prefill.busy_s = 0.0
-        prefill = PoolObservation(
+        modelled = self.prefill.modelled_busy_s
+        service_ratio = self.prefill.busy_s / modelled if modelled > 0 else None
+        self.prefill.busy_s = self.prefill.modelled_busy_s = 0.0
+        prefill = ObservedPool(
             Role.PREFILL,
             p_ready,
             p_start,
             float(np.percentile(ttft, p) * 1e3) if len(ttft) else None,
+            mean_latency_ms=float(np.mean(ttft) * 1e3) if len(ttft) else None,
             running_requests=self.prefill.running(t1),
             queued_requests=self.prefill.queued,
             utilization=util,
+            service_ratio=service_ratio,
         )
         values, weights = self.decode.drain_itl_samples()
         itl_ms = _weighted_percentile(values, weights, p) * 1e3 if len(values) else None
         d_ready, d_start = self.decode.groups.counts(t1)
         kv_tokens = self.decode.reserved_kv_tokens()
         kv_cap = self.decode.kv_cap * max(d_ready, 1)
-        decode = PoolObservation(
+        decode = ObservedPool(
             Role.DECODE,
             d_ready,
             d_start,
             itl_ms,
+            mean_latency_ms=float(np.average(values, weights=weights) * 1e3) if len(values) else None,
             running_requests=self.decode.live,
             queued_requests=self.decode.queued(t1),
             inflight_kv_tokens=int(kv_tokens),

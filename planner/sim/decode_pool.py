@@ -11,9 +11,9 @@ removed lazily, so a tick costs a few passes over the live sequences.
 from __future__ import annotations
 
 import numpy as np
-from moeplane.planner.perf.profile import ProfiledModel
 from moeplane.planner.sim.groups import GroupTable
 from moeplane.planner.sim.requests import RequestBook
+from moeplane.planner.sim.truth import GroundTruth
 
 
 def water_fill(counts: np.ndarray, m: int) -> np.ndarray:
@@ -33,10 +33,8 @@ def water_fill(counts: np.ndarray, m: int) -> np.ndarray:
 
 
 class DecodePool:
-    def __init__(
-        self, model: ProfiledModel, book: RequestBook, *, model_error: float, kv_transfer_s_per_token: float
-    ) -> None:
-        self.model, self.book, self.model_error = model, book, model_error
+    def __init__(self, model: GroundTruth, book: RequestBook, *, kv_transfer_s_per_token: float) -> None:
+        self.model, self.book = model, book
         self.kv_transfer_s_per_token = kv_transfer_s_per_token
         self.kv_need = book.isl + book.osl
         self.ctx = book.isl + book.osl / 2
@@ -84,11 +82,8 @@ class DecodePool:
         if not busy.any():
             return
         step = np.full(len(self.batch), np.inf)
-        step[busy] = (
-            self.model.decode_step_s_array(
-                self.batch[busy] / self.model.dp_ranks, self.ctx_sum[busy] / self.batch[busy]
-            )
-            * self.model_error
+        step[busy] = self.model.decode_step_s_array(
+            self.batch[busy] / self.model.dp_ranks, self.ctx_sum[busy] / self.batch[busy]
         )
         self.itl_samples.append(
             (step[busy] / self.model.output_tokens_per_step, self.batch[busy] * (t1 - t0))

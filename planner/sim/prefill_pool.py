@@ -3,32 +3,65 @@
 Requests wait in one FIFO; a waiting request goes to a lane as soon as that lane frees up
 (the router's shortest-queue choice), and finishes at `max(lane free + service, arrival + own
 step)` — the M/G/c model the planner sizes with (`perf/capacity.py`), played request by request.
+A request computes only its uncached prompt tokens (`Trace.cached_tokens`): its step runs those
+tokens at its prompt's length.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import numpy as np
-from moeplane.planner.perf.profile import ProfiledModel
 from moeplane.planner.sim.groups import GroupTable
 from moeplane.planner.sim.requests import PENDING, RequestBook
+from moeplane.planner.sim.truth import GroundTruth
+
+# Service and floor times of recent (trace, truth, batch) triples: several policies replay the
+# same trace, and these arrays are most of a replay's set-up.
+_TIMES: OrderedDict[tuple[Any, ...], tuple[Any, np.ndarray, np.ndarray]] = OrderedDict()
+_TIMES_KEPT = 4
+
+
+def request_times(
+    book: RequestBook, model: GroundTruth, batch_tokens: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """[N] service seconds (a request's share of a batched step) and [N] floor seconds (its own
+    step) of every request of the book's trace."""
+    key = (id(book.trace), id(model.model.profile), model.error, batch_tokens)
+    hit = _TIMES.get(key)
+    if hit is not None and hit[0] is book.trace:
+        _TIMES.move_to_end(key)
+        return hit[1], hit[2]
+    isl = book.isl
+    new = np.maximum(isl - book.trace.cached, 1.0)
+    n_eff = np.maximum(new, batch_tokens)
+    service = new * model.prefill_step_s_array(n_eff, isl) / n_eff
+    floor = model.prefill_step_s_array(new, isl)
+    _TIMES[key] = (book.trace, service, floor)
+    while len(_TIMES) > _TIMES_KEPT:
+        _TIMES.popitem(last=False)
+    return service, floor
 
 
 class PrefillPool:
     def __init__(
         self,
-        model: ProfiledModel,
+        model: GroundTruth,
         book: RequestBook,
         *,
         batch_tokens: float,
-        model_error: float,
         timeout_s: float,
     ) -> None:
         self.model, self.book, self.timeout_s = model, book, timeout_s
-        isl = book.isl
-        n_eff = np.maximum(isl, batch_tokens)
-        # Service: the request's share of a batched step; floor: its own step.
-        self.service_s = isl * model.prefill_step_s_array(n_eff, isl) / n_eff * model_error
-        self.floor_s = model.prefill_step_s_array(isl, isl) * model_error
+        self.service_s, self.floor_s = request_times(book, model, batch_tokens)
+        # What the planner's model says the same requests take (the truth without its error).
+        self.modelled_service_s = (
+            self.service_s
+            if model.error.exact
+            else request_times(book, GroundTruth(model.model), batch_tokens)[0]
+        )
+        self.modelled_busy_s = 0.0
         self.groups = GroupTable()
         self.lane_free = np.empty(0)
         self.lane_group = np.empty(0, dtype=np.int64)
@@ -81,6 +114,7 @@ class PrefillPool:
             return np.empty(0, dtype=np.int64), np.empty(0)
         started, done = np.concatenate(taken), np.concatenate(finished)
         self.busy_s += float(self.service_s[started].sum())
+        self.modelled_busy_s += float(self.modelled_service_s[started].sum())
         late = done - self.book.arrival_s[started] > self.timeout_s
         self.book.fail(started[late])
         return started[~late], done[~late]

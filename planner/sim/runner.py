@@ -13,6 +13,7 @@ from moeplane.planner.sim.cluster import Cluster, SimConfig
 from moeplane.planner.sim.policies import Policy
 from moeplane.planner.sim.requests import DONE, FAILED
 from moeplane.planner.sim.traces import Trace
+from moeplane.planner.sim.truth import attainable
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class SimReport:
     trace: str
     policy: str
     requests: int  # scored: arriving after the warm-up
-    completed: int
+    attainable: int  # of which the SLA can be met for at all on this hardware (truth.attainable)
+    completed: int  # of all scored requests
     failed: int
-    attainment: float  # share of all requests meeting both TTFT and ITL (failed ones miss)
+    attainment: float  # share of attainable requests meeting both TTFT and ITL (failed ones miss)
     ttft_attainment: float
     itl_attainment: float
     ttft_p50_ms: float
@@ -47,6 +49,8 @@ class SimReport:
     goodput_output_tokens_per_s: float
     mean_nodes: float
     peak_nodes: int
+    flaps_per_hour: float  # reversals of scaling direction, both pools, per scored hour
+    scale_actions: int  # decisions that changed a pool's size, after the warm-up
     duration_s: float
     wall_s: float
     timeline: tuple[TimelinePoint, ...]
@@ -108,9 +112,20 @@ def simulate(
 def _report(
     trace: Trace, policy: str, c: Cluster, cfg: SimConfig, timeline: tuple[TimelinePoint, ...], wall_s: float
 ) -> SimReport:
-    scored = trace.arrival_s >= cfg.warmup_s
-    n = int(scored.sum())
     book = c.book
+    can = attainable(
+        trace.isl_tokens,
+        trace.osl_tokens,
+        c.prefill.floor_s,
+        c.decode.model,
+        cfg.sla.ttft_ms,
+        cfg.sla.itl_ms,
+        cfg.kv_transfer_s_per_token,
+    )
+    in_scope = trace.arrival_s >= cfg.warmup_s
+    n_all = int(in_scope.sum())
+    scored = in_scope & can
+    n = int(scored.sum())
     done = (book.status == DONE) & scored
     ttft = book.first_token_s - trace.arrival_s
     osl = trace.osl_tokens
@@ -127,12 +142,14 @@ def _report(
         return float(np.percentile(values, q) * 1e3) if len(values) else math.nan
 
     nodes = [p.nodes for p in timeline if p.at_s > start]
+    flaps, actions = direction_changes(timeline, start)
     return SimReport(
         trace=trace.name,
         policy=policy,
-        requests=n,
-        completed=int(done.sum()),
-        failed=int(np.sum((book.status == FAILED) & scored)),
+        requests=n_all,
+        attainable=n,
+        completed=int(np.sum((book.status == DONE) & in_scope)),
+        failed=int(np.sum((book.status == FAILED) & in_scope)),
         attainment=float(good.sum()) / n if n else 1.0,
         ttft_attainment=float(ttft_ok.sum()) / n if n else 1.0,
         itl_attainment=float(itl_ok.sum()) / n if n else 1.0,
@@ -147,7 +164,27 @@ def _report(
         goodput_output_tokens_per_s=float(osl[good].sum()) / duration,
         mean_nodes=float(np.mean(nodes)) if nodes else 0.0,
         peak_nodes=max(nodes, default=0),
+        flaps_per_hour=flaps / (duration / 3600),
+        scale_actions=actions,
         duration_s=duration,
         wall_s=wall_s,
         timeline=timeline,
     )
+
+
+def direction_changes(timeline: tuple[TimelinePoint, ...], after_s: float) -> tuple[int, int]:
+    """(flaps, actions) after `after_s`: a flap is a pool's size moving the other way from its
+    previous move (up then down, or down then up); an action is any change of a pool's size."""
+    flaps = actions = 0
+    for sizes in ([p.prefill_groups for p in timeline], [p.decode_groups for p in timeline]):
+        last = 0
+        for i in range(1, len(sizes)):
+            step = sizes[i] - sizes[i - 1]
+            if step == 0 or timeline[i].at_s <= after_s:
+                last = int(np.sign(step)) or last
+                continue
+            actions += 1
+            if last and np.sign(step) != last:
+                flaps += 1
+            last = int(np.sign(step))
+    return flaps, actions

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -13,13 +13,16 @@ from moeplane.api.spec import MoEDeploymentSpec, parse_deployment
 from moeplane.planner.config import PlannerConfig, PoolBounds, SlaTargets
 from moeplane.planner.perf.profile import ProfiledModel
 from moeplane.planner.sim.cluster import SimConfig
-from moeplane.planner.sim.policies import OraclePolicy, PlannerPolicy, Policy, ReactivePolicy, StaticPolicy
+from moeplane.planner.sim.dynamo import DynamoPolicy
+from moeplane.planner.sim.oracle import OracleSchedule, SchedulePolicy, oracle_schedule
+from moeplane.planner.sim.policies import PlannerPolicy, Policy, ReactivePolicy, StaticPolicy, size_for
 from moeplane.planner.sim.runner import SimReport, simulate
 from moeplane.planner.sim.traces import LengthDist, Trace, bursty_trace, diurnal_trace, poisson_trace
 from moeplane.planner.sizing import PoolModels
 from moeplane.planner.spec_adapter import config_from_spec, profiled_models
+from moeplane.planner.tick import LoadForecast, LoadObservation
 
-POLICIES = ("ours", "oracle", "static-peak", "static-mean", "reactive")
+POLICIES = ("ours", "oracle", "static-peak", "dynamo", "reactive")
 EXAMPLE_MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "deepseek-r1.yaml"
 
 
@@ -30,21 +33,38 @@ class Scenario:
     decode: ProfiledModel
     planner: PlannerConfig
     sim: SimConfig
+    # The oracle's schedule per (trace, ground truth): its requirement sweep is the expensive part.
+    _oracles: dict[tuple[int, object], tuple[Trace, OracleSchedule]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def models(self) -> PoolModels:
         return PoolModels(self.prefill, self.decode)
 
+    def oracle(self, trace: Trace) -> OracleSchedule:
+        """The true oracle's schedule for `trace` under this scenario's ground truth (cached)."""
+        key = (id(trace), self.sim.truth)
+        hit = self._oracles.get(key)
+        if hit is not None and hit[0] is trace:
+            return hit[1]
+        mean = trace.load_between(0.0, trace.duration_s, self.sim.peak_window_s)
+        guess = size_for(self.models, self.planner, _mean_forecast(mean))
+        schedule = oracle_schedule(trace, self.prefill, self.decode, self.sim, guess=guess)
+        self._oracles[key] = (trace, schedule)
+        return schedule
+
     def policy(self, name: str, trace: Trace) -> Policy:
-        loads = trace.interval_loads(self.planner.interval_s, self.sim.peak_window_s)
         if name == "ours":
             return PlannerPolicy(self.planner, self.models)
         if name == "oracle":
-            return OraclePolicy(self.planner, self.models, trace, self.sim.peak_window_s)
+            o = self.oracle(trace)
+            return SchedulePolicy(o.prefill_held, o.decode_held, self.sim.interval_s)
         if name == "static-peak":
-            return StaticPolicy.for_peak(self.planner, self.models, loads)
-        if name == "static-mean":
-            return StaticPolicy.for_mean(self.planner, self.models, loads)
+            req = self.oracle(trace).requirements
+            return StaticPolicy("static-peak", int(req.prefill.max()), int(req.decode.max()))
+        if name == "dynamo":
+            return DynamoPolicy(self.planner, self.models)
         if name == "reactive":
             return ReactivePolicy(self.planner, self.models)
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
@@ -53,6 +73,18 @@ class Scenario:
         return simulate(
             trace, self.prefill, self.decode, self.policy(policy, trace), self.sim, progress=progress
         )
+
+
+def _mean_forecast(load: LoadObservation) -> LoadForecast:
+    return LoadForecast(
+        load.arrival_rate_per_s,
+        load.arrival_rate_per_s,
+        max(load.isl_tokens_mean, 1.0),
+        max(load.osl_tokens_mean, 1.0),
+        load.isl_tokens_cv,
+        load.osl_tokens_cv,
+        load.cached_fraction,
+    )
 
 
 def load_scenario(

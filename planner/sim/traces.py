@@ -54,11 +54,17 @@ class Trace:
     osl_tokens: np.ndarray  # [N] int64 >= 1
     duration_s: float
     description: str = field(default="")
+    # [N] int64: leading prompt tokens whose KV is already cached (prefix reuse); None: no reuse.
+    cached_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
-        if len(self.isl_tokens) != n or len(self.osl_tokens) != n:
-            raise TraceError(f"trace {self.name}: arrival_s, isl and osl lengths differ")
+        if self.cached_tokens is None:
+            object.__setattr__(self, "cached_tokens", np.zeros(n, dtype=np.int64))
+        if len(self.isl_tokens) != n or len(self.osl_tokens) != n or len(self.cached) != n:
+            raise TraceError(f"trace {self.name}: arrival_s, isl, osl and cached_tokens lengths differ")
+        if n and (np.any(self.cached < 0) or np.any(self.cached >= self.isl_tokens)):
+            raise TraceError(f"trace {self.name}: cached_tokens must be in [0, isl)")
         if n and (np.any(np.diff(self.arrival_s) < 0) or self.arrival_s[0] < 0):
             raise TraceError(f"trace {self.name}: arrival_s must be non-negative and sorted")
         if n and (self.isl_tokens.min() < 1 or self.osl_tokens.min() < 1):
@@ -67,8 +73,14 @@ class Trace:
             raise TraceError(
                 f"trace {self.name}: arrival {self.arrival_s[-1]} after duration {self.duration_s}"
             )
-        for arr in (self.arrival_s, self.isl_tokens, self.osl_tokens):
+        for arr in (self.arrival_s, self.isl_tokens, self.osl_tokens, self.cached):
             arr.setflags(write=False)
+
+    @property
+    def cached(self) -> np.ndarray:
+        """[N] int64 cached prompt tokens (zeros without prefix reuse)."""
+        assert self.cached_tokens is not None  # set in __post_init__
+        return self.cached_tokens
 
     @property
     def requests(self) -> int:
@@ -91,6 +103,7 @@ class Trace:
         counts, _ = np.histogram(self.arrival_s[sl], bins=bins, range=(t0, t1))
         osl = self.osl_tokens[sl]
         mean_isl, mean_osl = float(isl.mean()), float(osl.mean())
+        cached = float(self.cached[sl].sum()) / float(isl.sum())
         return LoadObservation(
             arrival_rate_per_s=n / span,
             isl_tokens_mean=mean_isl,
@@ -98,6 +111,7 @@ class Trace:
             isl_tokens_cv=float(isl.std() / mean_isl) if n > 1 else 0.0,
             osl_tokens_cv=float(osl.std() / mean_osl) if n > 1 else 0.0,
             peak_arrival_rate_per_s=float(counts.max()) / (span / bins),
+            cached_fraction=cached,
         )
 
     def interval_loads(self, interval_s: float, peak_window_s: float) -> list[LoadObservation]:

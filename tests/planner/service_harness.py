@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from moeplane.api.enums import Role
 from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import parse_deployment
 from moeplane.operator.builders.pools import build_pool
-from moeplane.planner.kube import KubeClient
+from moeplane.planner.kube import kube_adapters
 from moeplane.planner.service.app import PlannerService, ServiceConfig
 
 from moeplane.bus.keys import DeploymentKeys
@@ -44,17 +45,29 @@ def install(cluster: EmulatedCluster, obj: dict[str, Any]) -> None:
     for role in Role:
         replicas = deployment.spec.pool(role).replicas
         pool = build_pool(deployment, name, "default", role, document.pool(role), replicas)
-        pool["status"] = {"replicas": 1, "readyGroups": 1}
         cluster.apply_object(pool)
+        # Status goes through its subresource, as the operator writes it.
+        cluster.kubectl(
+            "patch",
+            "moepool",
+            pool["metadata"]["name"],
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"replicas": 1, "readyGroups": 1}}),
+        )
 
 
 async def write_requests(
     client: Any, keys: DeploymentKeys, rate_per_s: float, span_s: float, isl: int
 ) -> int:
-    """Served requests at `rate_per_s` over the last `span_s` seconds, within the SLA."""
+    """Served requests at `rate_per_s` over the last `span_s` seconds, within the SLA, each ended
+    by now (records reach the stream when their request ends, 2 s after it came)."""
     now = time.time()
     rng = np.random.default_rng(0)
     arrivals = np.sort(rng.uniform(now - span_s, now - 0.5, int(rate_per_s * span_s)))
+    e2e_s = 2.0
+    arrivals = arrivals[arrivals + e2e_s <= now]  # a record reaches the stream when its request ends
     async with client.pipeline(transaction=False) as pipe:
         for i, at in enumerate(arrivals):
             rec = RequestRecord(
@@ -65,7 +78,7 @@ async def write_requests(
                 osl_tokens=1000,
                 ttft_ms=float(rng.uniform(300, 900)),
                 itl_ms=float(rng.uniform(20, 35)),
-                e2e_ms=30_000.0,
+                e2e_ms=e2e_s * 1e3,
                 arrived_at_s=float(at),
             )
             pipe.xadd(keys.request_metrics(), rec.to_fields())
@@ -86,19 +99,17 @@ class started:
         self.cluster, self.redis_server = cluster, redis_server
 
     async def __aenter__(self) -> tuple[PlannerService, TestClient]:
-        kube = KubeClient.from_environment(str(self.cluster.kubeconfig("planner")))
-        config = ServiceConfig(
-            redis_url=self.redis_server.url, dashboard_token=TOKEN, tick=False, watch_timeout_s=1
-        )
-        self.svc = PlannerService(config, kube)
+        # The planner's own client (the operator's HttpKubeApi), as user `planner`; lists often.
+        source, pools = kube_adapters(str(self.cluster.kubeconfig("planner")), poll_s=0.2)
+        config = ServiceConfig(redis_url=self.redis_server.url, dashboard_token=TOKEN, tick=False)
+        self.svc = PlannerService(config, source, pools)
         self.client = TestClient(TestServer(self.svc.app(), host="127.0.0.1"))
         await self.client.start_server()
         await asyncio.wait_for(self.svc.synced.wait(), 10)
         return self.svc, self.client
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.client.close()
-        self.svc.kube.close()
+        await self.client.close()  # the app's cleanup stops the service and closes its client
 
 
 async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:

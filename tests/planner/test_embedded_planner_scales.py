@@ -1,5 +1,5 @@
 """The planner on the embedded stack (`moeplane up`): its loop observes the stack's Redis, decides
-more groups, and scales the real stack's pool through `EmbeddedBackend`; the dashboard's API and
+more groups, and scales the real stack's pool through the embedded adapters; the dashboard's API and
 Apply work over the in-memory spec (there is no CR in embedded mode)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from moeplane.api.enums import Role
-from moeplane.planner.connectors import PoolBackend
+from moeplane.planner.adapters import DeploymentSource, PoolScaler
 from moeplane.planner.embedded import APPLY_TARGET
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.planner_host import read_manifest, start_planner
@@ -46,20 +46,26 @@ async def overload(stack: EmbeddedStack, span_s: float, rate_per_s: float) -> No
     assert stack.frontend is not None
     now = time.time()
     rng = np.random.default_rng(0)
-    arrivals = np.sort(rng.uniform(now - span_s, now - 0.5, int(rate_per_s * span_s)))
+    arrivals = np.sort(rng.uniform(now - span_s, now - 3.0, int(rate_per_s * span_s)))
     async with stack.frontend.redis.pipeline(transaction=False) as pipe:
         for i, at in enumerate(arrivals):
             rec = RequestRecord(
-                request_id=f"load-{i}", model=PLAN.served_model, status=RequestStatus.OK,
-                isl_tokens=8000, osl_tokens=2000, ttft_ms=float(rng.uniform(4000, 6000)),
-                itl_ms=float(rng.uniform(400, 600)), e2e_ms=40_000.0, arrived_at_s=float(at),
+                request_id=f"load-{i}",
+                model=PLAN.served_model,
+                status=RequestStatus.OK,
+                isl_tokens=8000,
+                osl_tokens=2000,
+                ttft_ms=float(rng.uniform(4000, 6000)),
+                itl_ms=float(rng.uniform(400, 600)),
+                e2e_ms=2_000.0,  # ended by now: the frontend writes a record when its request ends
+                arrived_at_s=float(at),
             )
             pipe.xadd(PLAN.keys.request_metrics(), rec.to_fields())
         await pipe.execute()
 
 
 async def test_the_planner_loop_scales_the_stack(stack: EmbeddedStack, planner) -> None:
-    assert isinstance(planner.backend, PoolBackend)
+    assert isinstance(planner.source, DeploymentSource) and isinstance(planner.pools, PoolScaler)
     key = (PLAN.keys.namespace, PLAN.keys.deployment)
     dp = planner.service.deployments[key]
     await overload(stack, span_s=40.0, rate_per_s=50.0)
@@ -69,7 +75,7 @@ async def test_the_planner_loop_scales_the_stack(stack: EmbeddedStack, planner) 
     grown = [r for r in Role if result.decision.pool(r).desired_groups > 1]
     assert grown, f"the core kept one group per pool: {result.decision.to_dict()}"
     assert result.applied
-    assert planner.backend.scales == [(r, 2) for r in grown]
+    assert planner.pools.scales == [(r, 2) for r in grown]
     for role in grown:
         assert stack.pool_groups(role)[0] == 2
     deadline = time.monotonic() + 40
@@ -80,22 +86,23 @@ async def test_the_planner_loop_scales_the_stack(stack: EmbeddedStack, planner) 
         ["prefill-0", "decode-0", *(f"{r.value}-1" for r in grown)]
     )
     # The in-memory status has the decision, as a CR's status would.
-    obj = planner.backend.get_deployment(*key)
+    obj = await planner.source.get(*key)
     assert obj["status"]["lastDecision"]["applied"] is True
 
-    # The dashboard's API sees the grown pools (the backend's watch reports pool sizes).
-    want = {r.value: {"replicas": 2, "readyReplicas": 2} for r in grown}
+    # The dashboard's API reads the grown pools from the stack.
+    want = {r.value: {"replicas": 2, "readyGroups": 2} for r in grown}
     deadline = time.monotonic() + 10
     async with aiohttp.ClientSession() as http:
         while True:
             async with http.get(f"{planner.url}/api/deployments") as resp:
                 assert resp.status == 200
                 (summary,) = (await resp.json())["deployments"]
-            if all(summary["pools"].get(k) == v for k, v in want.items()):
+            if all({f: summary["pools"].get(k, {}).get(f) for f in v} == v for k, v in want.items()):
                 break
             assert time.monotonic() < deadline, summary["pools"]
             await asyncio.sleep(0.2)
     assert summary["name"] == PLAN.keys.deployment
+
 
 async def test_apply_edits_the_in_memory_spec(stack: EmbeddedStack, planner) -> None:
     key = (PLAN.keys.namespace, PLAN.keys.deployment)
@@ -109,11 +116,10 @@ async def test_apply_edits_the_in_memory_spec(stack: EmbeddedStack, planner) -> 
             assert resp.status == 200, body
     assert body["target"] == APPLY_TARGET
     assert body["generation"] == 2
-    assert planner.backend.get_deployment(*key)["spec"]["sla"]["ttftMs"] == 1500
-    # The service sees the change through the backend's watch, and plans with it.
+    assert (await planner.source.get(*key))["spec"]["sla"]["ttftMs"] == 1500
+    # The service receives the change as an event, and plans with it.
     dp = planner.service.deployments[key]
     deadline = time.monotonic() + 10
     while dp.config.sla.ttft_ms != 1500:
         assert time.monotonic() < deadline, dp.config.sla
         await asyncio.sleep(0.1)
-

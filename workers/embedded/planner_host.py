@@ -1,9 +1,10 @@
 """The planner and its dashboard next to the embedded stack (`moeplane up`, `moeplane demo --planner`).
 
-The planner service runs in the stack's event loop over `EmbeddedBackend`: it observes the
-stack's Redis, scales the stack's pools and serves /dashboard, /api/… and /metrics on its own
-port. The dashboard token comes from MOEPLANE_DASHBOARD_TOKEN or is made up here (the caller
-prints it once); Apply changes the in-memory spec, since there is no CR in embedded mode.
+The planner service runs in the stack's event loop over the embedded adapters
+(`moeplane.planner.embedded`): it observes the stack's Redis, scales the stack's pools and serves
+/dashboard, /api/… and /metrics on its own port. The dashboard token comes from
+MOEPLANE_DASHBOARD_TOKEN or is made up here (the caller prints it once); Apply changes the
+in-memory spec, since there is no CR in embedded mode.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiohttp import web
-    from moeplane.planner.embedded import EmbeddedBackend
+    from moeplane.planner.embedded import EmbeddedDeployments, EmbeddedPools
     from moeplane.planner.service.app import PlannerService
     from moeplane.workers.embedded.stack import EmbeddedStack
 
@@ -42,7 +43,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
 @dataclass
 class EmbeddedPlanner:
     service: PlannerService
-    backend: EmbeddedBackend
+    source: EmbeddedDeployments
+    pools: EmbeddedPools
     runner: web.AppRunner
     url: str
     token: str
@@ -58,15 +60,14 @@ async def start_planner(
     import asyncio
 
     from aiohttp import web
-    from moeplane.planner.embedded import EmbeddedBackend
+    from moeplane.planner.embedded import embedded_adapters
     from moeplane.planner.service.app import PlannerService, ServiceConfig
 
-    backend = EmbeddedBackend(stack, manifest, asyncio.get_running_loop())
+    source, pools = embedded_adapters(stack, manifest)
     config = ServiceConfig(
-        redis_url=stack.redis_url, namespaces=[backend.namespace], dashboard_token=token, tick=tick,
-        watch_timeout_s=5,
+        redis_url=stack.redis_url, namespaces=[source.namespace], dashboard_token=token, tick=tick
     )
-    service = PlannerService(config, backend)
+    service = PlannerService(config, source, pools)
     runner = web.AppRunner(service.app(), access_log=None)
     await runner.setup()
     try:
@@ -77,4 +78,4 @@ async def start_planner(
     except BaseException:
         await runner.cleanup()
         raise
-    return EmbeddedPlanner(service, backend, runner, f"http://{host}:{bound}", token)
+    return EmbeddedPlanner(service, source, pools, runner, f"http://{host}:{bound}", token)
