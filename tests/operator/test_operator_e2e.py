@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,7 +129,7 @@ def test_kubectl_end_to_end(
 
         # 3. Ready once KubeRay (the driver) reports the RayClusters ready.
         kuberay.mark_all_ready()
-        k("wait", "--for=condition=Ready", "moed/deepseek-r1", "--timeout=30s")
+        k("wait", "--for=condition=Ready", "moed/deepseek-r1", "--timeout=120s")
         table = k("get", "moed", "deepseek-r1").stdout.splitlines()
         assert table[0].split()[-2:] == ["READY", "AGE"] and table[1].split()[-2] == "True"
 
@@ -164,7 +165,7 @@ def test_kubectl_end_to_end(
         invalid["metadata"]["name"] = "too-small"
         invalid["spec"]["decode"].update(expertParallel=8, redundantExperts=0)
         k("apply", "-f", "-", input=json.dumps(invalid))
-        k("wait", "--for=condition=Invalid", "moed/too-small", "--timeout=30s")
+        k("wait", "--for=condition=Invalid", "moed/too-small", "--timeout=120s")
         message = jsonpath(
             cluster, "moed", "too-small", "-o", 'jsonpath={.status.conditions[?(@.type=="Invalid")].message}'
         )
@@ -174,7 +175,7 @@ def test_kubectl_end_to_end(
         assert children(cluster, "too-small") == {}
 
         # 6. kubectl delete removes everything (owner references; the finalizer is released).
-        k("delete", "moed", "deepseek-r1", "too-small", "--wait=true", "--timeout=30s")
+        k("delete", "moed", "deepseek-r1", "too-small", "--wait=true", "--timeout=120s")
         assert (
             "No resources found"
             in k("get", "moepools,rayclusters,configmaps,services,deployments", "-l", MANAGED).stderr
@@ -182,14 +183,17 @@ def test_kubectl_end_to_end(
         with urllib.request.urlopen(liveness, timeout=5) as r:
             assert r.status == 200 and "reconciles" in json.loads(r.read())
 
-        # 7. A restart in the middle of a reconcile: the first pool's creation stalls, the operator
-        #    is killed with the engine ConfigMap made and no pool yet; a new one finishes the job.
+        # 7. A restart in the middle of a reconcile: the first pool's creation stalls until the
+        #    operator has been killed (an event, not a duration: however slow the machine, the
+        #    kill lands while the create is held), with the engine ConfigMap made and no pool yet;
+        #    a new one finishes the job.
         stalled: list[bool] = []
+        killed = threading.Event()
 
         async def stall() -> None:  # answers nothing itself: the request then goes to the store
             if not stalled:
                 stalled.append(True)
-                await asyncio.sleep(2)
+                await asyncio.to_thread(killed.wait, 120)  # bounded: a failed test cannot hang here
 
         cluster.emulator["post", kmock.resource("moeplane.io", "v1alpha1", "moepools")] << stall
         k("apply", "-f", str(ROOT / "examples" / "tiny-cpu.yaml"))
@@ -201,6 +205,7 @@ def test_kubectl_end_to_end(
         proc.kill()
         proc.wait()
         assert cluster.find("moeplane.io/v1alpha1", "MoEPool", "tiny-decode") is None
+        killed.set()
     with operator_process(cluster, log):
         cluster.wait_for(
             lambda: len(children(cluster, "tiny").get("RayCluster", [])) == 2,
@@ -208,7 +213,7 @@ def test_kubectl_end_to_end(
             interval_s=0.3,
         )
         kuberay.mark_all_ready()
-        k("wait", "--for=condition=Ready", "moed/tiny", "--timeout=30s")
+        k("wait", "--for=condition=Ready", "moed/tiny", "--timeout=120s")
         found = children(cluster, "tiny")
         assert {kind: len(names) for kind, names in found.items()} == {
             "MoEPool": 2,

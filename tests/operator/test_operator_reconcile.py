@@ -13,10 +13,12 @@ import redis
 import yaml
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.spec import parse_deployment
+from moeplane.operator.kinds import MOEPOOL
 
 from moeplane.bus.keys import DeploymentKeys
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
+from tests.operator.harness import RunningOperator
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +63,69 @@ def owned_names(cluster: EmulatedCluster) -> dict[str, list[str]]:
         key: sorted(o["metadata"]["name"] for o in cluster.list(*kind, "default"))
         for key, kind in kinds.items()
     }
+
+
+# ---- waiting on the operator's own progress, never on the clock ------------------------------------
+# "Several resyncs later" is counted in reconciles the operator ran (its counters), so a slow machine
+# only makes the waits longer, never the assertions weaker. The deadlines are generous bounds.
+WAIT_S = 90.0
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def reconciled(operator: RunningOperator) -> tuple[int, int]:
+    """(MoEDeployment reconciles, MoEPool reconciles) the operator has run so far."""
+    counts = operator.state.counters.reconciles
+    return counts["moedeployments"], counts["moepools"]
+
+
+def wait_resyncs(cluster: EmulatedCluster, operator: RunningOperator, rounds: int, pools: int = 2) -> None:
+    """Until the deployment has been reconciled `rounds` more times (its resync timer reconciles it
+    once per interval, and a valid deployment's reconcile reconciles each of its `pools`)."""
+    d0, p0 = reconciled(operator)
+
+    def done() -> bool:
+        d, p = reconciled(operator)
+        return d - d0 >= rounds and p - p0 >= rounds * pools
+
+    cluster.wait_for(done, timeout_s=WAIT_S, what=f"{rounds} more resync rounds")
+
+
+def wait_quiet(cluster: EmulatedCluster, operator: RunningOperator, rounds: int = 2, pools: int = 2) -> None:
+    """Until `rounds` resync rounds have run since the operator's last write: in-flight handler
+    retries, status updates and Events have settled."""
+    mark: dict[str, Any] = {"writes": -1, "at": (0, 0)}
+
+    def quiet() -> bool:
+        writes = cluster.request_count("operator", writes_only=True)
+        now = reconciled(operator)
+        if writes != mark["writes"]:
+            mark["writes"], mark["at"] = writes, now
+            return False
+        return now[0] - mark["at"][0] >= rounds and now[1] - mark["at"][1] >= rounds * pools
+
+    cluster.wait_for(quiet, timeout_s=WAIT_S, what=f"{rounds} resync rounds without a write")
+
+
+def pool_snapshot(
+    cluster: EmulatedCluster, operator: RunningOperator, pools: list[str]
+) -> tuple[int, dict[str, int]] | None:
+    """(MoEPool reconciles, the operator's requests per verb) as of one instant at which no pool
+    reconcile was in flight, or None when one was. A reconcile holds its pool's lock from its count
+    to its last request, so counts read around an instant with every lock free agree."""
+    first = reconciled(operator)[1], cluster.verb_counts("operator")
+    idle = not any(operator.state.locks(MOEPOOL, "default", pool).locked() for pool in pools)
+    second = reconciled(operator)[1], cluster.verb_counts("operator")
+    return first if idle and first == second else None
+
+
+def idle_snapshot(
+    cluster: EmulatedCluster, operator: RunningOperator, pools: list[str]
+) -> tuple[int, dict[str, int]]:
+    taken = cluster.wait_for(
+        lambda: pool_snapshot(cluster, operator, pools), timeout_s=WAIT_S, what="no pool reconcile in flight"
+    )
+    assert taken is not None
+    return taken
 
 
 def test_children_status_and_a_resync_that_writes_nothing(
@@ -113,16 +178,15 @@ def test_children_status_and_a_resync_that_writes_nothing(
         assert "finalizers" not in decode_pool["metadata"]  # only the deployment's Redis keys need one
 
         # Let in-flight handler retries settle, then count: several resyncs must write nothing.
-        time.sleep(1.5)
-        writes = cluster.request_count("operator", writes_only=True)
-        before = cluster.verb_counts("operator")
-        pool_reconciles = operator.state.counters.reconciles["moepools"]
-        time.sleep(3.5)  # > 3 resync intervals of 1 s
-        assert cluster.request_count("operator", writes_only=True) == writes
-        # Children come from the watch cache; only each pool's RayClusters are listed fresh.
-        after = cluster.verb_counts("operator")
+        wait_quiet(cluster, operator)
+        pools = children["pools"]
+        pool_reconciles, before = idle_snapshot(cluster, operator, pools)
+        wait_resyncs(cluster, operator, rounds=3)
+        ran, after = idle_snapshot(cluster, operator, pools)
+        ran -= pool_reconciles
         delta = {verb: n - before.get(verb, 0) for verb, n in after.items() if n != before.get(verb, 0)}
-        ran = operator.state.counters.reconciles["moepools"] - pool_reconciles
+        assert not {verb: n for verb, n in delta.items() if verb in WRITES}, delta
+        # Children come from the watch cache; only each pool's RayClusters are listed fresh.
         assert ran >= 3 * 2 and delta == {"list": ran}
         # Resyncs never rotate the token.
         assert cluster.get("v1", "Secret", "deepseek-r1-secret")["data"]["grpc-token"] == token
@@ -133,7 +197,7 @@ def test_scale_and_sla_changes(
 ) -> None:
     cluster = kube_crds
     kuberay.auto()
-    with start_operator():
+    with start_operator() as operator:
         apply(cluster, manifest())
         cluster.wait_for(lambda: is_ready(cluster, "deepseek-r1"), what="Ready")
         decode_rc = next(rc for rc in kuberay.rayclusters("default") if "decode" in rc["metadata"]["name"])
@@ -150,7 +214,7 @@ def test_scale_and_sla_changes(
             lambda: cluster.get(*MOED, "deepseek-r1")["status"]["decode"]["readyGroups"] == 2,
             what="two decode groups ready",
         )
-        time.sleep(2.5)  # resyncs of the deployment must not undo the scale
+        wait_resyncs(cluster, operator, rounds=2)  # resyncs of the deployment must not undo the scale
         assert replicas() == 2 and cluster.get(*POOL, "deepseek-r1-decode")["spec"]["replicas"] == 2
 
         before = {
@@ -170,7 +234,7 @@ def test_scale_and_sla_changes(
             lambda: cluster.get(*MOED, "deepseek-r1")["status"]["observedGeneration"] == 2,
             what="the SLA change observed",
         )
-        time.sleep(1.5)
+        wait_resyncs(cluster, operator, rounds=2)
         after = {
             rc["metadata"]["name"]: rc["metadata"]["resourceVersion"] for rc in kuberay.rayclusters("default")
         }
@@ -182,7 +246,7 @@ def test_layout_change_rolls_new_groups_before_removing_old(
     kube_crds: EmulatedCluster, kuberay: KubeRayDriver, start_operator: Any
 ) -> None:
     cluster = kube_crds
-    with start_operator():
+    with start_operator() as operator:
         apply(cluster, manifest())
         cluster.wait_for(lambda: len(kuberay.rayclusters("default")) == 2, what="two RayClusters")
         kuberay.mark_all_ready()
@@ -213,7 +277,7 @@ def test_layout_change_rolls_new_groups_before_removing_old(
         cluster.wait_for(lambda: len(decode()) == 2, what="a new decode RayCluster beside the old one")
         new = next(name for name in decode() if name != old)
         assert cluster.get(*RC, new)["spec"]["workerGroupSpecs"][0]["numOfHosts"] == 9
-        time.sleep(1.5)  # several resyncs while the new group starts: the old one must stay
+        wait_resyncs(cluster, operator, rounds=2)  # resyncs while the new group starts: the old one stays
         assert old in decode() and cluster.get(*POOL, "deepseek-r1-decode")["status"]["readyGroups"] >= 1
         assert condition(cluster.get(*POOL, "deepseek-r1-decode"), "Progressing")["reason"] == "RollingOut"
 
@@ -237,7 +301,7 @@ def test_invalid_spec_is_reported_and_recovers(
     with pytest.raises(SpecInvalid) as info:
         parse_deployment(body)
     expected = "; ".join(info.value.messages)
-    with start_operator():
+    with start_operator() as operator:
         apply(cluster, body)  # the CRD's schema and CEL accept it; only the full validation refuses
         cluster.wait_for(
             lambda: condition(cluster.find(*MOED, "too-small"), "Invalid").get("status") == "True",
@@ -250,10 +314,10 @@ def test_invalid_spec_is_reported_and_recovers(
         )
         assert events[0]["message"] == expected and events[0]["type"] == "Warning"
         assert events[0]["involvedObject"]["name"] == "too-small"
-        time.sleep(1.5)
+        wait_quiet(cluster, operator, pools=0)
         assert owned_names(cluster)["pools"] == [] and kuberay.rayclusters("default") == []
         writes = cluster.request_count("operator", writes_only=True)
-        time.sleep(2.5)
+        wait_resyncs(cluster, operator, rounds=2, pools=0)
         assert cluster.request_count("operator", writes_only=True) == writes  # no Event per resync
 
         fixed = manifest(name="too-small")
@@ -272,7 +336,7 @@ def test_invalid_spec_is_reported_and_recovers(
             lambda: condition(cluster.get(*MOED, "too-small"), "Invalid").get("status") == "True",
             what="Invalid again",
         )
-        time.sleep(1.0)
+        wait_resyncs(cluster, operator, rounds=2, pools=0)  # an invalid spec's resync stops before its pools
         assert len(kuberay.rayclusters("default")) == 2 and len(owned_names(cluster)["pools"]) == 2
 
 

@@ -146,8 +146,8 @@ def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 def test_replica_failure_and_eplb_state_reach_status(
     kube_crds: EmulatedCluster, kuberay: KubeRayDriver, start_operator: Any, redis_server: Any
 ) -> None:
-    torch = pytest.importorskip("torch")
     import redis
+    import torch
     from moeplane.workers.eplb.store import EplbStore
     from moeplane.workers.placement import Placement
 

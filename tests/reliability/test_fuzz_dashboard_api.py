@@ -2,8 +2,7 @@
 planner service on the emulated API server and a real redis-server: never a 500.
 
 What-if answers 200 or 400 naming the field; Apply without the bearer token is always 401 and
-changes nothing; Apply with the token answers 200 or 400 naming the field. Skipped, saying why,
-where the planner service is not there (it was being built alongside these tests).
+changes nothing; Apply with the token answers 200 or 400 naming the field.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kube.cluster import EmulatedCluster
-
-harness = pytest.importorskip("tests.planner.service_harness", reason="the planner service is not built yet")
+from tests.planner import service_harness as harness
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

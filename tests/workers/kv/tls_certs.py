@@ -5,19 +5,16 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import pytest
+from cryptography import x509  # the `test` extra's: a TLS test never skips for want of it
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from moeplane.workers.grpc_security import TLSConfig
 
 
 def self_signed(tmp: Path, server_name: str) -> TLSConfig:
     """An EC key and a one-hour CA certificate for `server_name` in `tmp`, used as the server's
     certificate and the client's root."""
-    pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
     now = datetime.datetime.now(datetime.UTC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -110,9 +109,8 @@ def test_moeplane_pool_exits_1_when_no_head_comes_up(tmp_path: Path, monkeypatch
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     address = f"127.0.0.1:{free_port()}"
-    start = time.monotonic()
+    # That the wait ends at its deadline is the pure loop's (FakeTime, above); here, what it says.
     assert run(parser.parse_args(["--ray-address", address, "--ray-connect-timeout", "1.5"])) == 1
-    assert time.monotonic() - start < 10
     out, err = capsys.readouterr()
     assert f"moeplane pool: waiting for the Ray head at {address} (ConnectionRefusedError" in out
     assert f"moeplane pool: the Ray head at {address} did not come up within 1.5 s (" in err

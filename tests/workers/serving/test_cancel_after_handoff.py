@@ -54,7 +54,7 @@ async def test_cancel_after_handoff_releases_the_lease(prefill) -> None:
     assert used == leased == 5  # 40 tokens in blocks of 8, held for the decode side
 
     assert await client.cancel("h1") is True
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 30.0  # a generous bound: the release is an event
     while await blocks(server) != (0, 0):
         assert time.monotonic() < deadline, f"blocks still held after Cancel: {await blocks(server)}"
         await asyncio.sleep(0.05)
@@ -74,7 +74,11 @@ async def test_prefill_reports_its_queue_time(prefill) -> None:
     sampling = SamplingParams(temperature=0.0, max_tokens=1)  # finishes at its first token
     # A long prompt keeps the step loop busy (chunks of 32 tokens); the short one queues behind it.
     long_task = asyncio.ensure_future(client.prefill("q-long", list(range(200)), sampling))
-    await asyncio.sleep(0.02)
+    # Until the long one holds blocks (it is in the step loop): an event, not a guessed 20 ms.
+    deadline = time.monotonic() + 30.0
+    while not long_task.done() and (await blocks(server))[0] == 0:
+        assert time.monotonic() < deadline, "the long prefill never reached the step loop"
+        await asyncio.sleep(0.005)
     short = await client.prefill("q-short", [7, 8, 9], sampling)
     long = await long_task
     for reply in (long, short):

@@ -80,11 +80,11 @@ async def test_garbage_request_bytes_are_invalid_argument(server, method: str, r
         with pytest.raises(grpc.aio.AioRpcError) as info:
             if CONTROL_SERVICE.methods_by_name[method].server_streaming:
                 stream = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
-                async for _ in stream(raw, timeout=10, metadata=metadata):
+                async for _ in stream(raw, timeout=30, metadata=metadata):
                     pass
             else:
                 unary = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
-                await unary(raw, timeout=10, metadata=metadata)
+                await unary(raw, timeout=30, metadata=metadata)
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value
         assert f"{request_type} does not parse ({len(raw)} bytes)" in (info.value.details() or "")
 

@@ -68,7 +68,8 @@ async def generate(
     return tokens, text, reason
 
 
-async def wait_blocks_free(server: ControlServer, timeout_s: float = 10.0) -> list[int]:
+async def wait_blocks_free(server: ControlServer, timeout_s: float = 30.0) -> list[int]:
+    """The ranks' used blocks once all are free, or as they stand after a generous `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         stats = await server.controller.stats()

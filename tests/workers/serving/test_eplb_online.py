@@ -5,6 +5,11 @@ The ranks count their routed tokens, upload windows to a real Redis, the group's
 the imbalance and publishes placement v1, and the ranks move expert weights between forward
 passes while requests keep streaming. No request fails, greedy output equals the single-process
 reference before, across and after the switch, and the balancedness the workers measure rises.
+
+Nothing here depends on how fast the machine is: the traffic runs until the group reports a
+measured rebalanced placement (an event, under a generous deadline), and when the balancer acts
+is not asserted, only that it did and what it did (the version advanced, weights moved, a request
+in flight across the switch kept its exact tokens).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import random
 import time
 import uuid
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -20,6 +26,7 @@ import redis
 from moeplane.api.enums import EplbMode, Role
 from moeplane.api.presets import model_preset
 from moeplane.workers.eplb.controller import ControllerConfig, Rebalance
+from moeplane.workers.eplb.driver import GroupEplbStatus
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.eplb.store import EplbStore
 from moeplane.workers.model import RandomWeights
@@ -33,6 +40,7 @@ from moeplane.workers.serving.controller import GroupController, GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
 from moeplane.workers.serving.sequence import FinishReason, SamplingParams
 
+from moeplane.bus.eplb import PoolEplbStatus
 from moeplane.bus.keys import DeploymentKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -44,7 +52,7 @@ SEED = 5
 WEIGHTS = SkewedWeights(RandomWeights(ARCH, SEED), ARCH, RoutingSkew(hot_experts=(4, 5, 6), bias=1.0))
 SCHED = SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=16, max_model_len=512)
 INTERVAL_S = 2.0
-DEADLINE_S = 60.0
+DEADLINE_S = 240.0  # a bound on a hang, not an expectation: a healthy run settles in seconds
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -90,19 +98,38 @@ async def test_rebalance_under_traffic_keeps_outputs_and_raises_balancedness(gro
     state = full_state_dict(ARCH, WEIGHTS)
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     fixed = list(range(40, 60))
+    # No traffic has run yet, so the balancer has had nothing to act on: this starts under v0. On a
+    # slow machine the balancer may act before it finishes; then it is one of the spanning requests.
     before, reason, v_start, v_end = await run(controller, "fixed-before", fixed, greedy)
-    assert (v_start, v_end) == (0, 0), "the balancer acted before the first request finished"
+    assert v_start == 0, "the balancer acted with no traffic"
     assert before == reference_greedy(ARCH, state, fixed, 12) and reason is FinishReason.LENGTH
 
-    # Traffic until the group runs a rebalanced placement and has measured it.
+    # Traffic until the group runs a rebalanced placement and has measured it more balanced, and the
+    # pool's status (what the operator and the planner read) says so too. Measurements are over
+    # sliding windows of whatever traffic ran; the wait absorbs a noisy window on a slow machine.
     rng = random.Random(0)
-    results: dict[str, tuple[list[int], list[int], FinishReason | None, int, int]] = {}
+    results: dict[str, tuple[list[int], list[int], FinishReason | None, int, int]] = {
+        "fixed-before": (fixed, before, reason, v_start, v_end)
+    }
+    store = EplbStore(redis.Redis.from_url(redis_server.url), keys, Role.DECODE)
+    seen: dict[str, Any] = {}
     deadline = time.monotonic() + DEADLINE_S
 
     def settled() -> bool:
+        if seen:
+            return True
         s = controller.eplb_status()
         assert s is not None
-        return s.moving_to is None and s.measured_version is not None and s.measured_version >= 1
+        first = s.last_rebalance
+        if s.moving_to is not None or not s.measured_version or not isinstance(first, Rebalance):
+            return False
+        if s.measured is None or s.measured <= first.measured + 0.1:
+            return False
+        pool = store.read_status()
+        if not pool.balancedness_version or pool.balancedness is None or pool.balancedness <= first.measured:
+            return False
+        seen.update(status=s, pool=pool)
+        return True
 
     async def client(worker: int) -> None:
         n = 0
@@ -115,9 +142,13 @@ async def test_rebalance_under_traffic_keeps_outputs_and_raises_balancedness(gro
             n += 1
 
     await asyncio.gather(*(client(i) for i in range(6)))
-    status = controller.eplb_status()
-    assert status is not None and settled(), f"no measured rebalance within {DEADLINE_S:.0f}s: {status}"
+    assert settled(), f"no measured rebalance within {DEADLINE_S:.0f}s: {controller.eplb_status()}"
+    status: GroupEplbStatus = seen["status"]
     assert status.rebalances >= 1 and status.placement_version >= 1
+    first = status.last_rebalance
+    assert isinstance(first, Rebalance) and first.moved_slots > 0
+    assert first.expected_after > first.expected_before  # the balancer's own prediction, same window
+    assert status.measured is not None and status.measured > first.measured + 0.1
 
     assert results and all(why is FinishReason.LENGTH for _, _, why, _, _ in results.values())
     spanning = [rid for rid, (*_, v0, v1) in results.items() if v0 == 0 and v1 >= 1]
@@ -129,17 +160,10 @@ async def test_rebalance_under_traffic_keeps_outputs_and_raises_balancedness(gro
     after, reason, *_ = await run(controller, "fixed-after", fixed, greedy)
     assert after == before and reason is FinishReason.LENGTH
 
-    first = status.last_rebalance
-    assert isinstance(first, Rebalance) and first.moved_slots > 0
-    assert status.measured is not None and status.measured > first.measured + 0.1, (
-        f"measured balancedness {first.measured:.3f} under v0, {status.measured:.3f} after"
-    )
     # What the operator and the planner read: the pool's version and measured balancedness.
-    store = EplbStore(redis.Redis.from_url(redis_server.url), keys, Role.DECODE)
-    pool = store.read_status()
+    pool: PoolEplbStatus = seen["pool"]
     assert pool.placement_version is not None and pool.placement_version >= 1
     assert pool.balancedness_version is not None and pool.balancedness_version >= 1
-    assert pool.balancedness is not None and pool.balancedness > first.measured
-    stored = store.read_placement()
-    assert stored is not None and stored.version == pool.placement_version
+    stored = store.read_placement()  # placements only advance: a later one may have followed
+    assert stored is not None and stored.version >= pool.placement_version
     store.client.close()
