@@ -9,11 +9,11 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from moeplane.codegen.chart import ChartValues
 from tests.charts.chartkit import CHART_DIR, NAMESPACE, ROOT, chart, one, render, values_file, values_files
+from tests.example_manifests import example_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -121,12 +121,13 @@ def test_good_values_pass_both(name: str) -> None:
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
-def test_every_example_fits_deployments_values(example: str) -> None:
+def test_every_example_fits_deployments_values(example: str, hf_checkpoint: Any) -> None:
     """The examples' specs pass the chart's schema (the CRD's model in JSON Schema form) and
-    render into MoEDeployments the API accepts."""
+    render into MoEDeployments the API accepts (local-checkpoint.yaml's placeholder replaced by a
+    real checkpoint, as a user's)."""
     from moeplane.api.spec import parse_deployment
 
-    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc = example_manifest(ROOT / "examples" / example, hf_checkpoint("deepseek-v3"))
     values = {"deployments": [{"name": doc["metadata"]["name"], "namespace": "models", "spec": doc["spec"]}]}
     chart().validate_schema(values)
     rendered = one(render(values), "MoEDeployment", doc["metadata"]["name"])
