@@ -332,4 +332,6 @@ class RedisObserver:
             return list(kept)
 
     async def workers(self) -> list[WorkerGroup]:
-        return await WorkerRegistry(self.client, self.keys).live_groups()
+        """Every registered group in any state (live, draining, restarting, failed): the dashboard's
+        group health shows them all, and draining groups still hold requests in flight."""
+        return await WorkerRegistry(self.client, self.keys).groups()
