@@ -9,6 +9,10 @@ that has none outstanding and polls the outstanding ones:
   rank hangs (SIGSTOP, a wedged driver, a dead host). Requiring a peer's answer keeps a machine
   that is merely overloaded (every rank slow alike) from restarting healthy groups; a rank with no
   watched peer, or silent for `10 * timeout_s`, is declared hung on time alone.
+  The timeout adapts to the machine (as a phi-accrual detector does): it is at least
+  `LATENCY_FACTOR` times the slowest of the last `LATENCY_WINDOW` answers from any rank, so when
+  the host is so busy that healthy ranks answer in a second, silence of a few seconds is load, not
+  a hang; on a quiet host the answers take a poll interval and `timeout_s` holds.
 Either verdict is delivered once, on the event loop, to the group's callback, and the group is no
 longer watched (its supervisor restarts it with fresh ranks, watched anew).
 
@@ -25,7 +29,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,14 @@ import ray
 log = logging.getLogger(__name__)
 
 Verdict = Callable[[str], None]
+
+LATENCY_FACTOR = 4.0  # a hang is this many times slower than the slowest recent healthy answer
+LATENCY_WINDOW = 64  # answers remembered, over all watched ranks
+
+
+def hang_timeout_s(timeout_s: float, recent_latencies_s: Iterable[float]) -> float:
+    """The silence after which a rank hangs: `timeout_s`, or more when recent answers were slow."""
+    return max(timeout_s, LATENCY_FACTOR * max(recent_latencies_s, default=0.0))
 
 
 class LivenessError(ValueError):
@@ -65,6 +78,7 @@ class LivenessProbe:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.num_rounds = 0
+        self._latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)  # of answered pings
         self._watched: dict[str, _Watched] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,17 +143,19 @@ class LivenessProbe:
                     return f"rank {rank} died ({type(exc).__name__})"
                 except Exception as exc:  # answered, but with an error: the rank is still there
                     log.debug("rank %d ping answered with %s", rank, exc)
+                self._latencies_s.append(time.monotonic() - r.sent_at_s)
                 r.ping, r.answered_sent_at_s = None, r.sent_at_s
         return None
 
     def _hung(self, entry: _Watched, every: list[_Rank], now: float) -> str | None:
+        timeout_s = hang_timeout_s(self.timeout_s, self._latencies_s)
         for rank, r in enumerate(entry.ranks):
-            if r.ping is None or now - r.sent_at_s <= self.timeout_s:
+            if r.ping is None or now - r.sent_at_s <= timeout_s:
                 continue
             peers = [q for q in every if q is not r]
             answered = any(q.answered_sent_at_s > r.sent_at_s for q in peers)
-            if answered or not peers or now - r.sent_at_s > 10 * self.timeout_s:
-                return f"rank {rank} hung (no liveness answer in {self.timeout_s:g} s)"
+            if answered or not peers or now - r.sent_at_s > 10 * timeout_s:
+                return f"rank {rank} hung (no liveness answer in {timeout_s:.3g} s)"
         return None
 
     def _deliver(self, key: str, entry: _Watched, reason: str) -> None:
