@@ -1,6 +1,8 @@
 """What load to size for: the coming load (to grow for) and the recent loads (to shrink under).
 
-- **Coming load.** The last interval as observed; on a confirmed rise (the rate went up
+- **Coming load.** The last interval as observed, its prompt mix the heavier of the last
+  interval's and the scale-down window's (Mooncake's mix drifts to longer prompts: sizing on
+  the window's mean alone left TTFT over target for minutes); on a confirmed rise (the rate went up
   `trend_intervals` intervals in a row) the predictor's forecast over the start-up horizon instead,
   times `1 + z × recent relative forecast error`, so groups started now serve the rise. Without a
   confirmed trend a forecast only adds noise: a burst is met by the scale-down window, which
@@ -169,7 +171,12 @@ def _with_mix(load: LoadForecast, service_s: float | None) -> LoadForecast:
 
 def coming_load(config: PlannerConfig, state: PlannerState) -> tuple[LoadForecast, bool]:
     """(the load to grow for, whether it is a forecast on a confirmed rise)."""
+    # Grow for the heavier of the window's prompt mix and the last interval's: a shift to longer
+    # (or less cached) prompts is met now, while shrinking keeps reading the window's mean.
     mix = mix_service_s(config, state)
+    recent = state.history[-1].load.prefill_service_s if state.history else None
+    if mix is not None and recent is not None:
+        mix = max(mix, recent)
     last = _with_mix(state.history[-1].load, mix) if state.history else LoadForecast(0.0, 0.0, 1.0, 1.0)
     slope = rising_slope(config, state)
     if slope <= 0:

@@ -279,3 +279,27 @@ def test_bad_inputs_and_settings_are_named() -> None:
         PlannerConfig(sla=SLA, headroom=0.8, scale_down_headroom=0.9)
     with pytest.raises(PlannerConfigError, match=r"sla\.percentile"):
         SlaTargets(100, 10, percentile=100)
+
+
+def test_growth_meets_a_heavier_prompt_mix_at_once(r1_models) -> None:
+    """An interval of heavier prompts (longer, less cached) is sized for itself, not diluted in
+    the scale-down window's mean (Mooncake's mix drifts so; the mean left TTFT over target)."""
+    from moeplane.planner.perf.capacity import mean_service_s
+
+    cfg = config(prefill_scale_down_window_s=600, decode_scale_down_window_s=600)
+    light = mean_service_s(r1_models.prefill, 2000, 0.6, cfg.prefill_batch_tokens)
+
+    def mixed(at_s: float, service_s: float, groups: int) -> TickInput:
+        seen = LoadObservation(
+            800, 2000, 2000, 0.6, 0.6, peak_arrival_rate_per_s=800, prefill_service_s=service_s
+        )
+        return TickInput(at_s, seen, ObservedPool(Role.PREFILL, groups), ObservedPool(Role.DECODE, 4))
+
+    p = Planner(cfg, r1_models)
+    groups = 1
+    for i in range(5):
+        groups = p.on_tick(mixed(60 * (i + 1), light, groups)).prefill.desired_groups
+    heavy = p.on_tick(mixed(360, 3 * light, groups)).prefill.desired_groups
+    needed = size_prefill(r1_models, cfg, replace(load(800), prefill_service_s=3 * light)).groups
+    diluted = size_prefill(r1_models, cfg, replace(load(800), prefill_service_s=light * 8 / 6)).groups
+    assert heavy == needed and needed is not None and diluted is not None and needed > diluted > groups - 1
