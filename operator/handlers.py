@@ -31,6 +31,7 @@ from moeplane.operator.context import (
     snapshot,
 )
 from moeplane.operator.eplb_status import EplbReader
+from moeplane.operator.groups import GroupBook
 from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, Kind
 from moeplane.operator.kube import ApiError, HttpKubeApi, KubeApi
 from moeplane.operator.reconcile import Outcome, reconcile_deployment, reconcile_pool
@@ -48,6 +49,8 @@ class OperatorState:
         self.reported: dict[tuple[str, str, str], str] = {}
         self._api = api
         self.eplb = EplbReader(config.redis_url) if config.redis_url else None
+        # Serving readiness, drains and rollouts read the worker registry in the same Redis.
+        self.groups = GroupBook(config.redis_url) if config.redis_url else None
         self.secrets_written: dict[tuple[str, str], str] = {}
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
@@ -78,6 +81,7 @@ class OperatorState:
             counters=self.counters,
             reported=self.reported,
             eplb=self.eplb,
+            groups=self.groups,
             secrets_written=self.secrets_written,
         )
 
@@ -86,6 +90,8 @@ class OperatorState:
             await self._api.close()
         if self.eplb is not None:
             await self.eplb.close()
+        if self.groups is not None:
+            await self.groups.close()
 
 
 def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
-from moeplane.workers.pool.plan import PoolOptions, group_spec, groups_that_fit, reconcile
+from moeplane.api import podcontract
+from moeplane.workers.pool.plan import PoolOptions, group_spec, groups_that_fit, reconcile_indices
+from moeplane.workers.pool.replicas import DrainBook, ReplicaNodes, complete_groups, replica_nodes
 from moeplane.workers.pool.settings import PoolSettings
 from moeplane.workers.registry.heartbeat import Heartbeat
 from moeplane.workers.registry.registrar import stats_snapshot
@@ -64,23 +67,52 @@ class PoolRunner:
         self.progress = progress
         self.groups: dict[int, RunningGroup] = {}
         self._registry: WorkerRegistry | None = None
+        self._drains: DrainBook | None = None
+        self._replicas: dict[int, ReplicaNodes] = {}
+        self._retired: dict[int, frozenset[str]] = {}  # drained groups' nodes, by replica index
+        self._acked: frozenset[str] = frozenset()  # requested groups found not running, answered
 
     def desired_groups(self) -> int:
         if self.options.groups is not None:
             return self.options.groups
         return groups_that_fit(cluster_resources(), self.settings, self.options)
 
+    def desired_indices(self) -> list[int]:
+        """The groups to run: one per complete KubeRay replica group (workers/pool/replicas.py), or
+        0..n-1 for the n that fit a Ray cluster whose nodes carry no replica labels."""
+        if self.options.groups is not None:
+            return list(range(self.options.groups))
+        gpu = self.settings.device == "cuda"
+        unit, per_rank = ("GPU", 1.0) if gpu else ("CPU", self.options.cpus_per_rank)
+        replicas = replica_nodes(ray.nodes(), unit)
+        if not replicas:
+            return list(range(self.desired_groups()))
+        self._replicas = replicas
+        self._retired = {i: ids for i, ids in self._retired.items() if i in replicas}
+        return complete_groups(
+            replicas, self.settings.group.nodes_per_group, per_rank * self.settings.ep_size, self._retired
+        )
+
     async def start(self) -> PoolRunner:
         redis_client = async_redis(self.settings.redis_url)
         self._registry = WorkerRegistry(redis_client, self.settings.keys, ttl_s=self.options.registry_ttl_s)
+        self._drains = DrainBook(redis_client, self.settings.keys)
         return self
 
     async def reconcile_once(self) -> None:
+        if self._drains is not None:
+            requested = await self._drains.requested()
+            for i in [i for i, g in self.groups.items() if g.group_id in requested]:
+                await self._drain(i)
+            await self._ack_idle(requested)
+        else:
+            requested = frozenset()
         failed = [i for i, g in self.groups.items() if not g.healthy]
         for i in failed:
             group = self.groups[i]
             log.warning("group %s failed: %s", group.group_id, group.server.controller.status_message)
-        plan = reconcile(self.desired_groups(), self.groups, failed)
+        want = [i for i in self.desired_indices() if self.settings.group_id(i) not in requested]
+        plan = reconcile_indices(want, self.groups, failed)
         for i in reversed(plan.stop):
             await self._stop_group(i)
         for i in plan.start:
@@ -118,6 +150,48 @@ class PoolRunner:
         self.progress(f"group {spec.group_id} serving on {advertised}")
         return RunningGroup(index, spec.group_id, advertised, server, client, beat)
 
+    async def _drain(self, index: int) -> None:
+        """Take group `index` out of service on the operator's request, then stop it: deregistered
+        first, so routers stop choosing it (a frontend keeps a group up to one registry TTL after its
+        last sighting), then stopped once it holds no request, or at `drain_timeout_s`."""
+        group = self.groups.pop(index)
+        self.progress(f"draining group {group.group_id}")
+        await group.beat.stop(deregister=True)
+        opts = self.options
+        started = time.monotonic()
+        hold_until = started + opts.registry_ttl_s + 2 * opts.heartbeat_s
+        while time.monotonic() - started < opts.drain_timeout_s:
+            if time.monotonic() >= hold_until and await _idle(group.client):
+                break
+            await asyncio.sleep(0.2)
+        await group.client.close()
+        try:
+            await group.server.stop()
+        except Exception:
+            log.warning("group %s did not stop cleanly", group.group_id, exc_info=True)
+        rep = self._replicas.get(index)
+        if rep is not None:
+            self._retired[index] = rep.node_ids
+        if self._drains is not None:
+            await self._drains.done(group.group_id)
+            self._acked |= {group.group_id}
+        self.progress(f"group {group.group_id} drained and stopped")
+
+    async def _ack_idle(self, requested: frozenset[str]) -> None:
+        """A requested group of this pool that is not running (it failed to start, or its replica
+        is incomplete) is drained already: say so, and keep it stopped on those nodes."""
+        s = self.settings
+        self._acked &= requested
+        for gid in requested - self._acked:
+            index = podcontract.group_index(gid, s.pool_name, s.revision)
+            if index is None or index in self.groups or self._drains is None:
+                continue
+            rep = self._replicas.get(index)
+            if rep is not None:
+                self._retired[index] = rep.node_ids
+            await self._drains.done(gid)
+            self._acked |= {gid}
+
     async def _stop_group(self, index: int) -> None:
         group = self.groups.pop(index)
         self.progress(f"stopping group {group.group_id}")
@@ -134,6 +208,15 @@ class PoolRunner:
         if self._registry is not None:
             await self._registry.client.aclose()
             self._registry = None
+
+
+async def _idle(client: WorkerControlClient) -> bool:
+    """No request queued or running, and no KV block in use (a handoff's lease included)."""
+    try:
+        stats = await client.stats(timeout_s=2.0)
+    except Exception:
+        return True  # it does not answer: nothing of it can finish any more
+    return stats.queue_depth == 0 and stats.num_used_blocks == 0
 
 
 def _routable(host: str) -> str:
