@@ -137,6 +137,9 @@ HOST_INDEX_ENV = "MOEPLANE_HOST_INDEX"
 RAY_LABELS_ENV = "RAY_OVERRIDE_LABELS"
 NODE_REPLICA_LABEL = "moeplane.io/replica-index"  # a Ray node label, not a Kubernetes one
 NODE_HOST_LABEL = "moeplane.io/host-index"
+# `moeplane pool --ready-file`: present while every group the pool should run is up; the head
+# pod's readiness probe (KubeRay's head Service publishes not-ready addresses, so workers still join).
+POOL_READY_FILE = "/tmp/moeplane-pool.ready"
 
 
 def group_id(pool: str, revision: str, index: int) -> str:

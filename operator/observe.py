@@ -161,6 +161,8 @@ class PoolObservation:
             and self.current_ready >= self.desired_groups
             and (self.current is not None and self.current.replicas == self.desired_groups)
             and (self.serving is None or not self.serving.draining)
+            # Serving readiness includes the head's own (its `moeplane pool` probe: every group up).
+            and (self.serving is None or self.current.head_ready)
         )
 
     @property

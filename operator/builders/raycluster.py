@@ -52,7 +52,14 @@ WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
 POOL_CONTAINER = "moeplane-pool"
-POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane`
+POOL_ARGS = ("pool", "--host", "0.0.0.0", "--ready-file", pc.POOL_READY_FILE)  # entrypoint `moeplane`
+# Serving readiness: Ready while every EP group the pool should run is up (workers/pool/runner.py).
+POOL_READINESS = {
+    "exec": {"command": ["cat", pc.POOL_READY_FILE]},
+    "periodSeconds": 2,
+    "timeoutSeconds": 2,
+    "failureThreshold": 1,
+}
 RAY_TMP_VOLUME = pc.RAY_TMP_VOLUME
 RAY_TMP_DIR = pc.RAY_TMP_DIR
 EPLB_LOAD_VOLUME = pc.EPLB_LOAD_VOLUME
@@ -188,6 +195,7 @@ def pool_sidecar(
         "args": list(POOL_ARGS),
         "env": [*pool_env(pool, pool_name, revision, config), *model.env, *podparts.user_env(pool.pod)],
         "resources": config.pool_resources,
+        "readinessProbe": POOL_READINESS,
         "securityContext": podparts.container_security_context(pool.pod),
         "volumeMounts": [
             *_POOL_MOUNTS,

@@ -38,6 +38,7 @@ class PoolOptions:
     reconcile_s: float = 5.0
     start_timeout_s: float = 600.0
     drain_timeout_s: float = 120.0  # a draining group still busy after this is stopped anyway
+    ready_file: str | None = None  # present while every group the pool should run is up
 
     def __post_init__(self) -> None:
         if self.groups is not None and self.groups < 0:

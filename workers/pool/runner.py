@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from moeplane.workers.serving.controller import GroupController
 from moeplane.workers.serving.service import ControlServer
 
 from moeplane.bus.redis_client import async_redis
-from moeplane.bus.registry import WorkerRegistry
+from moeplane.bus.registry import GroupState, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class PoolRunner:
         self._replicas: dict[int, ReplicaNodes] = {}
         self._retired: dict[int, frozenset[str]] = {}  # drained groups' nodes, by replica index
         self._acked: frozenset[str] = frozenset()  # requested groups found not running, answered
+        self.ready = False
 
     def desired_groups(self) -> int:
         if self.options.groups is not None:
@@ -114,7 +116,10 @@ class PoolRunner:
         want = [i for i in self.desired_indices() if self.settings.group_id(i) not in requested]
         plan = reconcile_indices(want, self.groups, failed)
         for i in reversed(plan.stop):
-            await self._stop_group(i)
+            if i in failed:
+                await self._stop_group(i, restarting=self.groups[i].server.controller.status_message)
+            else:
+                await self._stop_group(i)
         for i in plan.start:
             try:
                 self.groups[i] = await self._start_group(i)
@@ -122,6 +127,21 @@ class PoolRunner:
                 log.exception("group %s did not start", self.settings.group_id(i))
                 gid = self.settings.group_id(i)
                 self.progress(f"group {gid} did not start ({type(exc).__name__}: {exc}); retrying")
+        self.ready = set(want) <= {i for i, g in self.groups.items() if g.healthy}
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        """The sidecar's readiness probe reads this file: present while every group the pool should
+        run is up (0 groups: ready), absent otherwise."""
+        path = self.options.ready_file
+        if path is None:
+            return
+        if self.ready:
+            with open(path, "w") as f:
+                f.write(" ".join(g.group_id for g in self.groups.values()) + "\n")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until `stop` is set, then stop every group."""
@@ -192,10 +212,25 @@ class PoolRunner:
             await self._drains.done(gid)
             self._acked |= {gid}
 
-    async def _stop_group(self, index: int) -> None:
+    async def _stop_group(self, index: int, restarting: str | None = None) -> None:
+        """Stop group `index`: deregistered, or (`restarting`: why it failed) left in the registry
+        as restarting with its heartbeat stopped, so that routers skip it and the operator reports
+        it (Degraded) until the group started again registers live under the same id."""
         group = self.groups.pop(index)
-        self.progress(f"stopping group {group.group_id}")
-        await group.beat.stop(deregister=True)
+        why = f" to restart it: {restarting}" if restarting else ""
+        self.progress(f"stopping group {group.group_id}{why}")
+        last = group.beat.last_group
+        await group.beat.stop(deregister=restarting is None)
+        if restarting is not None and last is not None and self._registry is not None:
+            record = last.model_copy(
+                update={"state": GroupState.RESTARTING, "message": restarting or "failed"}
+            )
+            keys = self.settings.keys
+            with contextlib.suppress(Exception):  # Redis down: its TTL lapses, which says as much
+                async with self._registry.client.pipeline(transaction=True) as pipe:
+                    pipe.hset(keys.workers(), group.group_id, record.model_dump_json())
+                    pipe.delete(keys.worker_alive(group.group_id))
+                    await pipe.execute()
         await group.client.close()
         try:
             await group.server.stop()
@@ -203,6 +238,8 @@ class PoolRunner:
             log.warning("group %s did not stop cleanly", group.group_id, exc_info=True)
 
     async def stop(self) -> None:
+        self.ready = False
+        self._write_ready()
         for index in sorted(self.groups, reverse=True):
             await self._stop_group(index)
         if self._registry is not None:
