@@ -149,6 +149,14 @@ def group_id(pool: str, revision: str, index: int) -> str:
     return f"{pool}{rev}-g{index}"
 
 
+def of_pool(group: str, pool: str) -> bool:
+    """Whether `group` is a `group_id` of `pool` (any revision)."""
+    head, sep, index = group.rpartition("-g")
+    if not (sep and index.isdigit()):
+        return False
+    return head == pool or head.rpartition("-")[0] == pool
+
+
 def group_index(group: str, pool: str, revision: str) -> int | None:
     """The replica index in a `group_id` of this pool revision; None for another pool or revision."""
     head = group_id(pool, revision, 0)[:-1]

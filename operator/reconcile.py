@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from moeplane.api import podcontract as pc
 from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.runtime import resolve_runtime
@@ -288,7 +289,9 @@ async def _roll(
     selector = f"{names.POOL_LABEL}={names.label_value(name)},{RAY_NODE_TYPE_LABEL}=worker"
     pods = await ctx.api.list(POD, namespace, selector)
     views = cluster_views(name, current_name, live.values(), pods, reading)
-    plan = plan_pool(spec.replicas, spec.rollout.max_surge_groups, views, reading.bookkept)
+    # The drain bookkeeping is the deployment's: this pool answers only for its own groups.
+    mine_kept = [g for g in reading.bookkept if pc.of_pool(g, name)]
+    plan = plan_pool(spec.replicas, spec.rollout.max_surge_groups, views, mine_kept)
     mine = views[0]
     change = plan.changes.get(current_name)
     replicas = change.replicas if change else mine.replicas if existing else spec.replicas

@@ -51,3 +51,10 @@ def test_group_ids_name_pool_revision_and_replica_index() -> None:
     assert pc.group_index(gid, "tiny-decode", "ab12cd34") == 7
     assert pc.group_index(gid, "tiny-decode", "00000000") is None
     assert pc.group_index("tiny-decode-ab12cd34-gx", "tiny-decode", "ab12cd34") is None
+
+
+def test_group_ids_belong_to_one_pool() -> None:
+    assert pc.of_pool("tiny-decode-ab12cd34-g0", "tiny-decode")
+    assert pc.of_pool("tiny-decode-g3", "tiny-decode")  # no revision (embedded)
+    assert not pc.of_pool("tiny-decode-ab12cd34-g0", "tiny-prefill")
+    assert not pc.of_pool("tiny-decode-ab12cd34-g0", "tiny")
