@@ -1,20 +1,25 @@
-"""Load test of the embedded stack: `python bench/load.py [--quick] [--json OUT]`.
+"""Load, overload and rank kills on the embedded stack (`moeplane up`'s topology: one prefill and one
+decode group, EP2 each): `python bench/load.py [--quick] [--json OUT]`.
 
-Closed loop: `concurrency` clients each send their next streaming completion when the last one
-ends (short prompts, `max_tokens` 4, `ignore_eos`), 2,000 requests at concurrency 64 in the full
-run. Checked, and printed with the measurements:
+1. load: closed loop, `concurrency` clients each send their next streaming completion when the last
+   one ends (short prompts, `max_tokens` 4, `ignore_eos`), 2,000 requests at concurrency 64 in the
+   full run; the baseline for the ratios is the same requests at concurrency 1 (a tenth as many).
+2. overload (the issue's): 96 requests of 128 prompt and 256 output tokens at concurrency 64, more
+   KV than the decode group holds: requests wait in the frontend's queue and decode preempts.
+   Reported: failures (target 0), the queue wait p50/p99 (the frontend's admission queue, and
+   arrival to the start of prefill, from the request-metrics stream), preemptions.
+3. kills (`load_kill.py`): kill -9 of a decode rank, then of a prefill rank, under a steady load,
+   with spare rank actors (the default) and, as the baseline, without (fresh processes): time to
+   detection, to service restored (the first request sent after the kill that succeeds) and to
+   full strength (every group live again); targets 5 s and 30 s; failed requests (target 0).
 
-- every answer is 200, or 503 with a Retry-After header (over capacity): anything else is an error;
-- no KV block is held on any rank of any group afterwards;
-- the RSS of each process (this process, which runs the frontend; each Ray rank actor; redis-server)
-  grows by less than 10% between the end of the second quarter of the run and its end.
+Checked, and printed with the measurements: every answer is 200 (503 with Retry-After only past the
+queue); no KV block is held on any rank afterwards; the RSS of each process (this one, which runs
+the frontend; each rank actor; redis-server) grows by less than 10% between the end of the second
+quarter of the load run and its end. JSON: `runs`, `overload`, `kills`, `rss_kb`, `checks`.
 
-The baseline for the ratios is a run of the same requests at concurrency 1 (a tenth as many),
-measured in the same process: throughput and latency under load relative to an idle stack.
-JSON: `runs` (baseline and load), `rss_kb` per process and `checks`.
-
-The test tier (tests/reliability/test_stack_faults.py) imports this file's `run_load` and runs a
-smaller bounded version that checks the same properties.
+The test tier (tests/reliability/test_stack_faults.py, test_group_faults.py) imports this file's
+`run_load` and runs bounded versions that check the same properties.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -45,6 +51,7 @@ class Outcome:
     e2e_ms: float = 0.0
     ttft_ms: float | None = None
     output_tokens: int = 0
+    request_id: str = ""
 
 
 @dataclass
@@ -105,37 +112,13 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def _children(ppid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The second field (the command) may hold spaces and parentheses: split after the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == ppid:
-            out.append(int(entry.name))
-    return out
-
-
-def rank_actor_pids() -> dict[str, int]:
-    """The Ray rank-actor processes of this process's Ray instance, by a stable name."""
-    import ray
-
-    node = ray._private.worker._global_node  # this driver's own node: never another user's Ray
-    raylet_pids = [p.process.pid for p in node.all_processes.get("raylet", [])]
-    pids = []
-    for raylet in raylet_pids:
-        for pid in _children(raylet):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::RankWorker"):
-                pids.append(pid)
-    return {f"rank-actor-{i}": pid for i, pid in enumerate(sorted(pids))}
+def group_rank_pids(stack: Any) -> dict[str, int]:
+    """The processes of the serving groups' rank actors (an `EmbeddedStack`'s), by a stable name."""
+    return {
+        f"{g.group_id}/rank{r}": ident.pid
+        for g in stack.groups
+        for r, ident in enumerate(g.controller.identities)
+    }
 
 
 async def one_request(
@@ -155,6 +138,7 @@ async def one_request(
     tokens = 0
     try:
         async with http.post(url + "/v1/completions", json=body) as resp:
+            rid = resp.headers.get("X-Request-Id", "")
             if resp.status != 200:
                 retry = resp.headers.get("Retry-After")
                 text = await resp.text()
@@ -185,6 +169,7 @@ async def one_request(
         (end - start) * 1e3,
         None if first is None else (first - start) * 1e3,
         tokens,
+        rid,
     )
 
 
@@ -197,9 +182,10 @@ async def run_load(
     pids: dict[str, int],
     label: str = "load",
     progress: Callable[[int, int], None] = lambda d, n: None,
+    prompt: str | None = None,
 ) -> LoadRun:
-    """`requests` completions from `concurrency` closed-loop clients; RSS of `pids` sampled at the
-    start and after each quarter of the requests."""
+    """`requests` completions from `concurrency` closed-loop clients (each its own short prompt, or
+    `prompt` for all); RSS of `pids` sampled at the start and after each quarter of the requests."""
     marks = {requests * q // 4 for q in (1, 2, 3)}
     run = LoadRun(label, requests, concurrency, 0.0, rss_kb={n: [rss_kb(p)] for n, p in pids.items()})
     next_index = 0
@@ -213,8 +199,8 @@ async def run_load(
             while next_index < requests:
                 i = next_index
                 next_index += 1
-                prompt = f"request {i} from client {c}: " + "moe " * (i % 7)
-                run.outcomes.append(await one_request(http, url, model, prompt, max_tokens))
+                text = prompt if prompt is not None else f"request {i} from client {c}: " + "moe " * (i % 7)
+                run.outcomes.append(await one_request(http, url, model, text, max_tokens))
                 done += 1
                 progress(done, requests)
                 if done in marks:
@@ -261,10 +247,53 @@ def _bar(done: int, total: int) -> None:
         print(f"\r  {done}/{total} requests", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
+async def queue_waits(stack: Any, outcomes: Sequence[Outcome]) -> dict[str, float]:
+    """p50/p99 of the admission-queue wait and of arrival-to-prefill, from the request-metrics stream."""
+    from moeplane.bus.request_metrics import read_request_records
+
+    assert stack.frontend is not None
+    await stack.frontend.writer.flush()
+    records, _ = await read_request_records(stack.frontend.redis, stack.plan.keys, count=100_000)
+    ids = {o.request_id for o in outcomes}
+    mine = [r for r in records if r.request_id in ids]
+    admission = np.array([r.admission_queue_ms or 0.0 for r in mine] or [0.0])
+    queue = np.array([r.queue_ms or 0.0 for r in mine] or [0.0])
+    return {
+        "records": len(mine),
+        "admission_queue_p50_ms": float(np.percentile(admission, 50)),
+        "admission_queue_p99_ms": float(np.percentile(admission, 99)),
+        "queue_p50_ms": float(np.percentile(queue, 50)),
+        "queue_p99_ms": float(np.percentile(queue, 99)),
+    }
+
+
+async def preemptions(stack: Any) -> int:
+    """Sequences preempted on every rank of every group since it started (their Stats)."""
+    from moeplane.workers.serving.client import WorkerControlClient
+
+    total = 0
+    for g in stack.groups:
+        client = WorkerControlClient(g.address, stack.security)
+        try:
+            total += sum(r.num_preemptions for r in (await client.stats()).ranks)
+        finally:
+            await client.close()
+    return total
+
+
 async def _main(quick: bool) -> dict:
+    import importlib.util
+
     import ray
     from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
     from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
+
+    path = Path(__file__).parent / "load_kill.py"
+    spec = importlib.util.spec_from_file_location("moeplane_bench_load_kill", path)
+    assert spec is not None and spec.loader is not None
+    kill = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = kill
+    spec.loader.exec_module(kill)
 
     requests, concurrency = (400, 64) if quick else (2000, 64)
     plan = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), max_model_len=512)
@@ -273,28 +302,52 @@ async def _main(quick: bool) -> dict:
     await stack.start(lambda m: print(f"  {m}", file=sys.stderr))
     try:
         assert stack.redis is not None and stack.redis._proc is not None
-        pids = {"frontend": os.getpid(), "redis": stack.redis._proc.pid, **rank_actor_pids()}
+        pids = {"frontend": os.getpid(), "redis": stack.redis._proc.pid, **group_rank_pids(stack)}
         print(f"baseline: {requests // 10} requests at concurrency 1", file=sys.stderr)
         base = await run_load(stack.url, plan.served_model, requests // 10, 1, 4, {}, "baseline", _bar)
         print(f"load: {requests} requests at concurrency {concurrency}", file=sys.stderr)
         load = await run_load(stack.url, plan.served_model, requests, concurrency, 4, pids, "load", _bar)
-        leaked = await wait_no_blocks([g.address for g in stack.groups])
+        print("overload: 96 requests of 128 + 256 tokens at concurrency 64", file=sys.stderr)
+        preempted_before = await preemptions(stack)
+        prompt = "x" * 127  # + BOS: 128 tokens
+        over = await run_load(stack.url, plan.served_model, 96, 64, 256, {}, "overload", _bar, prompt=prompt)
+        waits = await queue_waits(stack, over.outcomes)
+        preempted = await preemptions(stack) - preempted_before
+        kills = []
+        for role in ("decode", "prefill"):
+            for spares in (False, True):
+                how = "with" if spares else "without"
+                print(f"kill -9 of a {role} rank, {how} spare ranks", file=sys.stderr)
+                kills.append(await kill.measure_kill(stack, role, spares, one_request))
+        leaked = await wait_no_blocks([g.address for g in stack.groups], stack.security)
     finally:
         await stack.stop()
         if ray.is_initialized():
             ray.shutdown()
+    return report(base, load, over, waits, preempted, kills, leaked)
+
+
+def report(
+    base: LoadRun, load: LoadRun, over: LoadRun, waits: dict[str, float], preempted: int, kills: list[Any],
+    leaked: dict[str, list[int]],
+) -> dict:
     growth = load.rss_growth()
+    with_spares = [k for k in kills if k.spares]
     checks = {
         "no_errors_but_503_retry_after": not load.errors,
+        "overload_no_failed_requests": over.ok == over.requests,
+        "kill_restored_within_5s": all(k.restored_s is not None and k.restored_s <= 5.0 for k in with_spares),
+        "kill_full_strength_within_30s": all(k.full_s is not None and k.full_s <= 30.0 for k in kills),
+        "kill_no_failed_requests": all(not k.failed for k in kills),
         "no_leaked_kv_blocks": not any(any(u) for u in leaked.values()),
         "rss_growth_under_10pct": all(g < RSS_GROWTH_LIMIT for g in growth.values()),
     }
-    b, s = base.summary(), load.summary()
+    b, s, o = base.summary(), load.summary(), over.summary()
     print(
         f"\n{'run':<10}{'requests':>9}{'ok':>7}{'503':>6}{'errors':>8}{'req/s':>9}{'e2e p50':>10}"
         f"{'e2e p90':>10}{'e2e p99':>10}{'ttft p50':>10}"
     )
-    for run, m in ((base, b), (load, s)):
+    for run, m in ((base, b), (load, s), (over, o)):
         print(
             f"{run.label:<10}{run.requests:>9}{run.ok:>7}{len(run.shed):>6}{len(run.errors):>8}"
             f"{m['requests_per_s']:>9.1f}{m['e2e_p50_ms']:>10.0f}{m['e2e_p90_ms']:>10.0f}"
@@ -305,36 +358,51 @@ async def _main(quick: bool) -> dict:
         f"e2e p50 x{s['e2e_p50_ms'] / max(b['e2e_p50_ms'], 1e-9):.2f}"
     )
     print(
+        f"overload: {over.ok}/{over.requests} ok, {len(over.outcomes) - over.ok} failed; admission queue "
+        f"wait p50 {waits['admission_queue_p50_ms']:.0f} ms, p99 {waits['admission_queue_p99_ms']:.0f} ms; "
+        f"arrival to prefill p50 {waits['queue_p50_ms']:.0f} ms, p99 {waits['queue_p99_ms']:.0f} ms; "
+        f"{preempted} preemptions; {o['output_tokens_per_s']:.0f} output tokens/s"
+    )
+    print(
+        f"\n{'kill -9':<10}{'spares':>8}{'detect s':>10}{'restored s':>12}{'full s':>8}{'requests':>10}"
+        f"{'failed':>8}"
+    )
+    for k in kills:
+        print(
+            f"{k.role:<10}{'yes' if k.spares else 'no':>8}{_num(k.detect_s):>10}{_num(k.restored_s):>12}"
+            f"{_num(k.full_s):>8}{k.requests:>10}{len(k.failed):>8}"
+        )
+    print(
         "RSS growth, 2nd quarter -> end: "
         + ", ".join(f"{n} {g * 100:+.1f}%" for n, g in sorted(growth.items()))
     )
     print("checks: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in checks.items()))
-    for o in load.errors[:5]:
-        print(f"  error: HTTP {o.status} {o.error}")
+    for e in [*load.errors[:5], *[x for x in over.outcomes if not x.ok][:5]]:
+        print(f"  error: HTTP {e.status} {e.error}")
     return {
         "runs": [
             {
-                "label": r.label,
-                "requests": r.requests,
-                "concurrency": r.concurrency,
-                "ok": r.ok,
-                "shed_503": len(r.shed),
-                "errors": len(r.errors),
-                "wall_s": r.wall_s,
-                **r.summary(),
+                "label": r.label, "requests": r.requests, "concurrency": r.concurrency, "ok": r.ok,
+                "shed_503": len(r.shed), "errors": len(r.errors), "wall_s": r.wall_s, **r.summary(),
             }
-            for r in (base, load)
+            for r in (base, load, over)
         ],
         "ratios": {
             "requests_per_s": s["requests_per_s"] / max(b["requests_per_s"], 1e-9),
             "e2e_p50": s["e2e_p50_ms"] / max(b["e2e_p50_ms"], 1e-9),
         },
+        "overload": {"failed": over.requests - over.ok, "preemptions": preempted, **waits},
+        "kills": [k.as_dict() for k in kills],
         "rss_kb": load.rss_kb,
         "rss_growth": growth,
         "leaked_blocks": leaked,
         "checks": checks,
         "errors_sample": [asdict(o) for o in load.errors[:20]],
     }
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main() -> int:

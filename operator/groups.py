@@ -74,7 +74,7 @@ class GroupBook:
         try:
 
             async def both() -> tuple[list[WorkerGroup], list[Any], list[Any], list[Any]]:
-                groups = await WorkerRegistry(client, keys).live_groups()
+                groups = await WorkerRegistry(client, keys).groups()  # any state, heartbeat alive
                 return (
                     groups,
                     await client.hkeys(keys.workers()),

@@ -21,6 +21,14 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
+
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID_REQUEST: _ClassVar[ErrorKind]
+    ERROR_KIND_KV_TRANSFER: _ClassVar[ErrorKind]
+    ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_GROUP_FAILED: _ClassVar[ErrorKind]
 ROLE_UNSPECIFIED: Role
 ROLE_PREFILL: Role
 ROLE_DECODE: Role
@@ -29,6 +37,11 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_ERROR: FinishReason
+ERROR_KIND_UNSPECIFIED: ErrorKind
+ERROR_KIND_INVALID_REQUEST: ErrorKind
+ERROR_KIND_KV_TRANSFER: ErrorKind
+ERROR_KIND_INTERNAL: ErrorKind
+ERROR_KIND_GROUP_FAILED: ErrorKind
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "seed", "max_tokens", "stop", "ignore_eos", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "allowed_token_ids", "min_tokens", "stop_token_ids", "include_stop_str_in_output", "keep_special_tokens", "logprobs", "prompt_logprobs", "output_offset")
@@ -154,7 +167,7 @@ class DecodeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., first_token_id: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., kv: _Optional[_Union[_kv_transfer_pb2.KVHandle, _Mapping]] = ...) -> None: ...
 
 class TokenEvent(_message.Message):
-    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "error", "num_output_tokens", "logprobs", "prompt_logprobs", "has_prompt_logprobs", "stop_reason")
+    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "error", "num_output_tokens", "logprobs", "prompt_logprobs", "has_prompt_logprobs", "stop_reason", "error_kind")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +178,7 @@ class TokenEvent(_message.Message):
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     HAS_PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
@@ -175,7 +189,8 @@ class TokenEvent(_message.Message):
     prompt_logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
     has_prompt_logprobs: bool
     stop_reason: StopReason
-    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error: _Optional[str] = ..., num_output_tokens: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., has_prompt_logprobs: _Optional[bool] = ..., stop_reason: _Optional[_Union[StopReason, _Mapping]] = ...) -> None: ...
+    error_kind: ErrorKind
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error: _Optional[str] = ..., num_output_tokens: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., has_prompt_logprobs: _Optional[bool] = ..., stop_reason: _Optional[_Union[StopReason, _Mapping]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -212,7 +227,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RankStats(_message.Message):
-    __slots__ = ("rank", "num_blocks", "num_used_blocks", "num_leased_blocks", "num_running", "num_waiting", "num_steps")
+    __slots__ = ("rank", "num_blocks", "num_used_blocks", "num_leased_blocks", "num_running", "num_waiting", "num_steps", "num_preemptions")
     RANK_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     NUM_USED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +235,7 @@ class RankStats(_message.Message):
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     rank: int
     num_blocks: int
     num_used_blocks: int
@@ -227,7 +243,8 @@ class RankStats(_message.Message):
     num_running: int
     num_waiting: int
     num_steps: int
-    def __init__(self, rank: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_leased_blocks: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_steps: _Optional[int] = ...) -> None: ...
+    num_preemptions: int
+    def __init__(self, rank: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_used_blocks: _Optional[int] = ..., num_leased_blocks: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("role", "group_id", "block_size", "num_free_blocks", "num_used_blocks", "queue_depth", "ranks")

@@ -32,10 +32,12 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance per test session: actors cost ~300 MB and seconds each on 2 cores."""
+    """One local Ray instance per test session (127.0.0.1 only, as `moeplane up` runs it): actors cost
+    ~300 MB and seconds each on 2 cores."""
     import ray
+    from moeplane.workers.embedded.ray_local import init_local_ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        init_local_ray(num_cpus=4)
     yield ray
     ray.shutdown()

@@ -1,7 +1,8 @@
 """What the worker processes derive from the runtime document (`moeplane.api.runtime`), in one place
-for `moeplane pool` (`pool/settings.py`, `pool/plan.py`) and `moeplane up` (`embedded/plan.py`):
-the scheduler limits, the KV blocks of a rank, the device and dtype, the weights every rank loads,
-and the placement a pool starts on. The tokenizer is the document's `model.tokenizer`, loaded by
+for `moeplane pool` (`pool/settings.py`, `pool/plan.py`), `moeplane frontend` and `moeplane up`
+(`embedded/plan.py`): the scheduler limits, the frontend's queue and request limits, the KV blocks
+of a rank, the device and dtype, the weights every rank loads, and the placement a pool starts on.
+The tokenizer is the document's `model.tokenizer`, loaded by
 the frontend and every rank alike (`load_tokenizer`).
 """
 
@@ -17,6 +18,7 @@ from moeplane.api.runtime import EngineDocument, ServingRuntime, kv_blocks_per_r
 from moeplane.workers.eplb.static import model_static_placement
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.config import SchedulerConfig
+from moeplane.workers.serving.limits import ServingLimits
 
 
 def scheduler_config(serving: ServingRuntime) -> SchedulerConfig:
@@ -25,6 +27,21 @@ def scheduler_config(serving: ServingRuntime) -> SchedulerConfig:
         max_num_batched_tokens=serving.max_num_batched_tokens,
         max_num_seqs=serving.max_num_seqs,
         max_model_len=serving.max_model_len,
+    )
+
+
+def serving_limits(serving: ServingRuntime, request_timeout_s: float | None = None) -> ServingLimits:
+    """spec.serving as the frontend and ranks take it: the batching limits, the admission queue
+    (maxQueuedRequests, queueTimeoutSeconds) and the request timeout (requestTimeoutSeconds, or
+    `request_timeout_s` when a flag overrides it; the queue's wait is then capped by it)."""
+    timeout_s = request_timeout_s or serving.request_timeout_seconds
+    return ServingLimits(
+        max_num_batched_tokens=serving.max_num_batched_tokens,
+        max_num_seqs=serving.max_num_seqs,
+        max_model_len=serving.max_model_len,
+        max_queued_requests=serving.max_queued_requests,
+        queue_timeout_s=min(serving.queue_timeout_seconds, timeout_s),
+        request_timeout_s=timeout_s,
     )
 
 

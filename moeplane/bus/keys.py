@@ -44,6 +44,10 @@ class DeploymentKeys:
         pods may now be deleted."""
         return self.prefix + "drain:done"
 
+    def worker_epoch(self, group_id: str) -> str:
+        """The group's fence: the lowest incarnation the registry still accepts from its writers."""
+        return self.prefix + f"epoch:{group_id}"
+
     def request_metrics(self) -> str:
         """Stream of per-request metrics, capped with MAXLEN."""
         return self.prefix + "requests"

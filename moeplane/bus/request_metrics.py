@@ -47,7 +47,13 @@ class RequestRecord(BaseModel):
     finish_reason: str | None = None
     isl_tokens: int = Field(ge=0, description="Prompt tokens.")
     osl_tokens: int = Field(ge=0, description="Output tokens.")
-    queue_ms: float | None = Field(None, ge=0, description="Arrival to the start of prefill.")
+    queue_ms: float | None = Field(
+        None, ge=0, description="Arrival to the start of prefill: the frontend's queue, then prefill's."
+    )
+    admission_queue_ms: float | None = Field(
+        None, ge=0, description="Of queue_ms, the wait in the frontend's admission queue for KV capacity."
+    )
+    retries: int = Field(0, ge=0, description="Times the request moved to another group after a failure.")
     ttft_ms: float | None = Field(None, ge=0, description="Arrival to the first output token.")
     itl_ms: float | None = Field(None, ge=0, description="Mean gap between output tokens.")
     itl_max_ms: float | None = Field(None, ge=0, description="Largest gap between output tokens.")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.model.tokenizer import ByteTokenizer
+from moeplane.workers.serving.limits import ServingLimits
 from moeplane.workers.serving.loop import LoopThread
 
 from moeplane.bus.keys import DeploymentKeys
@@ -122,8 +123,10 @@ PATHS = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]
 def frontend(redis_server) -> Iterator[int]:
     loop = LoopThread("fuzz-frontend")
     keys = DeploymentKeys("test", f"fuzz-{uuid.uuid4().hex[:8]}")
+    # No group is registered: a valid request waits its (short) turn in the queue, then gets 503.
     server = FrontendServer(
-        FrontendConfig(served_model="tiny", max_model_len=512), redis_server.url, keys, ByteTokenizer()
+        FrontendConfig(served_model="tiny", max_model_len=512), redis_server.url, keys, ByteTokenizer(),
+        limits=ServingLimits(max_model_len=512, queue_timeout_s=0.05),
     )
     url = loop.run(server.start())
     yield int(url.rsplit(":", 1)[1])

@@ -1,57 +1,56 @@
 """`EmbeddedStack`: the whole product on 127.0.0.1, no cluster (`moeplane up`, `moeplane demo`).
 
-Start order: a private redis-server, local Ray, the serving groups (each a `GroupController`
-with its gRPC control service in this process and one Ray actor per EP rank), a heartbeat per
-group into the Redis registry, then the frontend, which is ready once the router sees a live
-group of each role. `stop()` undoes it in reverse: nothing it started survives it, Ray's
-processes and redis-server included.
+Start order: a private redis-server, a local Ray whose every process listens on 127.0.0.1
+(`ray_local`), one `GroupSupervisor` per pool (prefill, decode) that starts its groups (each a
+`GroupController` with its gRPC control service in this process and one Ray actor per EP rank, a
+CPU share each), registers them, probes them and keeps them alive, then the frontend, which is
+ready once the router sees a live group of each role. `stop()` undoes it in reverse: nothing it
+started survives it, Ray's processes and redis-server included.
 
-Each group runs on its pool's planned placement (`redundantExperts` extra slots, or the static
-load file's placement) and, unless `spec.eplb.mode` is off, counts its expert load into Redis;
-in online mode its controller also rebalances (see `moeplane.workers.eplb.driver`).
+The supervisors are the same class `moeplane pool` runs in Kubernetes (see
+`moeplane.workers.supervisor`): a rank that dies or hangs gets its group marked restarting at once
+and restarted as a unit; `/health` reports it. Each group runs on its pool's planned placement
+(`redundantExperts` extra slots, or the static load file's placement) and, unless
+`spec.eplb.mode` is off, counts its expert load into Redis; in online mode its controller also
+rebalances (see `moeplane.workers.eplb.driver`).
 
-`scale_pool` resizes a pool while it serves (the planner's embedded back end calls it): new
-groups start from the same group spec and register; surplus groups first leave the registry and
-the frontend's routing, then are stopped only once every request they hold has ended (bounded by
-`drain_timeout_s`), so a shrink never strands a request.
+`scale_pool` resizes a pool while it serves (the planner's embedded back end calls it): new groups
+start from the same group spec and register once live; surplus groups drain (they refuse new
+requests and finish theirs, bounded by `drain_timeout_s`) and are then stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from moeplane.api.enums import Role
 from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.embedded.plan import EmbeddedPlan, PoolPlan
-from moeplane.workers.embedded.scaling import (
-    GroupLoad,
-    ScaleError,
-    check_groups,
-    group_idle,
-    next_indices,
-    surplus,
-)
+from moeplane.workers.embedded.ray_local import init_local_ray
+from moeplane.workers.embedded.scaling import ScaleError, check_groups
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import load_tokenizer
-from moeplane.workers.registry.heartbeat import Heartbeat
-from moeplane.workers.registry.registrar import stats_snapshot
+from moeplane.workers.runtime import serving_limits
 from moeplane.workers.serving.actor import RankSpec
-from moeplane.workers.serving.client import WorkerControlClient
 from moeplane.workers.serving.config import Role as EngineRole
-from moeplane.workers.serving.controller import GroupController, GroupSpec
+from moeplane.workers.serving.controller import GroupSpec
 from moeplane.workers.serving.engine import EngineConfig
-from moeplane.workers.serving.service import ControlServer
+from moeplane.workers.serving.limits import ServingLimits
+from moeplane.workers.supervisor.group import PoolIdentity, SupervisedGroup
+from moeplane.workers.supervisor.placement import LocalCpuShares
+from moeplane.workers.supervisor.policy import RestartPolicy
+from moeplane.workers.supervisor.supervisor import GroupSupervisor, SupervisorOptions
 
 from moeplane.bus.redis_client import async_redis
-from moeplane.bus.registry import WorkerRegistry
+from moeplane.bus.registry import GroupState, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +70,28 @@ class StackOptions:
     redis_url: str | None = None  # None: start a private redis-server
     eplb_publish_s: float | None = None  # load-window uploads; None: a quarter of spec.eplb's window
     drain_timeout_s: float = 120.0  # a shrink waits this long at most for a group's requests
-    drain_poll_s: float = 0.25
+    drain_poll_s: float = 0.2
     api_key: str | None = None  # the frontend requires it (issue 14); None: open
+    liveness_timeout_s: float = 1.4  # a rank silent this long is declared hung
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # Rank actors each pool keeps spawned ahead, so a restart need not wait for new processes to
+    # import torch (~300 MB each); None: one group's worth (the pool's EP size).
+    spare_ranks: int | None = None
+    # The frontend's queue and limits; None: the runtime document's spec.serving (maxQueuedRequests,
+    # queueTimeoutSeconds), with `request_timeout_s` as the request timeout.
+    serving: ServingLimits | None = None
 
 
 @dataclass(frozen=True)
-class RunningGroup:
-    group_id: str
-    role: Role
-    address: str
+class _Launcher:
+    """The embedded `GroupLauncher`: the plan's group specs, ranks as local CPU shares."""
 
+    stack: EmbeddedStack
+    pool: PoolPlan
+    placement: LocalCpuShares = field(default_factory=LocalCpuShares)
 
-@dataclass
-class _Member:
-    group: RunningGroup
-    server: ControlServer
-    client: WorkerControlClient
-    beat: Heartbeat
+    def group_spec(self, index: int) -> GroupSpec:
+        return self.stack.group_spec(self.pool, index)
 
 
 class EmbeddedStack:
@@ -98,26 +102,38 @@ class EmbeddedStack:
         self.redis: LocalRedis | None = None
         self.redis_url = ""
         self.frontend: FrontendServer | None = None
-        self._members: list[_Member] = []
+        self.supervisors: dict[Role, GroupSupervisor] = {}
         self._registry: WorkerRegistry | None = None
         self._owns_ray = False
         self._desired: dict[Role, int] = {r: plan.pool(r).num_groups for r in Role}
-        self._scale_lock = asyncio.Lock()
         self._scaling: set[asyncio.Task[None]] = set()
-        self.num_drain_timeouts = 0
 
     @property
-    def groups(self) -> list[RunningGroup]:
-        return [m.group for m in self._members]
+    def groups(self) -> list[SupervisedGroup]:
+        """Every group the supervisors hold (any state), prefill first, by index."""
+        return [
+            g for role in (Role.PREFILL, Role.DECODE) if role in self.supervisors
+            for _, g in sorted(self.supervisors[role].groups.items())
+        ]
+
+    def group(self, group_id: str) -> SupervisedGroup:
+        for g in self.groups:
+            if g.group_id == group_id:
+                return g
+        raise KeyError(f"no group {group_id!r}")
 
     @property
     def url(self) -> str:
         return self.frontend.url if self.frontend is not None else ""
 
     @property
-    def servers(self) -> dict[str, ControlServer]:
-        """Each running group's control server by group id (tests stop one to fake a crash)."""
-        return {m.group.group_id: m.server for m in self._members}
+    def num_drain_timeouts(self) -> int:
+        return sum(s.num_drain_timeouts for s in self.supervisors.values())
+
+    @property
+    def limits(self) -> ServingLimits:
+        opts = self.options
+        return opts.serving or serving_limits(self.plan.serving, opts.request_timeout_s)
 
     async def start(self, progress: Progress = lambda _: None) -> EmbeddedStack:
         try:
@@ -136,22 +152,34 @@ class EmbeddedStack:
         else:
             self.redis_url = opts.redis_url
         if not ray.is_initialized():
-            progress("starting local Ray")
+            progress("starting local Ray (127.0.0.1 only)")
             # On this thread: Ray installs its signal handlers only from the main thread.
-            # address="local": always a new private instance, never someone else's cluster.
-            ray.init(
-                address="local", num_cpus=opts.ray_num_cpus, include_dashboard=False, log_to_driver=False,
-                configure_logging=False,
-            )
+            init_local_ray(opts.ray_num_cpus)
             self._owns_ray = True
 
-        redis_client = async_redis(self.redis_url)
-        self._registry = WorkerRegistry(redis_client, plan.keys, ttl_s=opts.registry_ttl_s)
-        specs = [
-            self._group_spec(pool, i) for pool in (plan.prefill, plan.decode) for i in range(pool.num_groups)
-        ]
-        progress(f"starting {len(specs)} groups ({sum(s.ep_size for s in specs)} rank actors)")
-        await self._start_groups(specs)
+        self._registry = WorkerRegistry(async_redis(self.redis_url), plan.keys, ttl_s=opts.registry_ttl_s)
+        supervisor_options = SupervisorOptions(
+            host=opts.host, heartbeat_s=opts.heartbeat_s, liveness_timeout_s=opts.liveness_timeout_s,
+            probe_timeout_s=opts.start_timeout_s, drain_timeout_s=opts.drain_timeout_s,
+            drain_poll_s=opts.drain_poll_s, restart=opts.restart,
+        )
+        for role in Role:
+            pool = plan.pool(role)
+            identity = PoolIdentity(role, str(role), plan.served_model)
+            spares = pool.ep_size if opts.spare_ranks is None else opts.spare_ranks
+            self.supervisors[role] = GroupSupervisor(
+                identity, _Launcher(self, pool), self._registry, self.security,
+                dataclasses.replace(supervisor_options, spare_ranks=spares),
+                progress=lambda m: log.info("%s", m),
+            )
+        ranks = sum(p.num_ranks for p in (plan.prefill, plan.decode))
+        progress(f"starting {plan.prefill.num_groups + plan.decode.num_groups} groups ({ranks} rank actors)")
+        await asyncio.wait_for(
+            asyncio.gather(*(
+                self.supervisors[r].scale(plan.pool(r).num_groups, strict=True) for r in Role
+            )),
+            opts.start_timeout_s,
+        )
 
         progress("starting the frontend")
         config = FrontendConfig(
@@ -161,47 +189,16 @@ class EmbeddedStack:
         tokenizer = await asyncio.to_thread(load_tokenizer, plan.tokenizer, plan.arch)  # hf://: may fetch
         self.frontend = FrontendServer(
             config, self.redis_url, plan.keys, tokenizer, self.security,
-            registry_ttl_s=opts.registry_ttl_s,
+            registry_ttl_s=opts.registry_ttl_s, limits=self.limits,
         )
         await self.frontend.start(opts.host, opts.port)
         roles = [Role.DECODE] + ([Role.PREFILL] if plan.prefill.num_groups else [])
         await self.frontend.cache.wait_for(roles, timeout_s=30.0)
 
-    async def _start_groups(self, specs: list[GroupSpec]) -> None:
-        """Start the groups' servers together, then register each with a heartbeat."""
-        assert self._registry is not None
-        servers = [ControlServer(GroupController(s), self.security) for s in specs]
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(srv.start(self.options.host) for srv in servers), return_exceptions=True),
-                self.options.start_timeout_s,
-            )
-        except BaseException:  # cancelled or timed out: none of them is a member yet
-            await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
-            raise
-        failed = [r for r in results if isinstance(r, BaseException)]
-        for spec, server, address in zip(specs, servers, results, strict=True):
-            if not isinstance(address, str):
-                continue
-            client = WorkerControlClient(address, self.security)
-            snapshot = stats_snapshot(client, address, self.plan.served_model)
-            beat = Heartbeat(self._registry, snapshot, self.options.heartbeat_s)
-            group = RunningGroup(spec.group_id, Role(spec.role.value), address)
-            self._members.append(_Member(group, server, client, beat))
-            beat.start()
-        if failed:
-            # The servers that did not start may hold actors: stop() reaches only members.
-            await asyncio.gather(
-                *(srv.stop() for srv, r in zip(servers, results, strict=True) if not isinstance(r, str)),
-                return_exceptions=True,
-            )
-            raise failed[0]
-
     def pool_groups(self, role: Role) -> tuple[int, int]:
-        """(desired, ready) groups of the pool: ready ones are running and registered."""
-        ready = sum(
-            1 for m in self._members if m.group.role is role and m.beat.num_published > 0
-        )
+        """(desired, ready) groups of the pool: ready ones are live (registered, probed)."""
+        sup = self.supervisors.get(role)
+        ready = 0 if sup is None else sup.counts()[GroupState.LIVE]
         return self._desired[role], ready
 
     def check_scale(self, role: Role, groups: int) -> int:
@@ -219,78 +216,17 @@ class EmbeddedStack:
         background; call on the stack's event loop. ScaleError if the size is out of bounds."""
         self.check_scale(role, groups)
         self._desired[role] = groups
-        task = asyncio.create_task(self._resize(role), name=f"moeplane-scale-{role}")
+        task = asyncio.create_task(self.supervisors[role].scale(groups), name=f"moeplane-scale-{role}")
         self._scaling.add(task)
         task.add_done_callback(self._scaling.discard)
         return task
 
     async def scale_pool(self, role: Role, groups: int) -> None:
-        """Run `groups` EP groups in the pool. Growing starts and registers new groups; shrinking
-        stops routing to the surplus ones, waits for their requests to end, then stops them."""
+        """Run `groups` EP groups in the pool. Growing starts new groups until they are live;
+        shrinking drains the surplus ones (no new requests; theirs finish), then stops them."""
         await self.request_scale(role, groups)
 
-    async def _resize(self, role: Role) -> None:
-        async with self._scale_lock:  # one resize at a time; the latest request wins
-            groups = self._desired[role]
-            mine = [m.group.group_id for m in self._members if m.group.role is role]
-            if groups > len(mine):
-                pool = self.plan.pool(role)
-                specs = [self._group_spec(pool, i) for i in next_indices(mine, groups - len(mine))]
-                new = [s.group_id for s in specs]
-                log.info("scaling %s %d -> %d: starting %s", role, len(mine), groups, new)
-                await self._start_groups(specs)
-            elif groups < len(mine):
-                gone = set(surplus(mine, groups))
-                log.info("scaling %s %d -> %d: draining %s", role, len(mine), groups, sorted(gone))
-                members = [m for m in self._members if m.group.group_id in gone]
-                await asyncio.gather(*(self._drain_and_stop(m) for m in members))
-
-    async def _drain_and_stop(self, member: _Member) -> None:
-        gid = member.group.group_id
-        # Out of routing first: the registry for every reader, and this frontend's cache at
-        # once (it would otherwise keep a deregistered group for one TTL).
-        await member.beat.stop(deregister=True)
-        if self.frontend is not None:
-            self.frontend.cache.suspect(gid, float("inf"))
-        deadline = time.monotonic() + self.options.drain_timeout_s
-        try:
-            while True:
-                load = await self._group_load(member)
-                if load is not None and group_idle(load):
-                    break
-                if time.monotonic() > deadline:
-                    self.num_drain_timeouts += 1
-                    log.warning("group %s still busy after %.0f s (%s); stopping it", gid,
-                                self.options.drain_timeout_s, load)
-                    break
-                await asyncio.sleep(self.options.drain_poll_s)
-        finally:
-            # Also when the stack stops mid-drain: the group leaves the members only here, and
-            # is stopped right after, so stop() never misses it.
-            self._members.remove(member)
-            await member.client.close()
-            try:
-                await member.server.stop()
-            except Exception:
-                log.warning("group %s did not stop cleanly", gid, exc_info=True)
-
-    async def _group_load(self, member: _Member) -> GroupLoad | None:
-        try:
-            stats = await member.client.stats(timeout_s=5.0)
-        except Exception as exc:
-            log.warning("draining %s: no stats: %s", member.group.group_id, exc)
-            return None
-        inflight = 0
-        if self.frontend is not None:
-            inflight = len(self.frontend.pipeline.inflight.reservations.get(member.group.group_id, ()))
-        return GroupLoad(
-            queue_depth=stats.queue_depth,
-            num_used_blocks=stats.num_used_blocks,
-            num_leased_blocks=sum(r.num_leased_blocks for r in stats.ranks),
-            frontend_inflight=inflight,
-        )
-
-    def _group_spec(self, pool: PoolPlan, index: int) -> GroupSpec:
+    def group_spec(self, pool: PoolPlan, index: int) -> GroupSpec:
         plan = self.plan
         role = EngineRole(pool.role.value)
         engine = EngineConfig(
@@ -307,7 +243,8 @@ class EmbeddedStack:
             publish_s=self.options.eplb_publish_s,
         )
         return GroupSpec(
-            f"{pool.role}-{index}", role, pool.ep_size, rank, self.options.cpus_per_rank, eplb=eplb
+            f"{pool.role}-{index}", role, pool.ep_size, rank, self.options.cpus_per_rank,
+            start_timeout_s=self.options.start_timeout_s, eplb=eplb,
         )
 
     async def stop(self) -> None:
@@ -318,18 +255,14 @@ class EmbeddedStack:
         if self.frontend is not None:
             await self.frontend.stop()
             self.frontend = None
-        members, self._members = self._members, []
-        for m in members:
-            await m.beat.stop(deregister=True)
+        supervisors, self.supervisors = list(self.supervisors.values()), {}
+        results = await asyncio.gather(*(s.stop() for s in supervisors), return_exceptions=True)
+        for err in results:
+            if isinstance(err, BaseException):
+                log.warning("a pool did not stop cleanly: %s", err)
         if self._registry is not None:
             await self._registry.client.aclose()
             self._registry = None
-        for m in members:
-            await m.client.close()
-        results = await asyncio.gather(*(m.server.stop() for m in members), return_exceptions=True)
-        for err in results:
-            if isinstance(err, BaseException):
-                log.warning("a serving group did not stop cleanly: %s", err)
         if self._owns_ray:
             await asyncio.to_thread(ray.shutdown)
             self._owns_ray = False

@@ -91,8 +91,10 @@ class EPComm:
         device: torch.device | str = "cpu",
         timeout_s: float = 60.0,
         backend: CommBackend | None = None,
+        store: dist.Store | None = None,
     ) -> EPComm:
-        """Join the default process group at `init_method` (e.g. tcp://127.0.0.1:PORT).
+        """Join the default process group at `init_method` (e.g. tcp://127.0.0.1:PORT), or through
+        `store` when the caller made the rendezvous store itself (then `init_method` is unused).
 
         `timeout_s` bounds every collective: a rank that never arrives fails the step with an
         error instead of hanging the group. `backend` defaults to the device's (NCCL for cuda);
@@ -111,7 +113,8 @@ class EPComm:
             torch.cuda.set_device(device)
         dist.init_process_group(
             backend=backend.value,
-            init_method=init_method,
+            init_method=None if store is not None else init_method,
+            store=store,
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout_s),

@@ -4,7 +4,17 @@ pipeline.py and output.py, with vLLM's extra endpoints.
 Routes: POST /v1/completions, POST /v1/chat/completions (both streaming and not), GET /v1/models,
 GET /v1/models/{model}, POST /tokenize, POST /detokenize, GET /health, GET /metrics. Every error
 leaves as an OpenAI error body with the request's `X-Request-Id` (middleware.py); with an API key
-configured, everything but /health and /metrics needs it.
+configured, everything but /health and /metrics needs it. Every response is counted by route and
+status code.
+
+/health (the frontend's readiness probe) reports, per role, its groups by state (live, starting,
+draining, restarting, failed, with each group's restarts and reason). It answers 200 only when
+every role can serve, i.e. has a live group (decode always; prefill when any prefill group is
+registered: with none, the deployment runs aggregated); otherwise 503 with the reason. The body's
+`status` is `ok`, `degraded` (every role serves, but a group is restarting or failed: less
+capacity, and the reason) or `unavailable` (503). A degraded pool stays ready on purpose: taking
+every frontend out of its Service because one of several groups restarts would turn one dead rank
+into an outage.
 
 Errors that happen before the first output token (no capacity, a group's refusal, the timeout)
 get their own HTTP status; a stream that already started ends with an error event instead.
@@ -22,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from moeplane.api.enums import Role
 from moeplane.workers.frontend import responses as R
 from moeplane.workers.frontend.errors import (
     FrontendError,
@@ -40,6 +49,7 @@ from moeplane.workers.frontend.generation import (
     plan_choices,
     sampling_params,
 )
+from moeplane.workers.frontend.health import health_report
 from moeplane.workers.frontend.logprobs import TokenNames
 from moeplane.workers.frontend.metrics import CONTENT_TYPE
 from moeplane.workers.frontend.middleware import (
@@ -47,6 +57,7 @@ from moeplane.workers.frontend.middleware import (
     REQUEST_ID_HEADER,
     RESPONSE_ID,
     api_keys,
+    counting,
     openai_errors,
     request_ids,
 )
@@ -98,7 +109,9 @@ class Frontend:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[request_ids, openai_errors, api_keys(self.config.api_key)],
+            middlewares=[
+                counting(self.pipeline.metrics), request_ids, openai_errors, api_keys(self.config.api_key)
+            ],
             client_max_size=8 * 1024 * 1024,
         )
         app.router.add_post("/v1/completions", self.completions)
@@ -263,16 +276,19 @@ class Frontend:
 
     async def health(self, request: web.Request) -> web.Response:
         cache = self.pipeline.cache
-        counts = cache.counts()
-        ready = counts[Role.DECODE] > 0
+        await cache.refresh()  # the registry as of now (one Redis read); the cached copy if it is away
+        report = health_report(cache.all_groups(), cache.counts())
         body = {
-            "status": "ok" if ready else "no_capacity",
+            "status": str(report.status),
+            "reason": report.reason,
             "model": self.config.served_model,
-            "groups": {str(role): n for role, n in counts.items()},
+            "groups": {str(role): n for role, n in cache.counts().items()},  # live, per role
+            "roles": report.roles,
+            "queued_requests": self.pipeline.admission.num_waiting,
             "registry_staleness_s": round(cache.staleness_s, 3),
             "registry_error": cache.last_error,
         }
-        return web.json_response(body, status=200 if ready else 503)
+        return web.json_response(body, status=200 if report.can_serve else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.pipeline.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

@@ -29,7 +29,7 @@ from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import Tokenizer, load_tokenizer
-from moeplane.workers.runtime import checkpoint_location
+from moeplane.workers.runtime import checkpoint_location, serving_limits
 
 from moeplane.bus.keys import DeploymentKeys
 
@@ -99,8 +99,12 @@ async def serve(
 ) -> None:
     tokenizer = frontend_tokenizer(settings.document)
     config = frontend_config(settings.document, request_timeout_s, api_key)
+    # The admission queue and request deadline: spec.serving (maxQueuedRequests,
+    # queueTimeoutSeconds, requestTimeoutSeconds or the flag's timeout).
+    limits = serving_limits(settings.document.serving, config.request_timeout_s)
     server = FrontendServer(
-        config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token)
+        config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token),
+        limits=limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,9 +1,11 @@
-"""The frontend's request middlewares: request ids, API keys and OpenAI error bodies.
+"""The frontend's request middlewares: response counts, request ids, API keys and OpenAI error bodies.
 
-Order (outermost first): `request_ids` gives every request an id and echoes it in `X-Request-Id`
-on every response, errors included; `openai_errors` renders any error as an OpenAI error body;
-`api_keys` refuses a request without the right `Authorization: Bearer <key>` (401), except
-`/health` and `/metrics`, which stay open for probes and scrapers.
+Order (outermost first): `counting` counts every response by route and status code (so the error
+bodies the inner middlewares render are counted with their status); `request_ids` gives every
+request an id and echoes it in `X-Request-Id` on every response, errors included; `openai_errors`
+renders any error as an OpenAI error body; `api_keys` refuses a request without the right
+`Authorization: Bearer <key>` (401), except `/health` and `/metrics`, which stay open for probes
+and scrapers.
 
 A client's `X-Request-Id` is honoured (vLLM): the response's id becomes `cmpl-<it>` (or
 `chatcmpl-<it>`) and the header echoes it unchanged. Without one, the header carries the server's
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, Unauthorized
+from moeplane.workers.frontend.metrics import FrontendMetrics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,24 @@ CLIENT_ID: web.RequestKey[str | None] = web.RequestKey("client_request_id")
 RESPONSE_ID: web.RequestKey[str] = web.RequestKey("response_id", str)
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 _ID_CHARS = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, as a header and a log line allow
+
+
+def counting(metrics: FrontendMetrics) -> Middleware:
+    """A middleware counting responses by route and status code, 4xx and 5xx included."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            metrics.responses.labels(route=route, code=str(exc.status)).inc()
+            raise
+        metrics.responses.labels(route=route, code=str(resp.status)).inc()
+        return resp
+
+    return count
 
 
 @web.middleware

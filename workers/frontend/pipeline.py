@@ -7,10 +7,18 @@ away), the timeout or an error, closes the decode stream, which cancels the requ
 decode group and frees its KV blocks; a prefill whose KV was never pulled is cancelled on its
 prefill group.
 
-Failure rule: a request is never lost silently. A group that fails (UNAVAILABLE, or an error
-event) is routed around and the request tried again, up to `max_attempts`. If tokens were
-already streamed, the retry prefills prompt + those tokens and resumes where it stopped, so
-the client sees one uninterrupted stream; otherwise the request ends with an error message.
+Admission: every attempt gets its route from the `AdmissionQueue`: a request waits there (FIFO,
+bounded) for a live decode group with KV blocks for its prompt, instead of being refused; 503 with
+Retry-After only when the queue is full or the wait times out.
+
+Failure rule: a request is never lost silently. A group that fails (UNAVAILABLE, or an error event
+of kind GROUP_FAILED) is routed around for this request and suspected by the router until it
+registers anew (its supervisor restarted it), and the request is tried again, up to
+`max_attempts`. If tokens were already streamed, the retry prefills prompt + those tokens and
+resumes where it stopped, so the client sees one uninterrupted stream with the same greedy tokens;
+it waits at the head of the queue for a live group, until the request's deadline, if none is
+live. A KV transfer that failed is retried with a fresh prefill on the same groups. Otherwise the
+request ends with an error message. Each migration is one log line.
 """
 
 from __future__ import annotations
@@ -24,13 +32,23 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from moeplane.workers.frontend.admission import AdmissionQueue
 from moeplane.workers.frontend.backend import ClientPool, GroupClient, is_retryable
-from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, UpstreamError
-from moeplane.workers.frontend.metrics import FrontendMetrics
-from moeplane.workers.frontend.router import Inflight, RegistryCache, Reservation, Route, choose_route
+from moeplane.workers.frontend.errors import FrontendError, InvalidRequest, NoCapacity, UpstreamError
+from moeplane.workers.frontend.metrics import FrontendMetrics, RequestSample
+from moeplane.workers.frontend.router import (
+    GroupRef,
+    Inflight,
+    RegistryCache,
+    Reservation,
+    Route,
+    choose_route,
+    ref,
+)
 from moeplane.workers.serving.client import WorkerControlError
+from moeplane.workers.serving.limits import ServingLimits
 from moeplane.workers.serving.logprobs import TokenLogprobs
-from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+from moeplane.workers.serving.sequence import ErrorKind, FinishReason, SamplingParams
 from moeplane.workers.serving.text import TextStream, TokenDecoder
 
 from moeplane.bus.request_metrics import RequestMetricsWriter, RequestRecord, RequestStatus
@@ -71,11 +89,16 @@ class Chunk:
 
 
 class _GroupFailed(Exception):
-    """A group failed this attempt; the request may be retried on another group."""
+    """This attempt failed; the request may be retried. `group` is the run of the group that failed
+    (None: no group's fault, e.g. a KV transfer that may work with a fresh prefill)."""
 
-    def __init__(self, group_id: str, stage: str, message: str) -> None:
-        super().__init__(f"{stage} group {group_id}: {message}")
-        self.group_id = group_id
+    def __init__(self, group: GroupRef | None, stage: str, message: str) -> None:
+        message = message.splitlines()[0] if message else "failed"
+        if group is None or message.startswith(f"group {group[0]}"):
+            super().__init__(f"{stage} {message}")
+        else:
+            super().__init__(f"{stage} group {group[0]}: {message}")
+        self.group = group
         self.stage = stage
 
 
@@ -85,7 +108,7 @@ class Timings:
 
     arrived_at_s: float = field(default_factory=time.time)
     arrived_mono_s: float = field(default_factory=time.monotonic)
-    dispatched_mono_s: float | None = None
+    dispatched_mono_s: float | None = None  # admitted: out of the frontend's queue
     worker_queue_s: float = 0.0  # reported by the prefill group: waiting on its step loop
     first_token_mono_s: float | None = None
     last_token_mono_s: float | None = None
@@ -115,8 +138,9 @@ class Pipeline:
         clients: ClientPool,
         metrics: FrontendMetrics,
         writer: RequestMetricsWriter | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = 4,
         decoder: TokenDecoder | None = None,
+        limits: ServingLimits | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -125,6 +149,9 @@ class Pipeline:
         self.metrics = metrics
         self.writer = writer
         self.max_attempts = max_attempts
+        self.limits = limits or ServingLimits()
+        self.admission = AdmissionQueue(self.limits.max_queued_requests, self.limits.queue_timeout_s)
+        cache.listeners.append(self.admission.wake)
         # Re-derives the text of a resumed request (see `Exchange._resumed_text`); None: trust the
         # groups' text, which can drop a character split across a failure.
         self.decoder = decoder
@@ -143,6 +170,7 @@ class Exchange:
         self.text_sent = ""
         self.finish_reason: FinishReason | None = None
         self.route: Route | None = None
+        self.num_retries = 0
         self._finished = False
         self.p.metrics.in_flight.labels(model=req.model).inc()
 
@@ -150,25 +178,46 @@ class Exchange:
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         """Output as it is produced, ending with a chunk that carries the finish reason."""
         failures: list[str] = []
-        exclude: set[str] = set()
+        exclude: set[GroupRef] = set()
+        deadline_s = self.t.arrived_mono_s + self.p.limits.request_timeout_s
         for attempt in range(self.p.max_attempts):
             remaining = self.req.sampling.max_tokens - len(self.output_ids)
-            self.route = choose_route(
-                self.p.cache.groups(), self.req.model, len(self.req.prompt_token_ids) + len(self.output_ids),
-                remaining, self.p.inflight, frozenset(exclude),
-            )
+            context = len(self.req.prompt_token_ids) + len(self.output_ids)
+            frozen = frozenset(exclude)
+
+            def route(
+                context: int = context, remaining: int = remaining, frozen: frozenset[GroupRef] = frozen
+            ) -> Route:
+                return choose_route(
+                    self.p.cache.groups(), self.req.model, context, remaining, self.p.inflight, frozen
+                )
+
+            try:
+                self.route = await self.p.admission.admit(route, resuming=attempt > 0, deadline_s=deadline_s)
+            except NoCapacity as exc:
+                if attempt == 0:
+                    raise
+                raise NoCapacity(
+                    f"the request lost its worker group ({failures[-1]}) and {exc.message}",
+                    retry_after_s=exc.retry_after_s,
+                ) from None
+            if self.t.dispatched_mono_s is None:
+                self.t.dispatched_mono_s = time.monotonic()
             try:
                 async for chunk in self._attempt(self.route, attempt, remaining):
                     yield chunk
                 return
             except _GroupFailed as exc:
-                log.warning("request %s: %s", self.req.request_id, exc)
+                log.info("request %s: %s; retrying after %d tokens", self.req.request_id, exc,
+                         len(self.output_ids))
                 failures.append(str(exc))
-                exclude.add(exc.group_id)
-                self.p.cache.suspect(exc.group_id)
+                self.num_retries += 1
+                if exc.group is not None:
+                    exclude.add(exc.group)
+                    self.p.cache.suspect(exc.group)
                 self.p.metrics.retries.labels(stage=exc.stage).inc()
         raise UpstreamError(
-            f"the request failed on {len(failures)} worker groups: " + "; ".join(failures)
+            f"the request failed {len(failures)} times: " + "; ".join(failures)
         )
 
     async def _attempt(self, route: Route, attempt: int, max_tokens: int) -> AsyncGenerator[Chunk, None]:
@@ -187,8 +236,6 @@ class Exchange:
         prefill_client: GroupClient | None = None
         resumed = self._resumed_text() if self.output_ids else None
         try:
-            if self.t.dispatched_mono_s is None:
-                self.t.dispatched_mono_s = time.monotonic()
             if route.prefill is not None:
                 prefill_client = self.p.clients.get(route.prefill.address)
                 prefill_res = self.p.inflight.add(
@@ -198,7 +245,7 @@ class Exchange:
                     first = await prefill_client.prefill(rid, prompt, sampling)
                 except WorkerControlError as exc:
                     if is_retryable(exc):
-                        raise _GroupFailed(route.prefill.group_id, "prefill", exc.message) from None
+                        raise _GroupFailed(ref(route.prefill), "prefill", exc.message) from None
                     raise _translate(exc) from None
                 finally:
                     self.p.inflight.remove(prefill_res)
@@ -220,7 +267,11 @@ class Exchange:
             try:
                 async for ev in stream:
                     if ev.finish_reason is FinishReason.ERROR:
-                        raise _GroupFailed(route.decode.group_id, "decode", ev.error or "error event")
+                        if ev.error_kind is ErrorKind.INVALID_REQUEST:
+                            raise InvalidRequest(f"The worker rejected the request: {ev.error}")
+                        # A KV pull that failed is no fault of the decode group: prefill again.
+                        failed = None if ev.error_kind is ErrorKind.KV_TRANSFER else ref(route.decode)
+                        raise _GroupFailed(failed, "decode", ev.error or "error event")
                     if ev.finish_reason is FinishReason.CANCELLED:
                         raise UpstreamError(f"decode group {route.decode.group_id} cancelled the request")
                     chunk = Chunk(
@@ -234,14 +285,15 @@ class Exchange:
                         return
             except WorkerControlError as exc:
                 if is_retryable(exc):
-                    raise _GroupFailed(route.decode.group_id, "decode", exc.message) from None
+                    raise _GroupFailed(ref(route.decode), "decode", exc.message) from None
                 raise _translate(exc) from None
             finally:
                 # Closing early cancels the request on the decode group and frees its blocks.
                 await _aclose(stream)
-            raise _GroupFailed(route.decode.group_id, "decode", "the token stream ended without a finish")
+            raise _GroupFailed(ref(route.decode), "decode", "the token stream ended without a finish")
         finally:
             self.p.inflight.remove(decode_res)
+            self.p.admission.wake()  # what it held may now fit a waiting request
             if kv is not None and prefill_client is not None:
                 # Prefilled but never handed to decode: ask the prefill group to drop the lease
                 # now rather than at its expiry.
@@ -261,7 +313,7 @@ class Exchange:
         self.text_sent += chunk.text
         gap = self.t.on_tokens(len(chunk.token_ids))
         if gap is not None:
-            self.p.metrics.itl.labels(model=self.req.model).observe(gap)
+            self.p.metrics.observe_gap(self.req.model, gap)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
         return chunk
@@ -278,19 +330,16 @@ class Exchange:
         itl_s = None
         if t.num_output_tokens > 1 and t.first_token_mono_s is not None and t.last_token_mono_s is not None:
             itl_s = (t.last_token_mono_s - t.first_token_mono_s) / (t.num_output_tokens - 1)
-        queue_s = None
-        if t.dispatched_mono_s is not None:  # in this frontend, then on the prefill group
-            queue_s = t.dispatched_mono_s - t.arrived_mono_s + t.worker_queue_s
-        m = self.p.metrics
-        m.in_flight.labels(model=model).dec()
-        m.requests.labels(model=model, endpoint=str(self.req.endpoint), status=str(status)).inc()
-        m.prompt_tokens.labels(model=model).inc(len(self.req.prompt_token_ids))
-        m.generation_tokens.labels(model=model).inc(t.num_output_tokens)
-        m.e2e.labels(model=model).observe(end - t.arrived_mono_s)
-        if ttft_s is not None:
-            m.ttft.labels(model=model).observe(ttft_s)
-        if queue_s is not None:
-            m.queue.labels(model=model).observe(queue_s)
+        queue_s = admission_s = None
+        if t.dispatched_mono_s is not None:  # in this frontend's queue, then on the prefill group
+            admission_s = t.dispatched_mono_s - t.arrived_mono_s
+            queue_s = admission_s + t.worker_queue_s
+        finish_reason = None if self.finish_reason is None else str(self.finish_reason)
+        self.p.metrics.in_flight.labels(model=model).dec()
+        self.p.metrics.observe_request(RequestSample(
+            model, str(self.req.endpoint), str(status), finish_reason, len(self.req.prompt_token_ids),
+            t.num_output_tokens, end - t.arrived_mono_s, ttft_s, queue_s,
+        ))
 
         def ms(s: float | None) -> float | None:
             return None if s is None else round(s * 1e3, 3)
@@ -299,10 +348,12 @@ class Exchange:
             request_id=self.req.request_id,
             model=model,
             status=status,
-            finish_reason=None if self.finish_reason is None else str(self.finish_reason),
+            finish_reason=finish_reason,
             isl_tokens=len(self.req.prompt_token_ids),
             osl_tokens=t.num_output_tokens,
             queue_ms=ms(queue_s),
+            admission_queue_ms=ms(admission_s),
+            retries=self.num_retries,
             ttft_ms=ms(ttft_s),
             itl_ms=ms(itl_s),
             itl_max_ms=ms(t.max_gap_s) if itl_s is not None else None,

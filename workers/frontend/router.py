@@ -1,15 +1,19 @@
 """Routing: which prefill group and which decode group serve a request.
 
-Pure core (`choose_route`): a decode group with free KV capacity for the request (the most free
-blocks wins) and a prefill group by queue depth (the shortest wins). The registry's numbers are
-as old as the group's last heartbeat, so the router adds what it sent since then (`Inflight`)
-before comparing: without that, a burst would all land on whichever group looked emptiest.
+Pure core (`choose_route`): among live groups, a decode group with free KV blocks for what the
+request needs now, its prompt plus a little headroom (the most free blocks wins), and a prefill
+group by queue depth (the shortest wins). A request is never held to its `max_tokens`: as it grows,
+its decode rank takes blocks as they free up and preempts the newest sequence when none are left
+(vLLM's policy). The registry's numbers are as old as the group's last heartbeat, so the router
+adds what it sent since then (`Inflight`) before comparing: without that, a burst would all land
+on whichever group looked emptiest.
 
 When no live prefill group exists (an aggregated deployment, or every prefill group down), the
 decode group computes the prompt itself: a slower answer beats a 503.
 
-`RegistryCache` is the I/O edge: it refreshes the live groups from Redis in the background and
-keeps serving from its last good copy while Redis is away or restarts empty.
+`RegistryCache` is the I/O edge: it refreshes every registration from Redis in the background
+(all states, for /health and /metrics; only live ones are routed to) and keeps serving from its
+last good copy while Redis is away or restarts empty.
 """
 
 from __future__ import annotations
@@ -18,23 +22,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis.exceptions
 from moeplane.api.enums import Role
 from moeplane.workers.frontend.errors import InvalidRequest, NoCapacity
 
-from moeplane.bus.registry import WorkerGroup, WorkerRegistry
+from moeplane.bus.registry import GroupState, WorkerGroup, WorkerRegistry
 
 log = logging.getLogger(__name__)
+
+# Tokens a request reserves beyond its prompt when it is admitted: the next block's worth, so it can
+# decode at once; later growth is the decode rank's scheduler's (preemption by recompute).
+ADMISSION_HEADROOM_TOKENS = 16
+
+GroupRef = tuple[str, int]  # (group id, incarnation): one run of a group
+
+
+def ref(group: WorkerGroup) -> GroupRef:
+    return (group.group_id, group.incarnation)
 
 
 @dataclass(frozen=True)
 class Route:
     decode: WorkerGroup
     prefill: WorkerGroup | None  # None: the decode group computes the prompt (aggregated)
-    decode_blocks: int  # blocks the request may take on the decode group
+    decode_blocks: int  # blocks the request needs now on the decode group (prompt + headroom)
 
 
 @dataclass
@@ -76,16 +90,19 @@ def choose_route(
     prompt_tokens: int,
     max_tokens: int,
     inflight: Inflight,
-    exclude: frozenset[str] = frozenset(),
+    exclude: frozenset[GroupRef] = frozenset(),
     retry_after_s: int = 1,
+    headroom_tokens: int = ADMISSION_HEADROOM_TOKENS,
 ) -> Route:
     """Pick (prefill, decode) for a request; NoCapacity when nothing can take it now.
 
-    A request needs `prompt_tokens + max_tokens` tokens of KV on one DP rank of its decode group
-    and `prompt_tokens` on one rank of its prefill group. Raises InvalidRequest when it exceeds
-    what a whole rank of every decode group holds, since waiting would never help.
+    A request is admitted on `prompt_tokens` plus `headroom_tokens` (at most `max_tokens`) of KV
+    on one DP rank of a live decode group, and is routed to a live prefill group for its prompt.
+    Groups in `exclude` (runs that already failed this request) are skipped. Raises
+    InvalidRequest when `prompt_tokens + max_tokens` exceeds a whole rank of every decode group,
+    since waiting would never help.
     """
-    live = [g for g in groups if g.model == model and g.group_id not in exclude]
+    live = [g for g in groups if g.model == model and g.routable and ref(g) not in exclude]
     decode = [g for g in live if g.role is Role.DECODE]
     prefill = [g for g in live if g.role is Role.PREFILL]
     if not decode:
@@ -106,12 +123,13 @@ def choose_route(
         _, blocks = inflight.unseen(g)
         return g.kv_blocks_free - blocks
 
-    # It must fit on one rank (the emptiest one's count); the most free blocks overall wins.
-    fits = [g for g in decode if min(decode_free(g), g.max_blocks_per_rank) >= g.blocks_for(total)]
+    # What it needs now must fit on one rank (the emptiest one's count); the most free blocks wins.
+    now = prompt_tokens + min(max_tokens, headroom_tokens)
+    fits = [g for g in decode if min(decode_free(g), g.max_blocks_per_rank) >= g.blocks_for(now)]
     if not fits:
         raise NoCapacity(
-            f"no decode group has {min(g.blocks_for(total) for g in decode)} free KV blocks on a rank "
-            f"for this request ({prompt_tokens} prompt + {max_tokens} max tokens); retry shortly",
+            f"no decode group has {min(g.blocks_for(now) for g in decode)} free KV blocks on a rank "
+            f"for this request's {prompt_tokens} prompt tokens; retry shortly",
             retry_after_s=retry_after_s,
         )
     best_decode = max(fits, key=lambda g: (decode_free(g), -_queue(g, inflight), g.group_id))
@@ -125,7 +143,7 @@ def choose_route(
         key=lambda g: (g.max_blocks_per_rank < g.blocks_for(prompt_tokens), *prefill_load(g)),
         default=None,
     )
-    return Route(best_decode, best_prefill, best_decode.blocks_for(total))
+    return Route(best_decode, best_prefill, best_decode.blocks_for(now))
 
 
 def _queue(g: WorkerGroup, inflight: Inflight) -> int:
@@ -134,12 +152,14 @@ def _queue(g: WorkerGroup, inflight: Inflight) -> int:
 
 
 class RegistryCache:
-    """The live groups, refreshed every `refresh_s`; a group stays for `hold_s` after its last sighting.
+    """The registered groups, refreshed every `refresh_s`; a group stays for `hold_s` after its last
+    sighting. `groups()` are the routable ones (live, not suspected), `all_groups()` every state.
 
     A group's age (time since it was last seen) only grows between successful reads, so while
     Redis is unreachable nothing ages out and routing goes on from the last copy; after a
     restart that lost the data, groups reappear with their next heartbeat well within `hold_s`.
-    A group that stopped heartbeating is dropped after `hold_s` of reads that miss it.
+    A group that stopped heartbeating is dropped after `hold_s` of reads that miss it. Listeners
+    (`on_change`) are called after every successful read and every `suspect`.
     """
 
     def __init__(self, registry: WorkerRegistry, refresh_s: float = 0.5, hold_s: float | None = None) -> None:
@@ -150,14 +170,15 @@ class RegistryCache:
         self._last_ok_s: float | None = None
         self.last_error: str | None = None
         self.num_errors = 0
-        self._suspect: dict[str, float] = {}
+        self._suspect: dict[str, tuple[int, float]] = {}  # id -> (incarnation, until, monotonic)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []
 
     async def refresh(self) -> bool:
         try:
-            groups = await self.registry.live_groups()
+            groups = await self.registry.groups()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self.num_errors += 1
             if self.last_error is None:
@@ -179,16 +200,32 @@ class RegistryCache:
         aged.update({g.group_id: (g, 0.0) for g in groups})
         self._seen = {gid: (g, age) for gid, (g, age) in aged.items() if age <= self.hold_s}
         self._changed.set()
+        self._notify()
         return True
 
-    def groups(self) -> list[WorkerGroup]:
-        now = time.monotonic()
-        self._suspect = {gid: until for gid, until in self._suspect.items() if until > now}
-        return [g for gid, (g, _) in sorted(self._seen.items()) if gid not in self._suspect]
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
-    def suspect(self, group_id: str, for_s: float | None = None) -> None:
-        """Route around a group that just failed a call, until it proves alive again."""
-        self._suspect[group_id] = time.monotonic() + (self.hold_s if for_s is None else for_s)
+    def all_groups(self) -> list[WorkerGroup]:
+        """Every registration in the cache, whatever its state, by group id."""
+        return [g for _, (g, _) in sorted(self._seen.items())]
+
+    def groups(self) -> list[WorkerGroup]:
+        """The groups to route to: live, and not suspected since they last registered anew."""
+        now = time.monotonic()
+        self._suspect = {gid: s for gid, s in self._suspect.items() if s[1] > now}
+        return [
+            g for gid, (g, _) in sorted(self._seen.items())
+            if g.routable and not (gid in self._suspect and g.incarnation <= self._suspect[gid][0])
+        ]
+
+    def suspect(self, group: GroupRef, for_s: float | None = None) -> None:
+        """Route around one run of a group that just failed a call: until it registers under a
+        newer incarnation (its supervisor restarted it) or `for_s` (default `hold_s`) passes."""
+        group_id, incarnation = group
+        self._suspect[group_id] = (incarnation, time.monotonic() + (self.hold_s if for_s is None else for_s))
+        self._notify()
 
     @property
     def staleness_s(self) -> float:
@@ -196,9 +233,17 @@ class RegistryCache:
         return float("inf") if self._last_ok_s is None else time.monotonic() - self._last_ok_s
 
     def counts(self) -> dict[Role, int]:
+        """Routable groups per role."""
         out = dict.fromkeys(Role, 0)
         for g in self.groups():
             out[g.role] += 1
+        return out
+
+    def states(self) -> dict[Role, dict[GroupState, int]]:
+        """Registered groups per role and state."""
+        out = {role: dict.fromkeys(GroupState, 0) for role in Role}
+        for g in self.all_groups():
+            out[g.role][g.state] += 1
         return out
 
     async def wait_for(self, roles: Sequence[Role], timeout_s: float) -> None:

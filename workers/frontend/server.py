@@ -1,7 +1,8 @@
 """`FrontendServer`: the frontend's parts wired together and listening (the process edge).
 
-Owns the Redis client, the registry cache, the metrics-stream writer, the gRPC client pool and
-the aiohttp runner, and starts and stops them in order. Handlers are cancelled when their client
+Owns the Redis client, the registry cache, the metrics-stream writer, the gRPC client pool, the
+admission queue (in the pipeline, sized by `ServingLimits`) and the aiohttp runner, and starts
+and stops them in order. Handlers are cancelled when their client
 disconnects (`handler_cancellation`), which is what cancels a non-streaming request upstream.
 """
 
@@ -15,6 +16,7 @@ from moeplane.workers.frontend.pipeline import Pipeline
 from moeplane.workers.frontend.router import RegistryCache
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import Tokenizer
+from moeplane.workers.serving.limits import ServingLimits
 
 from moeplane.bus.keys import DeploymentKeys
 from moeplane.bus.redis_client import async_redis
@@ -33,16 +35,33 @@ class FrontendServer:
         registry_ttl_s: float = DEFAULT_TTL_S,
         registry_refresh_s: float = 0.5,
         metrics_maxlen: int = DEFAULT_MAXLEN,
+        limits: ServingLimits | None = None,
     ) -> None:
+        if limits is None:  # the default queue, with the config's length and timeout
+            limits = ServingLimits(
+                max_model_len=config.max_model_len, request_timeout_s=config.request_timeout_s,
+                queue_timeout_s=min(ServingLimits.queue_timeout_s, config.request_timeout_s),
+            )
+        if limits.request_timeout_s != config.request_timeout_s:
+            raise ValueError(
+                f"limits.request_timeout_s ({limits.request_timeout_s}) differs from the frontend config's "
+                f"({config.request_timeout_s})"
+            )
         self.config = config
         self.redis = async_redis(redis_url)
         self.registry = WorkerRegistry(self.redis, keys, ttl_s=registry_ttl_s)
         self.cache = RegistryCache(self.registry, refresh_s=registry_refresh_s)
         self.writer = RequestMetricsWriter(self.redis, keys, maxlen=metrics_maxlen)
         self.clients = ClientPool(security)
-        self.metrics = FrontendMetrics()
-        self.metrics.bind(self.cache.counts, lambda: self.cache.staleness_s, lambda: self.writer.num_dropped)
-        self.pipeline = Pipeline(self.cache, self.clients, self.metrics, self.writer, decoder=tokenizer)
+        self.metrics = FrontendMetrics(max_model_len=config.max_model_len)
+        self.pipeline = Pipeline(
+            self.cache, self.clients, self.metrics, self.writer, decoder=tokenizer, limits=limits
+        )
+        self.metrics.bind(
+            self.cache.counts, lambda: self.cache.staleness_s, lambda: self.writer.num_dropped,
+            all_groups=self.cache.all_groups, num_queued=lambda: self.pipeline.admission.num_waiting,
+            model=config.served_model,
+        )
         self.frontend = Frontend(config, self.pipeline, tokenizer)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -62,6 +81,9 @@ class FrontendServer:
         return self.url
 
     async def stop(self) -> None:
+        # Requests still waiting for capacity get their 503 now rather than at the queue's timeout
+        # (another frontend replica may serve them); streams already running finish or are cancelled.
+        self.pipeline.admission.close("this frontend is shutting down; retry")
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, then cancels in-flight handlers
             self._runner = None

@@ -3,7 +3,9 @@
 It publishes whatever `snapshot()` returns every `interval_s`. If the snapshot fails (the group
 does not answer) nothing is published, so the group's TTL runs out and routers stop sending it
 work: liveness is "answered recently", never "was started once". Redis outages are retried on
-the next beat; the loop itself never dies of them.
+the next beat; the loop itself never dies of them. A beat the registry refuses (its snapshot
+carries an incarnation older than the group's fence: the supervisor changed the group's state
+while the beat was in flight) is counted in `num_superseded` and dropped.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ class Heartbeat:
         self.interval_s = interval_s
         self.num_published = 0
         self.num_failed = 0
+        self.num_superseded = 0
         self.last_group: WorkerGroup | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._redis_down = False
+        self._silent = False  # the group stopped answering (logged once, not once per beat)
 
     async def beat_once(self) -> bool:
         """One heartbeat; False (and logged) when the group or Redis did not answer."""
@@ -45,10 +49,13 @@ class Heartbeat:
             group = await self.snapshot()
         except Exception as exc:  # The group is unreachable or broken: let its TTL lapse.
             self.num_failed += 1
-            log.warning("heartbeat: no snapshot, the registration will lapse: %s", exc)
+            if not self._silent:
+                log.warning("heartbeat: no snapshot, the registration will lapse: %s", _one_line(exc))
+            self._silent = True
             return False
+        self._silent = False
         try:
-            await self.registry.publish(group)
+            stored = await self.registry.publish(group)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self.num_failed += 1
             if not self._redis_down:  # once per outage, not once per beat
@@ -58,6 +65,9 @@ class Heartbeat:
         if self._redis_down:
             log.info("heartbeat of %s: Redis reachable again", group.group_id)
         self._redis_down = False
+        if not stored:
+            self.num_superseded += 1
+            return False
         self.num_published += 1
         self.last_group = group
         return True
@@ -88,3 +98,8 @@ class Heartbeat:
                 await self.registry.remove(self.last_group.group_id)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 log.warning("could not deregister %s (its TTL will): %s", self.last_group.group_id, exc)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:limit]

@@ -38,6 +38,9 @@ def group_from_stats(stats: pb.StatsResponse, address: str, model: str, at_s: fl
         kv_blocks_free=stats.num_free_blocks,
         max_blocks_per_rank=max(free_per_rank, default=0),
         queue_depth=stats.queue_depth,
+        num_running=sum(r.num_running for r in stats.ranks),
+        num_waiting=sum(r.num_waiting for r in stats.ranks),
+        num_preemptions=sum(r.num_preemptions for r in stats.ranks),
         heartbeat_at_s=at_s,
     )
 

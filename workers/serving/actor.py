@@ -7,9 +7,14 @@ pulls imported KV while its main thread runs model steps.
 
 from __future__ import annotations
 
+import datetime
+import os
+import socket
 from dataclasses import dataclass, field
 
+import ray
 import torch
+import torch.distributed as dist
 from moeplane.api.arch import ModelArch
 from moeplane.api.podtemplate import MooncakeSpec
 from moeplane.workers.ep.comm import EPComm
@@ -26,7 +31,6 @@ from moeplane.workers.model import (
     load_tokenizer,
     resolve_checkpoint,
 )
-from moeplane.workers.net import free_port
 from moeplane.workers.placement import Placement
 from moeplane.workers.serving.engine import EngineConfig, RankEngine, RankStats, StepInput, StepResult
 from moeplane.workers.serving.loop import LoopThread
@@ -57,7 +61,7 @@ class RankSpec:
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     security: GrpcSecurity = field(default_factory=GrpcSecurity)
-    collective_timeout_s: float = 120.0
+    collective_timeout_s: float = 60.0  # bounds every collective (gloo and NCCL process-group timeout)
     torch_threads: int = 1
     tokenizer: str | None = None
 
@@ -96,24 +100,61 @@ def make_transport(spec: RankSpec) -> KVTransport:
     )
 
 
+# The Ray concurrency group of `RankWorker.ping`: its own thread, so a liveness probe is answered
+# while a step (or a stats call waiting on the step) occupies the default group's threads.
+LIVENESS_GROUP = "liveness"
+
+
+@dataclass(frozen=True)
+class RankIdentity:
+    """Where a rank actor runs: what a supervisor needs to kill it if Ray cannot."""
+
+    pid: int
+    node_id: str
+
+
 class RankWorker:
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         self.rank, self.world_size = rank, world_size
         self.engine: RankEngine | None = None
         self.loop: LoopThread | None = None
+        self._store_listener: socket.socket | None = None  # rank 0: the store's listening socket
+
+    def assign(self, rank: int, world_size: int) -> None:
+        """Give a spare actor (started ahead, its imports done) its place in a group, before `start`."""
+        if self.engine is not None:
+            raise RuntimeError(f"rank {self.rank} is already serving")
+        self.rank, self.world_size = rank, world_size
 
     def rendezvous_address(self, host: str = "127.0.0.1") -> str:
-        """A free TCP endpoint for the group's torch.distributed store (asked of rank 0).
+        """The endpoint of the group's torch.distributed store (asked of rank 0, which serves it).
 
-        A wildcard bind advertises this host's own address so ranks on other nodes can dial it.
+        The listening socket is bound here, on `host` only, and handed to the store at `start`: no
+        free port is probed and then lost to another process, and a loopback host keeps the store
+        off every other interface. A wildcard bind advertises this host's own address so ranks on
+        other nodes can dial it.
         """
-        return f"tcp://{advertised_host(host)}:{free_port(host)}"
+        listener = socket.create_server((host or "0.0.0.0", 0))
+        self._store_listener = listener
+        return f"tcp://{advertised_host(host)}:{listener.getsockname()[1]}"
+
+    def _store(self, init_method: str, timeout_s: float) -> dist.TCPStore:
+        host, _, port = init_method.removeprefix("tcp://").rpartition(":")
+        listener = self._store_listener if self.rank == 0 else None
+        return dist.TCPStore(
+            host, int(port), self.world_size, is_master=self.rank == 0,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            master_listen_fd=None if listener is None else listener.fileno(),
+        )
 
     def start(self, init_method: str, spec: RankSpec) -> str:
         """Join the EP group, load this rank's weights, allocate the cache; returns the KV address."""
         torch.set_num_threads(spec.torch_threads)
         device = "cuda:0" if spec.device == "cuda" else spec.device  # Ray shows one GPU as 0
-        comm = EPComm.init(self.rank, self.world_size, init_method, device, spec.collective_timeout_s)
+        store = self._store(init_method, spec.collective_timeout_s) if self.world_size > 1 else None
+        comm = EPComm.init(
+            self.rank, self.world_size, init_method, device, spec.collective_timeout_s, store=store
+        )
         runner = EPModelRunner(spec.arch, spec.weight_source(), spec.placement, comm, device, spec.dtype)
         cache = runner.allocate_kv_cache(spec.engine.num_blocks, spec.engine.block_size)
         self.loop = LoopThread(name=f"moeplane-kv-rank{self.rank}")
@@ -122,6 +163,11 @@ class RankWorker:
         self._expiry = self.loop.submit(run_expiry(transport))
         self.engine = RankEngine(spec.engine, runner, cache, spec.load_tokenizer(), transport, self.loop)
         return transport.address
+
+    @ray.method(concurrency_group=LIVENESS_GROUP)
+    def ping(self) -> RankIdentity:
+        """The liveness probe: answered on its own thread, whatever the step loop is doing."""
+        return RankIdentity(os.getpid(), ray.get_runtime_context().get_node_id())
 
     def _engine(self) -> RankEngine:
         if self.engine is None:
@@ -152,6 +198,9 @@ class RankWorker:
             if engine.transport is not None:
                 self.loop.run(engine.transport.close(), timeout_s=15)
             engine.runner.comm.close()
+        if self._store_listener is not None:
+            self._store_listener.close()
+            self._store_listener = None
         if self.loop is not None:
             self.loop.close()
             self.loop = None

@@ -19,13 +19,14 @@ from moeplane.protos import worker_control_pb2 as pb
 from moeplane.protos import worker_control_pb2_grpc as pb_grpc
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.serving.convert import (
+    ERROR_KIND_FROM_PB,
     FINISH_FROM_PB,
     logprobs_from_pb,
     sampling_to_pb,
     stop_reason_from_pb,
 )
 from moeplane.workers.serving.logprobs import TokenLogprobs
-from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+from moeplane.workers.serving.sequence import ErrorKind, FinishReason, SamplingParams
 
 
 class WorkerControlError(RuntimeError):
@@ -60,6 +61,7 @@ class TokenEvent:
     logprobs: tuple[TokenLogprobs, ...] = ()
     prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
     stop_reason: str | int | None = None
+    error_kind: ErrorKind | None = None  # with FinishReason.ERROR: whether another group can help
 
 
 class WorkerControlClient:
@@ -128,6 +130,7 @@ class WorkerControlClient:
                     tuple(map(logprobs_from_pb, ev.logprobs)),
                     tuple(map(logprobs_from_pb, ev.prompt_logprobs)) if ev.has_prompt_logprobs else None,
                     stop_reason_from_pb(ev.stop_reason),
+                    ERROR_KIND_FROM_PB.get(ev.error_kind),
                 )
         except grpc.aio.AioRpcError as exc:
             raise WorkerControlError(exc.code(), exc.details() or "") from None

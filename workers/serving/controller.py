@@ -1,10 +1,19 @@
 """`GroupController`: one serving group (an EP group of prefill or decode ranks) as seen from outside.
 
-It starts one `RankWorker` Ray actor per EP rank, assigns each request to one DP rank, and runs the
-group's step loop: every iteration all ranks step together (MoE layers are collectives; idle ranks
-join with empty batches), new requests and cancellations ride along with the step call, and
-outputs are routed back to each request's waiter. The gRPC control service (`service.py`) is a
-thin adapter over this object; it lives in an asyncio loop (a process or an async Ray actor).
+It starts one `RankWorker` Ray actor per EP rank (placed by a `RankPlacement`), assigns each request
+to one DP rank, and runs the group's step loop: every iteration all ranks step together (MoE layers
+are collectives; idle ranks join with empty batches), new requests and cancellations ride along
+with the step call, and outputs are routed back to each request's waiter. The gRPC control service
+(`service.py`) is a thin adapter over this object; it lives in an asyncio loop (a process or an
+async Ray actor).
+
+Failure: a rank's death (Ray fails its step, or a supervisor's liveness probe calls `fail`), a hung
+or failed collective (bounded by the process-group timeout, then by `step_timeout_s`) all end in
+`fail(reason)`: the group refuses new requests, every request it holds ends with an error of kind
+GROUP_FAILED (UNAVAILABLE over gRPC: resume it elsewhere), and `on_failure(reason)` tells the
+supervisor, once. A dead rank breaks the EP collective, so the group only ever restarts as a unit:
+`close()` kills every rank, `start()` starts a fresh set. `drain()` makes the group refuse new
+requests while it finishes the ones it holds (scale-down).
 """
 
 from __future__ import annotations
@@ -13,19 +22,20 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
 from moeplane.workers.eplb.driver import EplbDriver, GroupEplbStatus
 from moeplane.workers.eplb.online import GroupEplb
 from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.placement import Placement
-from moeplane.workers.serving.actor import RankSpec, RankWorker
+from moeplane.workers.serving.actor import RankIdentity, RankSpec
 from moeplane.workers.serving.config import EngineConfigError, Role
 from moeplane.workers.serving.engine import NewRequest, RankStats, StepInput, TokenOutput
+from moeplane.workers.serving.ranks import RankFailed, RankSet, one_line
 from moeplane.workers.serving.sequence import EngineRequestError, ErrorKind, FinishReason, SamplingParams
+from moeplane.workers.supervisor.placement import PoolResources, RankPlacement
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +44,7 @@ _CLOSE_STEP_WAIT_S = 10.0
 
 
 class GroupUnavailable(RuntimeError):
-    """The group is not running (starting, failed or closed); the request can go elsewhere."""
+    """The group is not running (starting, draining, failed or closed); the request can go elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,8 @@ class GroupSpec:
     ep_size: int
     rank: RankSpec
     num_cpus_per_rank: float = 0.25
-    step_timeout_s: float = 120.0
+    # Above the ranks' collective (process-group) timeout, which fails a step first.
+    step_timeout_s: float = 90.0
     start_timeout_s: float = 300.0
     eplb: GroupEplb | None = None  # None: EPLB off (the placement of `rank` never changes)
 
@@ -53,6 +64,11 @@ class GroupSpec:
             raise EngineConfigError(f"ep_size must be >= 1, got {self.ep_size}")
         if self.rank.engine.role is not self.role:
             raise EngineConfigError(f"group role {self.role} but engine role {self.rank.engine.role}")
+        if self.step_timeout_s <= self.rank.collective_timeout_s:
+            raise EngineConfigError(
+                f"step_timeout_s ({self.step_timeout_s}) must exceed the ranks' collective_timeout_s "
+                f"({self.rank.collective_timeout_s}), so a hung collective fails the step first"
+            )
         if self.eplb is not None and self.eplb.balance.num_gpus != self.ep_size:
             raise EngineConfigError(
                 f"eplb.balance.num_gpus ({self.eplb.balance.num_gpus}) must equal ep_size ({self.ep_size})"
@@ -90,11 +106,25 @@ class PrefillOutput:
     queue_s: float  # submission to dispatch onto a rank: the wait on this group's step loop
 
 
+FailureHook = Callable[[str], None]
+
+
 class GroupController:
-    def __init__(self, spec: GroupSpec) -> None:
+    def __init__(
+        self,
+        spec: GroupSpec,
+        placement: RankPlacement | None = None,
+        on_failure: FailureHook | None = None,
+    ) -> None:
         self.spec = spec
-        self.kv_addresses: list[str] = []
-        self._actors: list[Any] = []
+        self.placement: RankPlacement = placement or PoolResources()
+        self.on_failure = on_failure
+        self._ranks: RankSet | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one run of the group (a restart starts from a clean one)."""
+        spec = self.spec
         self._new: list[list[NewRequest]] = [[] for _ in range(spec.ep_size)]
         self._cancels: list[list[str]] = [[] for _ in range(spec.ep_size)]
         self._waiters: dict[str, _Waiter] = {}
@@ -103,6 +133,7 @@ class GroupController:
         self._task: asyncio.Task[None] | None = None
         self._error: str | None = None
         self._closing = False
+        self._draining = False
         self._between_steps: list[tuple[Placement, asyncio.Future[None]]] = []
         self._eplb = (
             None if spec.eplb is None else EplbDriver(spec.eplb, spec.role, spec.group_id, self._wake.set)
@@ -111,23 +142,17 @@ class GroupController:
         self._handed_off: dict[str, tuple[int, float]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, spares: list[Any] | None = None) -> None:
+        """Start a fresh set of ranks: spawn (or take `spares`, actors spawned ahead), join the process
+        group, load the weights, allocate the KV cache."""
+        if self._ranks is not None:
+            raise RuntimeError(f"group {self.spec.group_id} is running; close() it before starting again")
+        self._reset()
         spec = self.spec
-        gpu = spec.rank.device.startswith("cuda")
-        actor_cls = ray.remote(RankWorker).options(
-            num_cpus=0 if gpu else spec.num_cpus_per_rank, num_gpus=1 if gpu else 0, max_concurrency=2
-        )
-        self._actors = [actor_cls.remote(r, spec.ep_size) for r in range(spec.ep_size)]
+        self._ranks = RankSet(spec, self.placement, spares)
         try:
             rank_spec = await self._rank_spec()
-            host = spec.rank.bind_host
-            init = await asyncio.wait_for(
-                self._actors[0].rendezvous_address.remote(host), spec.start_timeout_s
-            )
-            self.kv_addresses = await asyncio.wait_for(
-                asyncio.gather(*(a.start.remote(init, rank_spec) for a in self._actors)), spec.start_timeout_s
-            )
-            self._stats = list(await asyncio.gather(*(a.stats.remote() for a in self._actors)))
+            self._stats = list(await self._ranks.start(rank_spec))
         except BaseException:
             await self.close()
             raise
@@ -150,25 +175,68 @@ class GroupController:
         return dataclasses.replace(rank, placement=placement, engine=engine)
 
     async def close(self) -> None:
+        """Stop the ranks. A healthy group finishes its step in flight and closes them cleanly; a
+        failed one is killed at once (its ranks may be dead or hung in a collective)."""
         self._closing = True
         if self._eplb is not None:
             await self._eplb.close()
         self._wake.set()
+        failed = self._error is not None
         if self._task is not None:
-            # Let a step in flight finish first: closing ranks in the middle of a collective leaves
-            # their peers blocked in it (and their processes alive) until the collective timeout.
-            await asyncio.wait({self._task}, timeout=_CLOSE_STEP_WAIT_S)
+            if not failed:
+                # Let a step in flight finish first: closing ranks in the middle of a collective
+                # leaves their peers blocked in it until the collective timeout.
+                await asyncio.wait({self._task}, timeout=_CLOSE_STEP_WAIT_S)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._fail_all("the group shut down")
-        for actor in self._actors:
-            try:
-                await asyncio.wait_for(actor.close.remote(), 20)
-            except Exception:  # a dead or stuck rank is killed below either way
-                log.warning("rank of group %s did not close cleanly", self.spec.group_id)
-            ray.kill(actor)
-        self._actors = []
+        self._fail_all(self._error or f"group {self.spec.group_id} shut down")
+        ranks, self._ranks = self._ranks, None
+        if ranks is not None:
+            await ranks.close(graceful=not failed)
+
+    def fail(self, reason: str) -> None:
+        """The group lost a rank (or a step failed): refuse new requests, end every request it holds
+        with GROUP_FAILED so callers resume it elsewhere, stop the step loop, tell `on_failure`.
+        Idempotent: only the first reason counts."""
+        if self._error is not None or self._closing:
+            return
+        self._error = f"group {self.spec.group_id}: {reason}"
+        self._fail_all(self._error)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        self._wake.set()
+        if self.on_failure is not None:
+            self.on_failure(reason)
+
+    def drain(self) -> None:
+        """Refuse new requests (UNAVAILABLE, so routers go elsewhere); the ones held go on."""
+        self._draining = True
+
+    @property
+    def num_requests(self) -> int:
+        """Requests the group is working on: queued or running (a prefill until its hand-off; the
+        KV it then holds under a lease shows in the ranks' stats)."""
+        return len(self._waiters)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The rank actors, in rank order (for a liveness probe); empty when not running."""
+        return [] if self._ranks is None else list(self._ranks.actors)
+
+    @property
+    def identities(self) -> list[RankIdentity]:
+        """Per rank, its process and node (empty when not running)."""
+        return [] if self._ranks is None else list(self._ranks.identities)
+
+    @property
+    def kv_addresses(self) -> list[str]:
+        return [] if self._ranks is None else list(self._ranks.kv_addresses)
+
+    def _rank_set(self) -> RankSet:
+        if self._ranks is None:
+            raise GroupUnavailable(f"group {self.spec.group_id} is not running")
+        return self._ranks
 
     @property
     def healthy(self) -> bool:
@@ -178,6 +246,8 @@ class GroupController:
     def status_message(self) -> str:
         if self._error:
             return self._error
+        if self._draining and self.healthy:
+            return "draining"
         return "serving" if self.healthy else "not started"
 
     # ---- requests ---------------------------------------------------------------------------------
@@ -239,7 +309,7 @@ class GroupController:
         return True
 
     def _submit(self, req: NewRequest) -> _Waiter:
-        if not self.healthy:
+        if not self.healthy or self._draining:
             raise GroupUnavailable(f"group {self.spec.group_id} is not serving: {self.status_message}")
         if req.request_id in self._waiters:
             raise EngineRequestError("request_id", f"{req.request_id!r} is already being served")
@@ -281,10 +351,7 @@ class GroupController:
                         w.dispatched_s = now
                 self._new = [[] for _ in range(self.spec.ep_size)]
                 self._cancels = [[] for _ in range(self.spec.ep_size)]
-                results = await asyncio.wait_for(
-                    asyncio.gather(*(a.step.remote(i) for a, i in zip(self._actors, inputs, strict=True))),
-                    self.spec.step_timeout_s,
-                )
+                results = await self._rank_set().step(inputs)
                 for rank, result in enumerate(results):
                     self._stats[rank] = result.stats
                     for out in result.outputs:
@@ -299,10 +366,11 @@ class GroupController:
                     await asyncio.sleep(0.002)  # only KV pulls in flight: poll gently
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            self._error = f"group {self.spec.group_id} failed: {type(exc).__name__}: {exc}"
+        except RankFailed as exc:
+            self.fail(str(exc))
+        except Exception as exc:  # a bug here, not a rank's failure: keep the traceback
             log.exception("group %s step loop failed", self.spec.group_id)
-            self._fail_all(self._error)
+            self.fail(f"step loop failed: {one_line(exc)}")
 
     async def set_placement(self, placement: Placement) -> None:
         """Switch every rank to a new expert placement between two steps (no request is dropped)."""
@@ -317,7 +385,7 @@ class GroupController:
         pending, self._between_steps = self._between_steps, []
         for placement, done in pending:
             try:
-                await asyncio.gather(*(a.set_placement.remote(placement) for a in self._actors))
+                await self._rank_set().call("set_placement", placement)
                 done.set_result(None)
             except Exception as exc:
                 done.set_exception(exc)
@@ -329,7 +397,7 @@ class GroupController:
 
     async def take_expert_load(self) -> list[Any]:
         """Per rank, [num_moe_layers, slots_per_rank] int64 rows per expert slot since the last call."""
-        return list(await asyncio.gather(*(a.take_expert_load.remote() for a in self._actors)))
+        return await self._rank_set().call("take_expert_load")
 
     def _deliver(self, out: TokenOutput) -> None:
         waiter = self._waiters.get(out.request_id)
@@ -347,19 +415,23 @@ class GroupController:
     def _fail_all(self, error: str) -> None:
         for rid, waiter in list(self._waiters.items()):
             waiter.queue.put_nowait(
-                TokenOutput(rid, (), "", 0, FinishReason.ERROR, error, ErrorKind.INTERNAL)
+                TokenOutput(rid, (), "", 0, FinishReason.ERROR, error, ErrorKind.GROUP_FAILED)
             )
         self._waiters.clear()
+        self._handed_off.clear()  # the ranks holding those leases are going away
 
     # ---- introspection ---------------------------------------------------------------------------
     async def stats(self) -> GroupStats:
         """Fresh per-rank stats (they wait for a step in progress)."""
-        if self._actors and self.healthy:
-            self._stats = list(await asyncio.gather(*(a.stats.remote() for a in self._actors)))
+        if self._ranks is not None and self.healthy:
+            try:
+                self._stats = list(await self._ranks.call("stats"))
+            except Exception as exc:  # a rank died under the call: the failure path reports it
+                raise GroupUnavailable(f"group {self.spec.group_id}: no stats: {one_line(exc)}") from None
         ranks = tuple(s for s in self._stats if s is not None)
         return GroupStats(
             self.spec.group_id, self.spec.role, self.spec.rank.engine.block_size, ranks, len(self._waiters)
         )
 
     async def check_invariants(self) -> None:
-        await asyncio.gather(*(a.check_invariants.remote() for a in self._actors))
+        await self._rank_set().call("check_invariants")

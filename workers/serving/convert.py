@@ -5,7 +5,7 @@ from __future__ import annotations
 from moeplane.protos import worker_control_pb2 as pb
 from moeplane.workers.serving.config import Role
 from moeplane.workers.serving.logprobs import TokenLogprobs
-from moeplane.workers.serving.sequence import FinishReason, SamplingParams
+from moeplane.workers.serving.sequence import ErrorKind, FinishReason, SamplingParams
 
 FINISH_TO_PB = {
     None: pb.FINISH_REASON_UNSPECIFIED,
@@ -15,6 +15,14 @@ FINISH_TO_PB = {
     FinishReason.ERROR: pb.FINISH_REASON_ERROR,
 }
 FINISH_FROM_PB = {number: reason for reason, number in FINISH_TO_PB.items()}
+ERROR_KIND_TO_PB = {
+    None: pb.ERROR_KIND_UNSPECIFIED,
+    ErrorKind.INVALID_REQUEST: pb.ERROR_KIND_INVALID_REQUEST,
+    ErrorKind.KV_TRANSFER: pb.ERROR_KIND_KV_TRANSFER,
+    ErrorKind.INTERNAL: pb.ERROR_KIND_INTERNAL,
+    ErrorKind.GROUP_FAILED: pb.ERROR_KIND_GROUP_FAILED,
+}
+ERROR_KIND_FROM_PB = {number: kind for kind, number in ERROR_KIND_TO_PB.items()}
 ROLE_TO_PB = {Role.PREFILL: pb.ROLE_PREFILL, Role.DECODE: pb.ROLE_DECODE}
 ROLE_FROM_PB = {number: role for role, number in ROLE_TO_PB.items()}
 

@@ -96,6 +96,7 @@ class RankStats:
     num_waiting: int
     num_importing: int
     num_steps: int
+    num_preemptions: int = 0  # since the rank started
 
     @property
     def num_free_blocks(self) -> int:
@@ -403,6 +404,7 @@ class RankEngine:
             num_waiting=len(s.waiting),
             num_importing=len(s.importing) + len(s.pending_imports),
             num_steps=self.num_steps,
+            num_preemptions=s.num_preemptions,
         )
 
     def stats(self) -> RankStats:

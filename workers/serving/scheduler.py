@@ -9,7 +9,11 @@ Policy:
    preempts the newest running sequence (its blocks are freed and it goes back to the head of the
    queue to be recomputed) until it fits, or preempts itself if it is the newest.
 2. Then queued sequences, first come first served, while the budget, `max_num_seqs` and free blocks
-   (minus `reserve_blocks`) allow. Nothing new is admitted in a step that preempted.
+   allow. A sequence is admitted on the blocks its first chunk needs now, never on its
+   `max_tokens`; admissions leave a watermark free (`reserve_blocks`, at least 1% of the cache, as
+   vLLM does) for running sequences to grow into. Nothing new is admitted in a step that preempted.
+   A preempted sequence keeps the tokens it emitted and recomputes them (`num_preemptions` counts
+   every preemption since the rank started).
 3. Sequences arriving with KV from prefill (`add_import`) get blocks reserved in arrival order
    (`admit_imports`), wait while the KV is pulled, then join the running set with their prompt
    computed (`finish_import`).
@@ -66,6 +70,9 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.pending_imports: deque[Sequence] = deque()
         self.importing: dict[str, Sequence] = {}
+        # Free blocks admissions leave for running sequences to grow into.
+        self.watermark_blocks = max(config.reserve_blocks, blocks.num_blocks // 100)
+        self.num_preemptions = 0
 
     # ---- admission ----------------------------------------------------------------------------
     def check_fits(self, seq: Sequence) -> None:
@@ -109,7 +116,7 @@ class Scheduler:
         admitted = []
         while self.pending_imports and len(self.running) + len(self.importing) < self.config.max_num_seqs:
             seq = self.pending_imports[0]
-            if not self.blocks.can_allocate(seq.num_prompt_tokens, self.config.reserve_blocks):
+            if not self.blocks.can_allocate(seq.num_prompt_tokens, self._watermark()):
                 break
             self.pending_imports.popleft()
             self.blocks.allocate(seq.request_id, seq.num_prompt_tokens)
@@ -168,7 +175,7 @@ class Scheduler:
         ):
             seq = self.waiting[0]
             n = min(seq.num_uncomputed_tokens, budget, cap)
-            if not self.blocks.can_allocate(n, self.config.reserve_blocks):
+            if not self.blocks.can_allocate(n, self._watermark()):
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq.request_id, n)
@@ -184,10 +191,15 @@ class Scheduler:
             if chunk.seq.status is SequenceStatus.RUNNING:
                 chunk.seq.num_computed_tokens = chunk.end
 
+    def _watermark(self) -> int:
+        """Blocks an admission leaves free: none on an idle rank, so any request that fits runs."""
+        return self.watermark_blocks if self.running or self.importing else 0
+
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.free(seq.request_id)
         seq.num_computed_tokens = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
 

@@ -31,6 +31,7 @@ class ErrorKind(StrEnum):
     INVALID_REQUEST = "invalid_request"  # the caller's fault; the message names the field
     KV_TRANSFER = "kv_transfer"  # the prompt's KV could not be pulled (retry with a new prefill)
     INTERNAL = "internal"
+    GROUP_FAILED = "group_failed"  # the group lost a rank, or drained: resume on another group
 
 
 class SequenceStatus(Enum):

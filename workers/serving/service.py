@@ -21,6 +21,7 @@ from moeplane.workers.kv.layout import TransferHandle
 from moeplane.workers.kv.rpc_parse import parsing_generic_handler
 from moeplane.workers.serving.controller import GroupController, GroupUnavailable
 from moeplane.workers.serving.convert import (
+    ERROR_KIND_TO_PB,
     FINISH_TO_PB,
     ROLE_TO_PB,
     logprobs_to_pb,
@@ -45,6 +46,7 @@ def token_event(out: TokenOutput) -> pb.TokenEvent:
         prompt_logprobs=[logprobs_to_pb(lp) for lp in out.prompt_logprobs or ()],
         has_prompt_logprobs=out.prompt_logprobs is not None,
         stop_reason=stop_reason_to_pb(out.stop_reason),
+        error_kind=ERROR_KIND_TO_PB[out.error_kind],  # type: ignore[arg-type]
     )
 
 
@@ -121,7 +123,10 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        s = await self.controller.stats()
+        try:
+            s = await self.controller.stats()
+        except GroupUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.StatsResponse(
             role=ROLE_TO_PB[s.role],
             group_id=s.group_id,
@@ -138,6 +143,7 @@ class WorkerControlService(pb_grpc.WorkerControlServicer):
                     num_running=r.num_running,
                     num_waiting=r.num_waiting + r.num_importing,
                     num_steps=r.num_steps,
+                    num_preemptions=r.num_preemptions,
                 )
                 for r in s.ranks
             ],
@@ -148,6 +154,7 @@ _STATUS = {
     ErrorKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.KV_TRANSFER: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorKind.GROUP_FAILED: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -163,7 +170,12 @@ def time_ms() -> float:
 
 
 class ControlServer:
-    """A group controller with its gRPC control service on host:port (port 0 = any)."""
+    """A group controller with its gRPC control service on host:port (port 0 = any).
+
+    `start()` starts the controller, then listens. A supervisor instead calls `listen()` first and
+    starts (and restarts) the controller itself, so the group keeps one address for its whole life
+    and answers UNAVAILABLE while its ranks start.
+    """
 
     def __init__(self, controller: GroupController, security: GrpcSecurity | None = None) -> None:
         self.controller = controller
@@ -171,8 +183,16 @@ class ControlServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
     async def start(self, host: str = "127.0.0.1", port: int = 0, advertise_host: str | None = None) -> str:
         await self.controller.start()
+        return await self.listen(host, port, advertise_host)
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0, advertise_host: str | None = None) -> str:
+        """Serve the control service (the controller may start later); returns the address."""
         server = new_server(self.security)
         add_control_service(server, WorkerControlService(self.controller))
         self.port = self.security.add_port(server, f"{host}:{port}")

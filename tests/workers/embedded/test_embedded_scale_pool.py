@@ -1,6 +1,7 @@
 """`EmbeddedStack.scale_pool` on the real stack (Ray rank actors, redis-server, frontend): a pool
 grows by a registered, routed group, and shrinks back while requests stream through the surplus
-group, which is stopped only after they finish, so none is stranded."""
+group, which drains (it refuses new requests itself and says so in the registry, whatever any
+frontend knows) and is stopped only after they finish, so none is stranded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from moeplane.api.enums import Role
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.scaling import ScaleError
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
+from moeplane.workers.serving.client import WorkerControlClient, WorkerControlError
+from moeplane.workers.serving.sequence import SamplingParams
 
+from moeplane.bus.registry import GroupState
 from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -71,7 +75,26 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
     await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), 60)
     assert not any(t.done() for t in tasks), "requests finished before the shrink: make them longer"
 
-    await stack.scale_pool(Role.DECODE, 1)  # drains decode-1, then stops it
+    surplus = stack.group("decode-1")
+    shrink = stack.request_scale(Role.DECODE, 1)  # drains decode-1, then stops it
+    await until(lambda: surplus.state is GroupState.DRAINING, 30, "decode-1 to drain")
+    # The group itself refuses new work (UNAVAILABLE: routers go elsewhere) and the registry says
+    # why, for every frontend.
+    direct = WorkerControlClient(surplus.address, stack.security)
+    with pytest.raises(WorkerControlError, match=r"UNAVAILABLE: .*draining"):
+        async for _ in direct.decode("direct-1", [1, 2, 3], SamplingParams(max_tokens=2)):
+            pass
+    await direct.close()
+    registry = stack._registry
+    assert registry is not None
+    states: dict[str, GroupState] = {}
+    deadline = time.monotonic() + 30
+    while states.get("decode-1") is not GroupState.DRAINING:  # published right after the switch
+        assert time.monotonic() < deadline, states
+        states = {g.group_id: g.state for g in await registry.groups()}
+        await asyncio.sleep(0.02)
+    assert states["decode-0"] is GroupState.LIVE
+    await asyncio.wait_for(shrink, 60)
     shrunk_at = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     assert [r[0] for r in results] == ["length"] * 4, results

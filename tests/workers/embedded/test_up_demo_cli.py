@@ -1,16 +1,22 @@
 """`moeplane up` and `moeplane demo` as a user runs them: real subprocesses, real Ray, real Redis.
 
-`up` prints its URLs, serves, and on Ctrl-C (SIGINT) stops with exit 0 leaving no process behind;
-`demo` drives its load and prints the SLA report with no errors. Every process either command
-started (Ray's, redis-server) is collected while it runs and must be gone when it returns.
+`up` prints its URLs, serves, listens on loopback only (every socket of every process it started,
+Ray's GCS, raylet, workers and agents included), and on Ctrl-C (SIGINT) stops with exit 0 leaving
+no process behind; `demo` drives its load and prints the SLA report with no errors. Every process
+either command started (Ray's, redis-server) is collected while it runs and must be gone when it
+returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -60,6 +66,42 @@ def alive(pids: set[int]) -> list[str]:
     return left
 
 
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket in LISTEN state that one of `pids` holds, from
+    /proc/net/tcp{,6} and the processes' file descriptors."""
+    owner: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[int(target[8:-1])] = pid
+    out = []
+    for family, table in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or int(fields[9]) not in owner:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            words = [int(hex_addr[i : i + 8], 16) for i in range(0, len(hex_addr), 8)]
+            address = socket.inet_ntop(family, b"".join(struct.pack("<I", w) for w in words))
+            out.append((owner[int(fields[9])], address, int(hex_port, 16)))
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 class Watch:
     """Collects the descendants of a process every 0.5 s while it runs."""
 
@@ -72,6 +114,22 @@ class Watch:
         while self.proc.poll() is None:
             self.seen |= descendants(self.proc.pid)
             time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen[str], watch: Watch) -> None:
+    """After a failed assertion: stop the command as Ctrl-C would, else kill it and every process
+    it started (redis-server runs in a session of its own, so it would outlive a plain kill)."""
+    if proc.poll() is not None:
+        return  # it exited by itself: whatever it left behind is the test's finding
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for line in alive(watch.seen):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
 
 
 def moeplane(*args: str) -> subprocess.Popen[str]:
@@ -126,14 +184,18 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
             assert json.load(resp)["usage"]["completion_tokens"] >= 1
         started = watch.seen | descendants(proc.pid)
         assert any("redis-server" in c for c in alive(started)) and any("raylet" in c for c in alive(started))
+        # Loopback only: no process of the stack listens on a wildcard or another interface.
+        sockets = listening_sockets(started | {proc.pid})
+        owners = {pid for pid, _, _ in sockets}
+        assert len(sockets) >= 8 and any("gcs_server" in c for c in alive(owners)), sockets
+        exposed = [(pid, addr, port) for pid, addr, port in sockets if not is_loopback(addr)]
+        assert exposed == [], [(alive({pid}), addr, port) for pid, addr, port in exposed]
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
         output.append(rest)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, watch)
     assert proc.returncode == 0, "".join(output)
     assert "moeplane: stopped" in "".join(output)
     time.sleep(1.0)  # reaped processes vanish from /proc
@@ -149,9 +211,7 @@ def test_demo_prints_the_sla_report_without_errors(tmp_path: Path) -> None:
     try:
         output, _ = proc.communicate(timeout=START_TIMEOUT_S + 120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, watch)
     assert proc.returncode == 0, output
     assert re.search(r"demo \[#+\] 8/8  0 errors", output)  # the progress bar
     row = r"^TTFT ms\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+1000  (met|MISSED)"

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_frontend_command_serves_from_env_and_stops_on_sigterm(
         url = f"http://127.0.0.1:{port}"
         assert _get(url + "/v1/models")[1]["data"][0]["id"] == "tiny-chat"
         status, health = _get(url + "/health")
-        assert status == 503 and health["status"] == "no_capacity"  # no worker group registered
+        assert status == 503 and health["status"] == "unavailable"  # no worker group registered
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -84,3 +85,62 @@ def test_frontend_command_names_missing_configuration(tmp_path: Path) -> None:
         "must be greater than 0 (got 0)"
     )
     assert time.monotonic() - started < 60
+
+
+def _post(url: str, body: dict, timeout_s: float = 120) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, dict(resp.headers), json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.load(err)
+
+
+def test_the_documents_queue_limit_gives_503_only_past_the_queue(
+    tmp_path: Path, redis_server: LocalRedis
+) -> None:
+    """spec.serving.maxQueuedRequests reaches the Kubernetes frontend through engine.json: with no
+    capacity (no group registered), two requests wait in the queue and the third, past it, gets
+    503 with Retry-After at once while the two still wait."""
+    dep = load_manifest(DEFAULT_MANIFEST)
+    name = f"fq-{uuid.uuid4().hex[:6]}"
+    serving = dep.spec.serving.model_copy(update={"max_queued_requests": 2, "queue_timeout_seconds": 120})
+    dep = dep.model_copy(update={
+        "metadata": dep.metadata.model_copy(update={"name": name}),
+        "spec": dep.spec.model_copy(update={"serving": serving}),
+    })
+    engine = tmp_path / "engine.json"
+    engine.write_text(engine_json(resolve_runtime(dep, namespace="test")))
+    port = free_port()
+    env = {**os.environ, "MOEPLANE_ENGINE_CONFIG": str(engine), "MOEPLANE_REDIS_URL": redis_server.url,
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "moeplane", "frontend", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+    pool = ThreadPoolExecutor(2)
+    try:
+        assert proc.stdout is not None
+        assert "serving 'tiny'" in proc.stdout.readline()
+        waiting = [pool.submit(_post, url + "/v1/completions", body) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while _get(url + "/health")[1]["queued_requests"] < 2:
+            assert time.monotonic() < deadline, "the two requests never queued"
+            assert not any(f.done() for f in waiting), [f.result() for f in waiting if f.done()]
+            time.sleep(0.05)
+        status, headers, err = _post(url + "/v1/completions", body)
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        assert "2 requests are already queued (maxQueuedRequests 2)" in err["error"]["message"]
+        assert not any(f.done() for f in waiting)  # still queued, not refused
+        assert _get(url + "/health")[1]["queued_requests"] == 2
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        for f in waiting:  # a stopping frontend refuses what still waits, at once
+            status, _, err = f.result(timeout=30)
+            assert status == 503 and "shutting down" in err["error"]["message"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert proc.returncode == 0 and "moeplane frontend: stopped" in out

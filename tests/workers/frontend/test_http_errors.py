@@ -15,6 +15,7 @@ import pytest_asyncio
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.model.tokenizer import ByteTokenizer
+from moeplane.workers.serving.limits import ServingLimits
 
 from moeplane.bus.keys import DeploymentKeys
 from moeplane.bus.request_metrics import read_request_records
@@ -112,8 +113,10 @@ CASES = [
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def frontend(redis_server):
     keys = DeploymentKeys("test", f"http-{uuid.uuid4().hex[:8]}")
+    # No group is registered: a valid request waits its (short) turn in the queue, then gets 503.
     server = FrontendServer(
-        FrontendConfig(served_model="tiny", max_model_len=512), redis_server.url, keys, ByteTokenizer()
+        FrontendConfig(served_model="tiny", max_model_len=512), redis_server.url, keys, ByteTokenizer(),
+        limits=ServingLimits(max_model_len=512, queue_timeout_s=0.2),
     )
     await server.start()
     async with aiohttp.ClientSession(server.url) as session:
@@ -183,9 +186,37 @@ async def test_models_health_and_metrics(frontend) -> None:
     assert (card["owned_by"], card["root"], card["max_model_len"]) == ("moeplane", "tiny", 512)
     async with session.get("/health") as resp:
         assert resp.status == 503  # no decode group registered
-        assert (await resp.json())["groups"] == {"prefill": 0, "decode": 0}
+        health = await resp.json()
+        assert health["groups"] == {"prefill": 0, "decode": 0} and health["status"] == "unavailable"
+        assert health["reason"] == "decode: no live group (none registered)"
     async with session.get("/metrics") as resp:
         text = await resp.text()
         assert resp.headers["Content-Type"].startswith("text/plain")
     assert 'moeplane_frontend_requests_total{endpoint="completions",model="tiny",status="rejected"}' in text
     assert 'moeplane_frontend_live_groups{role="decode"} 0.0' in text
+    # Responses by status code, 4xx included, per route: this test's own requests add one each.
+    bad_400 = 'moeplane_frontend_http_responses_total{code="400",route="/v1/completions"}'
+    unmatched_404 = 'moeplane_frontend_http_responses_total{code="404",route="unmatched"}'
+    assert _sample(text, bad_400) >= 1 and _sample(text, unmatched_404) >= 1  # the earlier tests'
+    async with session.post(CMPL, json={"model": "tiny"}) as resp:
+        assert resp.status == 400
+    async with session.get("/v1/nothing") as resp:
+        assert resp.status == 404
+    async with session.get("/metrics") as resp:
+        after = await resp.text()
+    assert _sample(after, bad_400) == _sample(text, bad_400) + 1
+    assert _sample(after, unmatched_404) == _sample(text, unmatched_404) + 1
+    assert 'moeplane_frontend_http_responses_total{code="503",route="/v1/chat/completions"} 1.0' in text
+    # vLLM's names for the same quantities, with its label.
+    assert 'vllm:num_requests_running{model_name="tiny"} 0.0' in text
+    assert 'vllm:kv_cache_usage_perc{model_name="tiny"} 0.0' in text
+    assert 'vllm:e2e_request_latency_seconds_count{model_name="tiny"} 2.0' in text
+    assert 'vllm:request_prompt_tokens_bucket{le="10.0",model_name="tiny"} 1.0' in text
+
+
+def _sample(exposition: str, series: str) -> float:
+    """The value of one series (name and labels, as exposed) in a Prometheus text exposition."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} is not exposed")

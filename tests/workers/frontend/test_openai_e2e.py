@@ -10,12 +10,16 @@ The tests share one stack (starting it costs ~25 s) and the last one kills its p
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from dataclasses import replace
 
 import aiohttp
 import openai
 import pytest
 import pytest_asyncio
+from moeplane.api.enums import Role
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
 from moeplane.workers.frontend.app import FrontendConfig
@@ -24,7 +28,9 @@ from moeplane.workers.model import RandomWeights, load_tokenizer
 from moeplane.workers.model.reference import reference_greedy
 from moeplane.workers.model.weights import full_state_dict
 from moeplane.workers.serving.client import WorkerControlClient
+from moeplane.workers.supervisor.policy import RestartPolicy
 
+from moeplane.bus.registry import GroupState
 from moeplane.bus.request_metrics import read_request_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -238,8 +244,16 @@ async def test_routing_survives_a_redis_outage_and_restart(stack, client) -> Non
 
 
 async def test_dead_prefill_group_is_routed_around(stack, client, weights) -> None:
-    """Runs last: it kills the stack's only prefill group (its registration lingers until its TTL)."""
-    await stack.servers["prefill-0"].stop()
+    """Runs last: it kills a rank of the stack's only prefill group, whose supervisor is told to give
+    up at once (so the group stays failed instead of coming back)."""
+    prefill = stack.supervisors[Role.PREFILL]
+    prefill.options = replace(prefill.options, restart=RestartPolicy(max_restarts=0, failed_retry_s=3600))
+    g = stack.group("prefill-0")
+    os.kill(g.controller.identities[0].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while g.state is not GroupState.FAILED:
+        assert time.monotonic() < deadline, g.state
+        await asyncio.sleep(0.02)
     prompt = "after the crash"
     out = await client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
                                           extra_body=NO_EOS)
@@ -247,5 +261,8 @@ async def test_dead_prefill_group_is_routed_around(stack, client, weights) -> No
     assert out.choices[0].text == await reference(weights, prompt, 12)
     rec = (await records_by_id(stack))[out.id]
     assert rec.status == "ok" and rec.prefill_group is None and rec.decode_group == "decode-0"
-    async with aiohttp.ClientSession() as http, http.get(stack.url + "/metrics") as resp:
-        assert 'moeplane_frontend_retries_total{stage="prefill"} 1.0' in await resp.text()
+    async with aiohttp.ClientSession() as http, http.get(stack.url + "/health") as resp:
+        # Decode serves every request (aggregated), but the prefill role has no live group.
+        body = await resp.json()
+        assert resp.status == 503
+        assert body["reason"].startswith("prefill: no live group (prefill-0 failed: rank 0")

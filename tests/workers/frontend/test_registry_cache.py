@@ -18,11 +18,11 @@ from moeplane.bus.registry import WorkerGroup, WorkerRegistry
 pytestmark = pytest.mark.integration
 
 
-def _group(gid: str, role: Role) -> WorkerGroup:
+def _group(gid: str, role: Role, incarnation: int = 0) -> WorkerGroup:
     return WorkerGroup(
         group_id=gid, role=role, address="127.0.0.1:1", model="tiny", ep_size=2, block_size_tokens=16,
         kv_blocks_total=64, kv_blocks_free=64, max_blocks_per_rank=32, queue_depth=0,
-        heartbeat_at_s=time.time(),
+        heartbeat_at_s=time.time(), incarnation=incarnation,
     )
 
 
@@ -62,7 +62,9 @@ async def test_cache_survives_outage_and_empty_restart() -> None:
         await client.aclose()
 
 
-async def test_suspects_are_routed_around_until_their_time_runs_out(redis_server: LocalRedis) -> None:
+async def test_suspects_are_routed_around_until_they_register_anew_or_time_runs_out(
+    redis_server: LocalRedis,
+) -> None:
     client = async_redis(redis_server.url)
     reg = WorkerRegistry(client, DeploymentKeys("test", f"cache-{uuid.uuid4().hex[:6]}"), ttl_s=5)
     await reg.publish(_group("d0", Role.DECODE))
@@ -70,9 +72,19 @@ async def test_suspects_are_routed_around_until_their_time_runs_out(redis_server
     cache = RegistryCache(reg, refresh_s=0.05)
     cache.start()
     await cache.wait_for([Role.DECODE], timeout_s=5)
-    cache.suspect("d0", for_s=0.3)
+    # A run that just failed a call is routed around ...
+    cache.suspect(("d0", 0), for_s=0.3)
     assert [g.group_id for g in cache.groups()] == ["d1"]
-    await asyncio.sleep(0.4)
+    # ... until its time runs out (waited for, however slow this machine is) ...
+    deadline = time.monotonic() + 30
+    while [g.group_id for g in cache.groups()] != ["d0", "d1"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    # ... or, at once, when its supervisor registers it anew (restarted: a newer incarnation).
+    cache.suspect(("d0", 0), for_s=3600)
+    assert [g.group_id for g in cache.groups()] == ["d1"]
+    await reg.publish(_group("d0", Role.DECODE, incarnation=1))
+    assert await cache.refresh()
     assert [g.group_id for g in cache.groups()] == ["d0", "d1"]
     with pytest.raises(TimeoutError, match="no live prefill groups"):
         await cache.wait_for([Role.PREFILL], timeout_s=0.2)

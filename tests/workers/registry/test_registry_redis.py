@@ -44,17 +44,33 @@ def _record(i: int) -> RequestRecord:
     )
 
 
+async def until_true(check, what: str, timeout_s: float = 30.0) -> None:
+    """Poll an async `check` until it holds (bounded): expiry is Redis's clock, not ours."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
 async def test_publish_expire_prune_and_remove(redis_server: LocalRedis) -> None:
     client = async_redis(redis_server.url)
-    reg = WorkerRegistry(client, _keys(), ttl_s=0.3)
+    keys = _keys()
+    reg = WorkerRegistry(client, keys, ttl_s=30)
+    short = WorkerRegistry(client, keys, ttl_s=0.3)  # the same registry, with a TTL that lapses here
     await reg.publish(_group("decode-0"))
     await reg.publish(_group("prefill-0", Role.PREFILL))
     live = await reg.live_groups()
     assert [g.group_id for g in live] == ["decode-0", "prefill-0"]
     assert live[0] == _group("decode-0").model_copy(update={"heartbeat_at_s": live[0].heartbeat_at_s})
 
-    await asyncio.sleep(0.45)  # both TTLs run out; only decode-0 heartbeats again
-    assert await reg.live_groups() == []
+    # Both heartbeat with the short TTL, then stop: both lapse; decode-0 heartbeats again.
+    await short.publish(_group("decode-0"))
+    await short.publish(_group("prefill-0", Role.PREFILL))
+
+    async def none_live() -> bool:
+        return await reg.live_groups() == []
+
+    await until_true(none_live, "both TTLs to lapse")
     await reg.publish(_group("decode-0", free=7))
     assert [(g.group_id, g.kv_blocks_free) for g in await reg.live_groups()] == [("decode-0", 7)]
     assert await reg.prune_dead() == ["prefill-0"]
@@ -90,17 +106,25 @@ async def test_heartbeat_keeps_alive_lapses_when_group_stops_answering(redis_ser
             raise ConnectionError("group gone")
         return _group()
 
+    async def live() -> bool:
+        return [g.group_id for g in await reg.live_groups()] == ["decode-0"]
+
+    async def lapsed() -> bool:
+        return await reg.live_groups() == []
+
     beat = Heartbeat(reg, snapshot, interval_s=0.1)
     beat.start()
-    await asyncio.sleep(0.7)  # longer than the TTL: alive only because it keeps beating
-    assert [g.group_id for g in await reg.live_groups()] == ["decode-0"]
+    # Alive only as long as it keeps beating: several beats longer than the TTL ...
+    published = beat.num_published
+    await until_true(lambda: asyncio.sleep(0, beat.num_published >= published + 6), "six more beats")
+    await until_true(live, "a live registration")
+    # ... and gone within a TTL of its group no longer answering ...
     answering = False
-    await asyncio.sleep(0.6)
-    assert await reg.live_groups() == []
-    assert beat.num_failed >= 3
+    await until_true(lapsed, "the registration to lapse")
+    assert beat.num_failed >= 1
+    # ... and back with its next answer.
     answering = True
-    await asyncio.sleep(0.3)
-    assert len(await reg.live_groups()) == 1
+    await until_true(live, "the registration to come back")
     await beat.stop(deregister=True)
     assert await client.hlen(reg.keys.workers()) == 0
     await client.aclose()
