@@ -107,9 +107,13 @@ class PoolRunner:
         self._placement.bound = True
         self._replicas = replicas
         self._retired = {i: ids for i, ids in self._retired.items() if i in replicas}
-        return complete_groups(
+        complete = complete_groups(
             replicas, self.settings.group.nodes_per_group, per_rank * self.settings.ep_size, self._retired
         )
+        # A running group whose nodes are gone for now (a worker container restarting) stays: the
+        # supervisor restarts it (restarting, Degraded) once its replica's nodes are back. Groups
+        # leave only when the operator has them drained, before it removes their pods.
+        return sorted(set(complete) | set(self.groups))
 
     async def start(self) -> PoolRunner:
         s, opts = self.settings, self.options
