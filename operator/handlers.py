@@ -8,6 +8,7 @@ vocabulary here and only here: an invalid spec is a `PermanentError`, waiting on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,8 +33,9 @@ from moeplane.operator.context import (
 )
 from moeplane.operator.eplb_status import EplbReader
 from moeplane.operator.groups import GroupBook
-from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, Kind
+from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, POD, RAYCLUSTER, Kind
 from moeplane.operator.kube import ApiError, HttpKubeApi, KubeApi
+from moeplane.operator.kube import login as kube_login
 from moeplane.operator.reconcile import Outcome, reconcile_deployment, reconcile_pool
 
 MANAGED = {names.MANAGED_BY: names.MANAGER}
@@ -94,6 +96,17 @@ class OperatorState:
             await self.groups.close()
 
 
+async def _stop_pools(api: KubeApi, namespace: str, deployment: str) -> int:
+    """Delete the deployment's RayClusters (garbage collection would, but only once the deployment
+    is gone); return how many of their pods are still there."""
+    selector = f"{names.DEPLOYMENT_LABEL}={names.label_value(deployment)}"
+    for rc in await api.list(RAYCLUSTER, namespace, selector):
+        if not rc["metadata"].get("deletionTimestamp"):
+            with contextlib.suppress(ApiError):
+                await api.delete(RAYCLUSTER, namespace, str(rc["metadata"]["name"]))
+    return len(await api.list(POD, namespace, f"{selector},ray.io/node-type"))
+
+
 def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = names.FINALIZER
@@ -152,7 +165,7 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kube_login(**kwargs)
         if info is not None:
             state.connect(info)
         return info
@@ -206,6 +219,16 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
         state.locks.forget(MOEDEPLOYMENT, namespace, name)
         if not config.redis_url:
             return
+        # The pools' `moeplane pool` processes write to Redis until they stop (deregistrations,
+        # fences): stop them first, so no key is written after the cleanup. Bounded: a pod that
+        # never terminates does not hold the deletion hostage.
+        if retry * config.wait_s < config.redis_cleanup_timeout_s:
+            left = await _stop_pools(state.api, namespace, name)
+            if left:
+                raise kopf.TemporaryError(
+                    f"waiting for {left} pod(s) of the pools to stop before cleaning Redis",
+                    delay=min(config.wait_s, 1.0),
+                )
         try:
             deleted = await delete_deployment_keys(config.redis_url, namespace, name)
         except (redis.RedisError, OSError) as exc:
