@@ -102,8 +102,8 @@ class PoolRunner:
         gpu = self.settings.device == "cuda"
         unit, per_rank = ("GPU", 1.0) if gpu else ("CPU", self.options.cpus_per_rank)
         replicas = replica_nodes(ray.nodes(), unit)
-        if not replicas:
-            return list(range(self.desired_groups()))
+        if not replicas and not self._placement.bound:
+            return list(range(self.desired_groups()))  # not a KubeRay cluster (none seen so far)
         self._placement.bound = True
         self._replicas = replicas
         self._retired = {i: ids for i, ids in self._retired.items() if i in replicas}
