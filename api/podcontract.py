@@ -78,7 +78,7 @@ KUBERAY_ENV = frozenset(
         "KUBERAY_GEN_RAY_START_CMD",
     }
 )
-OPERATOR_ENV = frozenset({HF_HOME_ENV, HF_OFFLINE_ENV})
+OPERATOR_ENV = frozenset({HF_HOME_ENV, HF_OFFLINE_ENV, "RAY_OVERRIDE_LABELS"})  # and every MOEPLANE_*
 
 
 def rdma_env(rdma: RdmaSpec) -> list[tuple[str, str]]:
@@ -127,6 +127,41 @@ MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 RAY_REPLICA_NAME_LABEL = "ray.io/worker-group-replica-name"
 RAY_REPLICA_INDEX_LABEL = "ray.io/worker-group-replica-index"
 RAY_HOST_INDEX_LABEL = "ray.io/replica-host-index"
+
+# One EP group = one KubeRay replica group. Every worker pod tells its Ray node which replica (and
+# which host of it) it is, as Ray node labels (`RAY_OVERRIDE_LABELS`, read by `ray start`, Ray >=
+# 2.49): the pool's supervisor places group g's ranks on the nodes labelled g, rank r on host
+# r // gpusPerNode. The values come from KubeRay's replica labels through the downward API.
+REPLICA_INDEX_ENV = "MOEPLANE_REPLICA_INDEX"
+HOST_INDEX_ENV = "MOEPLANE_HOST_INDEX"
+RAY_LABELS_ENV = "RAY_OVERRIDE_LABELS"
+NODE_REPLICA_LABEL = "moeplane.io/replica-index"  # a Ray node label, not a Kubernetes one
+NODE_HOST_LABEL = "moeplane.io/host-index"
+# `moeplane pool --ready-file`: present while every group the pool should run is up; the head
+# pod's readiness probe (KubeRay's head Service publishes not-ready addresses, so workers still join).
+POOL_READY_FILE = "/tmp/moeplane-pool.ready"
+
+
+def group_id(pool: str, revision: str, index: int) -> str:
+    """The registry id of EP group `index` (= its KubeRay replica index) of a pool revision: unique
+    across a rollout, where two revisions of a pool run side by side."""
+    rev = f"-{revision}" if revision else ""
+    return f"{pool}{rev}-g{index}"
+
+
+def of_pool(group: str, pool: str) -> bool:
+    """Whether `group` is a `group_id` of `pool` (any revision)."""
+    head, sep, index = group.rpartition("-g")
+    if not (sep and index.isdigit()):
+        return False
+    return head == pool or head.rpartition("-")[0] == pool
+
+
+def group_index(group: str, pool: str, revision: str) -> int | None:
+    """The replica index in a `group_id` of this pool revision; None for another pool or revision."""
+    head = group_id(pool, revision, 0)[:-1]
+    tail = group[len(head):] if group.startswith(head) else ""
+    return int(tail) if tail.isdigit() else None
 KUBERAY_MIN_VERSION = "1.6.0"
 
 # KubeRay's batch-scheduler integration, read from the RayCluster's labels

@@ -376,6 +376,19 @@ class FrontendSpec(ApiModel):
     pod: PodOverrides | None = Field(None, description="Pod-template fields of the frontend's pods.")
 
 
+class RolloutSpec(ApiModel):
+    """How a pool moves to a new revision (an image or EP-layout change): one EP group at a time."""
+
+    max_surge_groups: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="EP groups a pool may run above its replicas during a rollout: the operator adds "
+        "this many new-revision groups, waits until they serve, drains and removes as many old ones, "
+        "and repeats. The GPUs of these groups must be free for the rollout to proceed.",
+    )
+
+
 class MoEDeploymentSpec(ApiModel):
     """A mixture-of-experts model served by a prefill pool and a decode pool."""
 
@@ -396,6 +409,9 @@ class MoEDeploymentSpec(ApiModel):
     sla: SlaSpec = Field(description="Latency targets.")
     planner: PlannerSpec = Field(default_factory=PlannerSpec, description="The SLA planner.")
     frontend: FrontendSpec = Field(default_factory=FrontendSpec, description="The frontend.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="Rollouts: how many extra EP groups a pool may run."
+    )
 
     def pool(self, role: Role) -> PoolSpec:
         return self.prefill if role is Role.PREFILL else self.decode
@@ -426,6 +442,9 @@ class MoEPoolSpec(ApiModel):
     pod: PoolPodOverrides | None = Field(None, description="Pod-template fields of the pool's pods.")
     storage: ModelStorage | None = Field(
         None, description="The model locations the pods mount (weights, tokenizer, Hugging Face cache)."
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="The deployment's spec.rollout."
     )
     eplb_load_file: str | None = Field(
         None,

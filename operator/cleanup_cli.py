@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from moeplane.operator.kinds import MOEDEPLOYMENT
-from moeplane.operator.kube import ApiError, HttpKubeApi
+from moeplane.operator.kube import ApiError, HttpKubeApi, login
 from moeplane.operator.names import FINALIZER
 
 
@@ -50,7 +50,7 @@ def _login() -> HttpKubeApi:
     import kopf
 
     settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    info = login(settings=settings)
     if info is None:
         raise CleanupError("no credentials: neither a ServiceAccount token nor a kubeconfig")
     return HttpKubeApi(info)

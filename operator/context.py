@@ -18,6 +18,7 @@ from moeplane.api.enums import Role
 from moeplane.operator import names
 from moeplane.operator.config import OperatorConfig
 from moeplane.operator.diffing import DEFAULT_POLICY, Action, ChildPolicy, Create, Delete, Patch, plan_child
+from moeplane.operator.groups import GroupBook
 from moeplane.operator.kinds import RAYCLUSTER, Kind
 from moeplane.operator.kube import ApiError, KubeApi
 from moeplane.operator.status import EplbReading
@@ -114,6 +115,9 @@ class Context:
     reported: dict[Key, str] = field(default_factory=dict)
     # Reads each pool's EPLB state from Redis for its status; None without a Redis.
     eplb: EplbSource | None = None
+    # The worker registry and the drain requests (serving readiness, scale-down, rollouts); None
+    # without a Redis: readiness then comes from KubeRay's ready pods.
+    groups: GroupBook | None = None
     # The Secret patch last written per (namespace, name): Secrets are written, never read back.
     secrets_written: dict[tuple[str, str], str] = field(default_factory=dict)
     _written: dict[Key, Obj | None] = field(default_factory=dict)

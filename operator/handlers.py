@@ -8,6 +8,7 @@ vocabulary here and only here: an invalid spec is a `PermanentError`, waiting on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,8 +32,10 @@ from moeplane.operator.context import (
     snapshot,
 )
 from moeplane.operator.eplb_status import EplbReader
-from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, Kind
+from moeplane.operator.groups import GroupBook
+from moeplane.operator.kinds import CACHED_KINDS, MOEDEPLOYMENT, MOEPOOL, POD, RAYCLUSTER, Kind
 from moeplane.operator.kube import ApiError, HttpKubeApi, KubeApi
+from moeplane.operator.kube import login as kube_login
 from moeplane.operator.reconcile import Outcome, reconcile_deployment, reconcile_pool
 
 MANAGED = {names.MANAGED_BY: names.MANAGER}
@@ -48,6 +51,8 @@ class OperatorState:
         self.reported: dict[tuple[str, str, str], str] = {}
         self._api = api
         self.eplb = EplbReader(config.redis_url) if config.redis_url else None
+        # Serving readiness, drains and rollouts read the worker registry in the same Redis.
+        self.groups = GroupBook(config.redis_url) if config.redis_url else None
         self.secrets_written: dict[tuple[str, str], str] = {}
 
     def connect(self, info: kopf.ConnectionInfo) -> None:
@@ -78,6 +83,7 @@ class OperatorState:
             counters=self.counters,
             reported=self.reported,
             eplb=self.eplb,
+            groups=self.groups,
             secrets_written=self.secrets_written,
         )
 
@@ -86,6 +92,19 @@ class OperatorState:
             await self._api.close()
         if self.eplb is not None:
             await self.eplb.close()
+        if self.groups is not None:
+            await self.groups.close()
+
+
+async def _stop_pools(api: KubeApi, namespace: str, deployment: str) -> int:
+    """Delete the deployment's RayClusters (garbage collection would, but only once the deployment
+    is gone); return how many of their pods are still there."""
+    selector = f"{names.DEPLOYMENT_LABEL}={names.label_value(deployment)}"
+    for rc in await api.list(RAYCLUSTER, namespace, selector):
+        if not rc["metadata"].get("deletionTimestamp"):
+            with contextlib.suppress(ApiError):
+                await api.delete(RAYCLUSTER, namespace, str(rc["metadata"]["name"]))
+    return len(await api.list(POD, namespace, f"{selector},ray.io/node-type"))
 
 
 def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -146,7 +165,7 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kube_login(**kwargs)
         if info is not None:
             state.connect(info)
         return info
@@ -200,6 +219,16 @@ def build_registry(config: OperatorConfig, state: OperatorState) -> kopf.Operato
         state.locks.forget(MOEDEPLOYMENT, namespace, name)
         if not config.redis_url:
             return
+        # The pools' `moeplane pool` processes write to Redis until they stop (deregistrations,
+        # fences): stop them first, so no key is written after the cleanup. Bounded: a pod that
+        # never terminates does not hold the deletion hostage.
+        if retry * config.wait_s < config.redis_cleanup_timeout_s:
+            left = await _stop_pools(state.api, namespace, name)
+            if left:
+                raise kopf.TemporaryError(
+                    f"waiting for {left} pod(s) of the pools to stop before cleaning Redis",
+                    delay=min(config.wait_s, 1.0),
+                )
         try:
             deleted = await delete_deployment_keys(config.redis_url, namespace, name)
         except (redis.RedisError, OSError) as exc:

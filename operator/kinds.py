@@ -46,6 +46,7 @@ SERVICE = Kind("", "v1", "services", "Service")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 SECRET = Kind("", "v1", "secrets", "Secret")
 EVENT = Kind("", "v1", "events", "Event")
+POD = Kind("", "v1", "pods", "Pod")
 
 CHILD_KINDS: tuple[Kind, ...] = (MOEPOOL, RAYCLUSTER, CONFIGMAP, SERVICE, DEPLOYMENT, SECRET)
 # Children read from kopf's watch cache. RayClusters are not: their status decides readiness, so

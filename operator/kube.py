@@ -140,3 +140,25 @@ class HttpKubeApi:
         except ApiError as exc:
             if not exc.not_found:
                 raise
+
+
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server as client-go's in-cluster config finds it: `KUBERNETES_SERVICE_HOST` and
+    `KUBERNETES_SERVICE_PORT` (the kubelet sets them in every pod), None without them."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount (at the address client-go would use: kopf's own login assumes
+    `kubernetes.default.svc:443`, which a cluster may not resolve or serve), else the kubeconfig."""
+    import dataclasses
+    import os
+
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        server = in_cluster_server(os.environ)
+        return dataclasses.replace(info, server=server) if server else info
+    return kopf.login_with_kubeconfig(**kwargs)

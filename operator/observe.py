@@ -104,18 +104,42 @@ def observe_raycluster(body: Mapping[str, Any]) -> RayClusterObservation:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """What the worker registry says about a pool's groups (operator/groups.py, rollout.py)."""
+
+    groups: int  # registered live, over every revision
+    current: int  # of them, the current revision's
+    draining: int  # asked to drain and not stopped yet
+    down: tuple[str, ...] = ()  # "group ID: why" of groups restarting or failed
+    pending: tuple[str, ...] = ()  # why groups of the current revision do not run yet
+
+
+@dataclass(frozen=True)
 class PoolObservation:
-    """The RayClusters of one pool: the current revision and any older ones still rolling out."""
+    """The RayClusters of one pool: the current revision and any older ones still rolling out.
+
+    With `serving` (the operator reads a registry), readiness is serving readiness: a group is
+    ready when it is registered live after loading its weights, whatever its pods say. Without it,
+    ready groups are counted from KubeRay's ready pods."""
 
     desired_groups: int
     current: RayClusterObservation | None
     old: tuple[RayClusterObservation, ...]
+    serving: Serving | None = None
 
     @property
     def ready_groups(self) -> int:
         """Serving capacity: ready groups of every revision (old ones serve until replaced)."""
+        if self.serving is not None:
+            return self.serving.groups
         current = self.current.ready_groups if self.current else 0
         return current + sum(o.ready_groups for o in self.old)
+
+    @property
+    def current_ready(self) -> int:
+        if self.serving is not None:
+            return self.serving.current
+        return self.current.ready_groups if self.current else 0
 
     @property
     def ready_workers(self) -> int:
@@ -132,11 +156,13 @@ class PoolObservation:
 
     @property
     def ready(self) -> bool:
-        current_ready = self.current.ready_groups if self.current else 0
         return (
             not self.old
-            and current_ready >= self.desired_groups
+            and self.current_ready >= self.desired_groups
             and (self.current is not None and self.current.replicas == self.desired_groups)
+            and (self.serving is None or not self.serving.draining)
+            # Serving readiness includes the head's own (its `moeplane pool` probe: every group up).
+            and (self.serving is None or self.current.head_ready)
         )
 
     @property
@@ -145,9 +171,12 @@ class PoolObservation:
 
     @property
     def failure(self) -> str | None:
+        """Why the pool is degraded: KubeRay's ReplicaFailure, or EP groups restarting or failed."""
         for c in ([self.current] if self.current else []) + list(self.old):
             if c.failure:
                 return f"RayCluster {c.name}: {c.failure}"
+        if self.serving is not None and self.serving.down:
+            return "; ".join(self.serving.down)
         return None
 
 

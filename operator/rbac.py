@@ -99,6 +99,14 @@ RULES: tuple[PolicyRule, ...] = (
     ),
     PolicyRule(
         ("",),
+        ("pods",),
+        ("list",),
+        "A pool's worker pods, listed fresh: which pods hold which EP group (KubeRay's replica "
+        "labels), so a scale-down or rollout removes exactly the drained group's pods "
+        "(scaleStrategy.workersToDelete), and why a new revision's pods do not schedule.",
+    ),
+    PolicyRule(
+        ("",),
         ("configmaps", "services"),
         _CACHED_CHILD,
         "Engine and placement ConfigMaps, worker and frontend Services.",

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from moeplane.api import podcontract as pc
 from moeplane.api.enums import Role
 from moeplane.api.errors import SpecInvalid
 from moeplane.api.runtime import resolve_runtime
-from moeplane.api.spec import MoEPool, parse_deployment, parse_pool
+from moeplane.api.spec import MoEPool, MoEPoolSpec, parse_deployment, parse_pool
 from moeplane.operator import names
 from moeplane.operator.builders.configmaps import build_engine_configmap
 from moeplane.operator.builders.frontend import (
@@ -33,18 +34,21 @@ from moeplane.operator.builders.pools import build_pool, desired_pool_replicas
 from moeplane.operator.builders.raycluster import build_raycluster
 from moeplane.operator.builders.secret import build_deployment_secret, new_grpc_token, secret_patch
 from moeplane.operator.context import Context
-from moeplane.operator.diffing import ChildPolicy, Delete, with_hash
+from moeplane.operator.diffing import ChildPolicy, Delete, Patch, with_hash
+from moeplane.operator.groups import RAY_NODE_TYPE_LABEL, cluster_views
 from moeplane.operator.kinds import (
     CONFIGMAP,
     DEPLOYMENT,
     MOEDEPLOYMENT,
     MOEPOOL,
+    POD,
     RAYCLUSTER,
     SECRET,
     SERVICE,
 )
 from moeplane.operator.kube import ApiError
-from moeplane.operator.observe import PoolObservation, RayClusterObservation, observe_pool
+from moeplane.operator.observe import PoolObservation, RayClusterObservation, Serving, observe_pool
+from moeplane.operator.rollout import plan_pool
 from moeplane.operator.status import (
     EplbReading,
     PoolSummary,
@@ -62,8 +66,14 @@ POOL_POLICY = ChildPolicy(
     unhashed=(("spec", "replicas"),),
 )
 RAYCLUSTER_POLICY = ChildPolicy(
-    drift=((("spec", "workerGroupSpecs", 0, "replicas"), ("spec", "workerGroupSpecs")),),
-    unhashed=(("spec", "workerGroupSpecs", 0, "replicas"),),
+    drift=(
+        (("spec", "workerGroupSpecs", 0, "replicas"), ("spec", "workerGroupSpecs")),
+        (("spec", "workerGroupSpecs", 0, "scaleStrategy"), ("spec", "workerGroupSpecs")),
+    ),
+    unhashed=(
+        ("spec", "workerGroupSpecs", 0, "replicas"),
+        ("spec", "workerGroupSpecs", 0, "scaleStrategy"),
+    ),
 )
 CONFIGMAP_POLICY = ChildPolicy(prune=(("data",),))
 DEPLOYMENT_POLICY = ChildPolicy(drift=((("spec", "replicas"), ("spec", "replicas")),))
@@ -233,6 +243,86 @@ async def _refuse_pool(ctx: Context, body: Mapping[str, Any], message: str) -> N
         ctx.events.warn(body, reason="NotOwnedByDeployment", message=message)
 
 
+async def _roll_by_pods(
+    ctx: Context,
+    body: Mapping[str, Any],
+    desired: dict[str, Any],
+    current_name: str,
+    live: Mapping[str, Any],
+) -> PoolObservation:
+    """Without a registry: readiness from KubeRay's ready pods; old revisions go when the new serves."""
+    current = await ctx.ensure(RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=live.get(current_name))
+    namespace = str(body["metadata"]["namespace"])
+    replicas = int(desired["spec"]["workerGroupSpecs"][0]["replicas"])
+    clusters = [rc for rc_name, rc in live.items() if rc_name != current_name] + [current]
+    obs = observe_pool(replicas, current_name, clusters)
+    gone = retired(obs)
+    for old in gone:
+        await ctx.apply(Delete(RAYCLUSTER, namespace, old.name, old.uid))
+    if gone:
+        obs = PoolObservation(obs.desired_groups, obs.current, tuple(o for o in obs.old if o not in gone))
+    return obs
+
+
+async def _roll(
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: MoEPoolSpec,
+    name: str,
+    namespace: str,
+    current_name: str,
+    live: Mapping[str, Any],
+) -> PoolObservation:
+    """With the registry: scale and roll out one EP group at a time (operator/rollout.py)."""
+    assert ctx.groups is not None
+    reading = await ctx.groups.read(namespace, spec.deployment_name)
+    existing = live.get(current_name)
+    if reading is None:
+        # Serving is unknown: change nothing that could remove capacity.
+        group = ((existing or {}).get("spec") or {}).get("workerGroupSpecs") or [{}]
+        replicas = int(group[0].get("replicas") or 0) if existing else (0 if live else spec.replicas)
+        keep = tuple((group[0].get("scaleStrategy") or {}).get("workersToDelete") or ())
+        desired = build_raycluster(spec, name, namespace, spec.layout.gpu, ctx.config, replicas, keep)
+        current = await ctx.ensure(RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=existing)
+        clusters = [rc for n, rc in live.items() if n != current_name] + [current]
+        return observe_pool(spec.replicas, current_name, clusters)
+    selector = f"{names.POOL_LABEL}={names.label_value(name)},{RAY_NODE_TYPE_LABEL}=worker"
+    pods = await ctx.api.list(POD, namespace, selector)
+    views = cluster_views(name, current_name, live.values(), pods, reading)
+    # The drain bookkeeping is the deployment's: this pool answers only for its own groups.
+    mine_kept = [g for g in reading.bookkept if pc.of_pool(g, name)]
+    plan = plan_pool(spec.replicas, spec.rollout.max_surge_groups, views, mine_kept)
+    mine = views[0]
+    change = plan.changes.get(current_name)
+    replicas = change.replicas if change else mine.replicas if existing else spec.replicas
+    to_delete = change.workers_to_delete if change else mine.workers_to_delete
+    desired = build_raycluster(spec, name, namespace, spec.layout.gpu, ctx.config, replicas, to_delete)
+    current = await ctx.ensure(RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=existing)
+    kept: list[Mapping[str, Any]] = [current]
+    for rc_name, rc in live.items():
+        if rc_name == current_name:
+            continue
+        if rc_name in plan.delete:
+            await ctx.apply(Delete(RAYCLUSTER, namespace, rc_name, str(rc["metadata"].get("uid", ""))))
+            continue
+        old_change = plan.changes.get(rc_name)
+        if old_change is not None:
+            groups = [dict(g) for g in rc["spec"]["workerGroupSpecs"]]
+            groups[0]["replicas"] = old_change.replicas
+            groups[0]["scaleStrategy"] = {"workersToDelete": list(old_change.workers_to_delete)}
+            rc = await ctx.apply(
+                Patch(RAYCLUSTER, namespace, rc_name, {"spec": {"workerGroupSpecs": groups}})
+            )
+        kept.append(rc)
+    # Bookkeeping of groups whose pods are named for deletion is cleared only now, after the
+    # patch: KubeRay may hand their replica index to a new group, which must not inherit it.
+    await ctx.groups.forget(namespace, spec.deployment_name, plan.forget)
+    await ctx.groups.request_drain(namespace, spec.deployment_name, plan.drain)
+    obs = observe_pool(spec.replicas, current_name, kept)
+    serving = Serving(plan.serving, plan.current_serving, plan.draining, plan.down, plan.pending)
+    return PoolObservation(obs.desired_groups, obs.current, obs.old, serving)
+
+
 async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta["namespace"])
@@ -257,19 +347,14 @@ async def reconcile_pool(ctx: Context, body: Mapping[str, Any]) -> PoolSummary:
         desired = build_raycluster(spec, name, namespace, spec.layout.gpu, ctx.config)
         pool_label = names.label_value(name)
         live = {str(rc["metadata"]["name"]): rc for rc in await ctx.rayclusters(namespace, pool_label)}
-        current = await ctx.ensure(
-            RAYCLUSTER, desired, body, RAYCLUSTER_POLICY, live=live.get(desired["metadata"]["name"])
-        )
+        current_name = str(desired["metadata"]["name"])
+        if ctx.groups is not None:
+            obs = await _roll(ctx, body, spec, name, namespace, current_name, live)
+        else:
+            obs = await _roll_by_pods(ctx, body, desired, current_name, live)
         await ctx.ensure(
             SERVICE, build_worker_service(spec.deployment_name, name, namespace, spec.role), body
         )
-        clusters = [rc for rc_name, rc in live.items() if rc_name != current["metadata"]["name"]] + [current]
-        obs = observe_pool(spec.replicas, str(current["metadata"]["name"]), clusters)
-        gone = retired(obs)
-        for old in gone:
-            await ctx.apply(Delete(RAYCLUSTER, namespace, old.name, old.uid))
-        if gone:
-            obs = PoolObservation(obs.desired_groups, obs.current, tuple(o for o in obs.old if o not in gone))
         eplb = await ctx.eplb.read(namespace, spec.deployment_name, spec.role) if ctx.eplb else None
         status = pool_status(
             obs, names.pool_selector(name), _generation(body), body.get("status"), now_utc(), eplb

@@ -75,7 +75,9 @@ class EplbReading:
 
 # ---- MoEPool -----------------------------------------------------------------------------------
 def pool_conditions(obs: PoolObservation) -> list[Cond]:
-    current_ready = obs.current.ready_groups if obs.current else 0
+    current_ready = obs.current_ready
+    pending = "; ".join(obs.serving.pending) if obs.serving is not None else ""
+    waits = f" (waiting: {pending})" if pending else ""
     if obs.suspended:
         ready = Cond(
             ConditionType.READY,
@@ -104,24 +106,25 @@ def pool_conditions(obs: PoolObservation) -> list[Cond]:
             ConditionStatus.TRUE,
             "RollingOut",
             f"new revision {obs.current.revision if obs.current else '?'}: {current_ready}/"
-            f"{obs.desired_groups} groups ready; {len(obs.old)} old RayCluster(s) serve meanwhile",
+            f"{obs.desired_groups} groups ready; {len(obs.old)} old RayCluster(s) serve meanwhile{waits}",
         )
     elif not obs.ready:
         progressing = Cond(
             ConditionType.PROGRESSING,
             ConditionStatus.TRUE,
             "Scaling",
-            f"{current_ready}/{obs.desired_groups} EP groups ready",
+            f"{current_ready}/{obs.desired_groups} EP groups ready{waits}",
         )
     else:
         progressing = Cond(
             ConditionType.PROGRESSING, ConditionStatus.FALSE, "Complete", "the pool is up to date"
         )
     failure = obs.failure
+    down = obs.serving is not None and bool(obs.serving.down) and failure == "; ".join(obs.serving.down)
     degraded = Cond(
         ConditionType.DEGRADED,
         _true(failure is not None),
-        "ReplicaFailure" if failure else "Healthy",
+        ("GroupsDown" if down else "ReplicaFailure") if failure else "Healthy",
         failure or "",
     )
     return [ready, progressing, degraded]

@@ -34,6 +34,16 @@ class DeploymentKeys:
         """Heartbeat key with a TTL; the group is live while it exists."""
         return self.prefix + f"alive:{group_id}"
 
+    def drain_requests(self) -> str:
+        """Hash of group id -> JSON: groups the operator asks their pool to drain and stop
+        (scale-down, rollout); the operator removes an entry once the group's pods are gone."""
+        return self.prefix + "drain:requests"
+
+    def drained(self) -> str:
+        """Hash of group id -> unix time: groups their pool drained and stopped on request, whose
+        pods may now be deleted."""
+        return self.prefix + "drain:done"
+
     def worker_epoch(self, group_id: str) -> str:
         """The group's fence: the lowest incarnation the registry still accepts from its writers."""
         return self.prefix + f"epoch:{group_id}"

@@ -57,6 +57,7 @@ def build_pool(
         topology_key=pool.topology_key,
         pod=pool.pod,
         storage=model_storage(deployment),
+        rollout=spec.rollout,
         # Only a static pool reads it, and a change of it restarts the pool's workers.
         eplb_load_file=spec.eplb.load_file if spec.eplb.mode is EplbMode.STATIC else None,
     )

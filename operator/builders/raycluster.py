@@ -52,7 +52,14 @@ WORKER_CONTAINER = "ray-worker"
 MAX_GROUPS = 2**31 - 1  # KubeRay's own default
 HEAD_CONTAINER = "ray-head"
 POOL_CONTAINER = "moeplane-pool"
-POOL_ARGS = ("pool", "--host", "0.0.0.0")  # the image's entrypoint is `moeplane`
+POOL_ARGS = ("pool", "--host", "0.0.0.0", "--ready-file", pc.POOL_READY_FILE)  # entrypoint `moeplane`
+# Serving readiness: Ready while every EP group the pool should run is up (workers/pool/runner.py).
+POOL_READINESS = {
+    "exec": {"command": ["cat", pc.POOL_READY_FILE]},
+    "periodSeconds": 2,
+    "timeoutSeconds": 2,
+    "failureThreshold": 1,
+}
 RAY_TMP_VOLUME = pc.RAY_TMP_VOLUME
 RAY_TMP_DIR = pc.RAY_TMP_DIR
 EPLB_LOAD_VOLUME = pc.EPLB_LOAD_VOLUME
@@ -188,6 +195,7 @@ def pool_sidecar(
         "args": list(POOL_ARGS),
         "env": [*pool_env(pool, pool_name, revision, config), *model.env, *podparts.user_env(pool.pod)],
         "resources": config.pool_resources,
+        "readinessProbe": POOL_READINESS,
         "securityContext": podparts.container_security_context(pool.pod),
         "volumeMounts": [
             *_POOL_MOUNTS,
@@ -229,9 +237,27 @@ def _scheduling(pool: MoEPoolSpec, pool_name: str) -> dict[str, Any]:
     return out
 
 
+def _label_env(name: str, label: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{label}']"}}}
+
+
+def replica_env(pool: MoEPoolSpec) -> list[dict[str, Any]]:
+    """The pod's KubeRay replica group (and host in it) as Ray node labels: `ray start` reads
+    `RAY_OVERRIDE_LABELS`, and Kubernetes expands `$(VAR)` from the downward-API variables before it.
+    KubeRay >= 1.6 labels every worker pod with its replica index, and the pods of a multi-host
+    group with their host index too (api/podcontract.py)."""
+    env = [_label_env(pc.REPLICA_INDEX_ENV, pc.RAY_REPLICA_INDEX_LABEL)]
+    labels = {pc.NODE_REPLICA_LABEL: f"$({pc.REPLICA_INDEX_ENV})"}
+    if pool.layout.nodes_per_group > 1:
+        env.append(_label_env(pc.HOST_INDEX_ENV, pc.RAY_HOST_INDEX_LABEL))
+        labels[pc.NODE_HOST_LABEL] = f"$({pc.HOST_INDEX_ENV})"
+    env.append({"name": pc.RAY_LABELS_ENV, "value": json.dumps(labels, sort_keys=True)})
+    return env
+
+
 def _worker_env(pool: MoEPoolSpec, model: ModelMounts) -> list[dict[str, Any]]:
     rdma = podparts.env_values(pc.rdma_env(pool.rdma)) if pool.rdma is not None else []
-    return [*model.env, *rdma, *podparts.user_env(pool.pod)]
+    return [*replica_env(pool), *model.env, *rdma, *podparts.user_env(pool.pod)]
 
 
 def _worker_annotations(pool: MoEPoolSpec) -> dict[str, str]:
@@ -283,7 +309,12 @@ def _head_group(
 
 
 def _worker_group(
-    pool: MoEPoolSpec, pool_name: str, image: str, accelerator: HardwarePreset, config: OperatorConfig
+    pool: MoEPoolSpec,
+    pool_name: str,
+    image: str,
+    accelerator: HardwarePreset,
+    config: OperatorConfig,
+    workers_to_delete: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     per_pod = gpus_per_pod(pool)
     start_params = (
@@ -326,9 +357,12 @@ def _worker_group(
     }
     if model.init_containers:
         spec["initContainers"] = model.init_containers
+    scale = {"scaleStrategy": {"workersToDelete": list(workers_to_delete)}} if workers_to_delete else {}
     return {
         "groupName": pool.role.value,
         "replicas": pool.replicas,
+        # The pods of drained EP groups, named so that KubeRay deletes exactly them (operator/rollout.py).
+        **scale,
         # Bounds only matter to KubeRay's autoscaler, which is off; replicas must stay within them.
         "minReplicas": 0,
         "maxReplicas": MAX_GROUPS,
@@ -347,13 +381,16 @@ def _template_spec(
     accelerator: HardwarePreset,
     config: OperatorConfig,
     revision: str,
+    workers_to_delete: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     image = pool.image or config.image
     return {
         "rayVersion": config.ray_version,
         "enableInTreeAutoscaling": False,
         "headGroupSpec": _head_group(pool, pool_name, image, config, revision),
-        "workerGroupSpecs": [_worker_group(pool, pool_name, image, accelerator, config)],
+        "workerGroupSpecs": [
+            _worker_group(pool, pool_name, image, accelerator, config, workers_to_delete)
+        ],
     }
 
 
@@ -384,9 +421,19 @@ def pool_revision(
 
 
 def build_raycluster(
-    pool: MoEPoolSpec, pool_name: str, namespace: str, accelerator: HardwarePreset, config: OperatorConfig
+    pool: MoEPoolSpec,
+    pool_name: str,
+    namespace: str,
+    accelerator: HardwarePreset,
+    config: OperatorConfig,
+    replicas: int | None = None,
+    workers_to_delete: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """The RayCluster of the pool's current revision; `replicas` (default: the pool's) and
+    `workers_to_delete` are what the rollout plan gives this revision now."""
     revision = pool_revision(pool, pool_name, namespace, accelerator, config)
+    if replicas is not None:
+        pool = pool.model_copy(update={"replicas": replicas})
     labels = {
         **gang_labels(pool),
         **names.pool_labels(pool.deployment_name, pool_name, pool.role),
@@ -396,5 +443,5 @@ def build_raycluster(
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
         "metadata": {"name": names.raycluster(pool_name, revision), "namespace": namespace, "labels": labels},
-        "spec": _template_spec(pool, pool_name, accelerator, config, revision),
+        "spec": _template_spec(pool, pool_name, accelerator, config, revision, workers_to_delete),
     }

@@ -1,6 +1,6 @@
 """`helm uninstall` of the chart, as Helm's uninstall action runs it (pkg/action/uninstall.go):
-pre-delete hooks in weight order, each waited for (a Job until it completes), deleted per their
-delete policy; then the release's objects.
+pre-delete hooks in weight order, each waited for (a Job until it completes), then, once all
+succeeded, deleted per their delete policy; then the release's objects.
 
 The chart is rendered with the real Helm SDK (tests/charts/chartkit.py). In this tier the operator
 is the harness's `moeplane operator` process standing for the chart's operator Deployment (and
@@ -79,6 +79,10 @@ def helm_uninstall(stack: E2EStack, hooks: list[Manifest], timeout_s: float = 30
             while _job_done(stack, hook) is None:
                 assert time.monotonic() < deadline, f"pre-delete hook Job {ns}/{hook.name} did not complete"
                 time.sleep(1)
+    # Helm deletes the `hook-succeeded` hooks once every hook of the event succeeded (execHook's
+    # second loop), not one by one: the Job's ServiceAccount must outlive the Job's pod.
+    for hook in hooks:
+        ns = hook.namespace or "moeplane"
         policy = (hook.obj["metadata"].get("annotations") or {}).get("helm.sh/hook-delete-policy", "")
         if "hook-succeeded" in policy:
             stack.cluster.kubectl("delete", hook.kind.lower(), hook.name, "-n", ns, "--ignore-not-found")

@@ -1,9 +1,11 @@
 """Sampling a deployment's capacity through a step: serving groups (Redis registry) and provisioned
 groups (RayCluster replicas), every `interval_s`.
 
-A group *serves* while its registration is in the registry hash and its heartbeat key is alive.
-How a group left is kept too: *drained* (its registration removed while its heartbeat still ran:
-the supervisor deregistered it) or *died* (its heartbeat expired while the registration stayed).
+A group *serves* while its registration is in the registry hash, says `live` (not starting,
+draining, restarting or failed) and its heartbeat key is alive.
+How a group left is kept too: *drained* (it turned draining, or its registration was removed while
+its heartbeat still ran: the supervisor deregistered it) or *died* (its heartbeat expired while the
+registration stayed, or it turned restarting or failed).
 *Provisioned* groups are the EP groups the pools' RayClusters ask for (sum of worker-group
 replicas): what a rollout or scale-up holds in GPUs at that moment.
 """
@@ -28,7 +30,8 @@ class Sample:
 
 
 def read_registry(client: redis.Redis, keys: DeploymentKeys) -> tuple[dict[str, set[str]], set[str]]:
-    """(serving group ids by role, registered group ids whose heartbeat is gone)."""
+    """(serving group ids by role, registered group ids whose heartbeat is gone or that are down:
+    restarting or failed)."""
     import json
 
     records = client.hgetall(keys.workers())
@@ -36,11 +39,12 @@ def read_registry(client: redis.Redis, keys: DeploymentKeys) -> tuple[dict[str, 
     stale: set[str] = set()
     for raw_id, raw in records.items():
         group_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-        role = json.loads(raw).get("role", "")
-        if client.exists(keys.worker_alive(group_id)):
-            serving.setdefault(role, set()).add(group_id)
-        else:
+        record = json.loads(raw)
+        role, state = record.get("role", ""), record.get("state", "live")
+        if not client.exists(keys.worker_alive(group_id)) or state in ("restarting", "failed"):
             stale.add(group_id)
+        elif state == "live":
+            serving.setdefault(role, set()).add(group_id)
     return serving, stale
 
 

@@ -1,9 +1,4 @@
-"""Issue 16's end-to-end test: the pods the operator generates, run, in seven steps on one stack.
-
-Steps that today's operator, supervisor or chart cannot pass are written in full and marked
-`xfail(strict=True)` with the precise missing capability: they turn into failures (XPASS) the
-moment that capability lands, and the marker must then go.
-"""
+"""Issue 16's end-to-end test: the pods the operator generates, run, in seven steps on one stack."""
 
 from __future__ import annotations
 
@@ -25,42 +20,6 @@ from tests.kube.podrunner import kuberay_api as K
 pytestmark = [pytest.mark.k8s_e2e, pytest.mark.timeout(900)]
 
 CHECKPOINT_ENV = "MOEPLANE_E2E_CHECKPOINT"  # DIR[:CLAIM]: serve a checkpoint from a pvc:// claim
-
-# ---- why steps fail today (each names the capability whose arrival flips the step) -------------------
-SIDECAR_CANNOT_JOIN_RAY = (
-    "the head pod's `moeplane pool` sidecar cannot join its Ray cluster: Ray >= 2.5x resolves the local "
-    "node of a driver by scanning the processes it can see for a raylet (ray._private.services."
-    "get_node_to_connect_for_driver / find_node_ids), and the sidecar container has its own PID namespace "
-    "(the RayCluster head template the operator builds lacks shareProcessNamespace: true), so ray.init fails "
-    "with 'No node info found matching attributes' after the GCS is up, on a real cluster as here "
-    "(operator/builders/raycluster.py)"
-)
-SCALE_DOWN_NOT_DRAINED = (
-    "scale-down is not drained: the operator lowers the RayCluster's replicas without choosing a group "
-    "(no scaleStrategy.workersToDelete), so KubeRay deletes a replica group of its choosing (the runner "
-    "takes the oldest, as KubeRay's unordered choice may), while `moeplane pool` stops its highest-index "
-    "group; the kept group loses its ranks"
-)
-ROLLOUT_DIPS = (
-    "rollouts are not group by group: operator/reconcile.py retired() deletes the old RayCluster as soon as "
-    "the new one's pods are Ready, before its groups load and register (serving capacity drops below the "
-    "desired count), and a new revision is a whole second RayCluster rather than one surge group at a time"
-)
-NO_SERVING_READINESS = (
-    "status reflects pods, not serving: a worker whose processes die restarts in place (Ready again "
-    "within seconds), KubeRay reports no ReplicaFailure, and the operator never reads the registry, so "
-    "Degraded never turns True for a dead EP group (operator/observe.py, operator/status.py)"
-)
-NO_PRE_DELETE_HOOK = (
-    "charts/moeplane has no helm.sh/hook: pre-delete Job that deletes the release's MoEDeployments while "
-    "the operator still runs: `helm uninstall` removes the operator first and a MoEDeployment then waits "
-    "forever on its moeplane.io/cleanup finalizer"
-)
-
-
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
 
 # ---- the checkpoint-on-PVC variant ------------------------------------------------------------------
 def use_checkpoint_on_pvc(
@@ -126,7 +85,6 @@ def test_1_crds_and_a_tiny_deployment_come_up(stack: E2EStack, e2e_report: E2ERe
 
 
 # ---- 2 ----------------------------------------------------------------------------------------------------
-@_xfail(SIDECAR_CANNOT_JOIN_RAY)
 def test_2_the_frontend_answers_like_moeplane_up(stack: E2EStack, e2e_report: E2EReport) -> None:
     with run_step(e2e_report, "2 OpenAI API answers equal moeplane up's", stack) as step:
         want = stack.desired_groups()
@@ -149,7 +107,6 @@ def _decode_pool(stack: E2EStack) -> str:
     return f"{stack.name}-decode"
 
 
-@_xfail(SCALE_DOWN_NOT_DRAINED)
 def test_3_scale_decode_up_and_down_under_load(stack: E2EStack, e2e_report: E2EReport) -> None:
     with run_step(e2e_report, "3 kubectl scale moepool decode 2 and back to 1 under load", stack) as step:
         require_serving(step)
@@ -196,7 +153,6 @@ def _rolled_out(stack: E2EStack) -> bool:
     return len(clusters) == len(pools)
 
 
-@_xfail(ROLLOUT_DIPS)
 def test_4_rollouts_under_load_keep_capacity(stack: E2EStack, e2e_report: E2EReport) -> None:
     with run_step(e2e_report, "4 rollout (image tag, then EP layout) under load", stack) as step:
         require_serving(step)
@@ -265,7 +221,6 @@ def _condition(stack: E2EStack, kind: str) -> str:
     return next((c["status"] for c in conds if c["type"] == kind), "")
 
 
-@_xfail(NO_SERVING_READINESS)
 def test_5_killing_a_worker_pods_processes_degrades_then_recovers(
     stack: E2EStack, e2e_report: E2EReport
 ) -> None:
@@ -338,7 +293,6 @@ def test_6_kubectl_delete_removes_every_process_and_object(stack: E2EStack, e2e_
 
 
 # ---- 7 ----------------------------------------------------------------------------------------------------
-@_xfail(NO_PRE_DELETE_HOOK)
 def test_7_helm_uninstall_leaves_nothing_behind(stack: E2EStack, e2e_report: E2EReport) -> None:
     from tests.k8s_e2e.helm import helm_uninstall, install_release_accounts, pre_delete_hooks
 

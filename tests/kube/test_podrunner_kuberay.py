@@ -13,7 +13,7 @@ import pytest
 import yaml
 from moeplane.api.enums import Role
 from moeplane.api.hardware import HardwarePreset
-from moeplane.api.layout import resolve_layout
+from moeplane.api.runtime import resolve_runtime
 from moeplane.api.spec import parse_deployment
 from moeplane.operator.builders.pools import build_pool
 from moeplane.operator.builders.raycluster import build_raycluster
@@ -39,7 +39,7 @@ def operator_raycluster(hosts_per_group: int = 1, replicas: int = 1) -> dict[str
     doc["spec"]["decode"]["replicas"] = replicas
     doc["spec"]["decode"]["maxReplicas"] = max(replicas, 2)
     deployment = parse_deployment(doc)
-    layout = resolve_layout(deployment.spec)
+    layout = resolve_runtime(deployment).pool(Role.DECODE)
     pool_body = build_pool(deployment, "tiny", "default", Role.DECODE, layout, replicas)
     from moeplane.api.spec import parse_pool
 

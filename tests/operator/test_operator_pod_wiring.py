@@ -126,7 +126,7 @@ def _source(module: str) -> str:
 # Read by libraries in the pods, not by moeplane's code: huggingface_hub, NCCL, Gloo, UCX.
 LIBRARY_ENV = {
     "HF_HOME", "HF_HUB_OFFLINE", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX", "NCCL_SOCKET_IFNAME",
-    "GLOO_SOCKET_IFNAME", "UCX_NET_DEVICES",
+    "GLOO_SOCKET_IFNAME", "UCX_NET_DEVICES", "RAY_OVERRIDE_LABELS",
 }  # fmt: skip
 
 
@@ -160,7 +160,9 @@ def test_every_env_var_set_is_one_the_workers_read() -> None:
             if var in LIBRARY_ENV:
                 continue
             wanted = contract.get(var, f'"{var}"')
-            read = wanted in readers[name] + locations
+            # Or Kubernetes reads it: `$(VAR)` in a later variable of the same container.
+            expanded = any(f"$({var})" in str(e.get("value", "")) for e in env_of(c).values())
+            read = wanted in readers[name] + locations or expanded
             assert read, f"{name} sets {var}, which nothing in moeplane reads"
     for name in (POOL_CONTAINER, "frontend"):
         needed = {"MOEPLANE_GRPC_TOKEN", "MOEPLANE_REDIS_URL", "MOEPLANE_ENGINE_CONFIG"}
@@ -168,7 +170,9 @@ def test_every_env_var_set_is_one_the_workers_read() -> None:
     # The ranks get their settings from the driver through Ray; the worker's env is the pod's
     # volume root, the Hugging Face cache its ranks resolve hf:// weights in (R1's are), and the
     # fabric's (NCCL/Gloo/UCX), which the rank processes inherit.
-    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV
+    # Its KubeRay replica (and host) reach Ray as node labels: the binding of EP groups to replicas.
+    replica = {podcontract.REPLICA_INDEX_ENV, podcontract.HOST_INDEX_ENV}
+    assert set(env_of(worker)) == {"MOEPLANE_VOLUME_ROOT"} | LIBRARY_ENV | replica
     assert "env" not in container(rc["spec"]["headGroupSpec"]["template"]["spec"], HEAD_CONTAINER)
     assert "ports" not in worker  # ephemeral, advertised in Redis
 

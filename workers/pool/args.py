@@ -28,3 +28,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-rank", type=float, default=1.0, help="Ray CPUs per rank of a CPU pool")
     p.add_argument("--max-kv-blocks", type=int, default=None, help="cap on KV blocks per rank")
     p.add_argument("--reconcile-interval", type=float, default=5.0, help="seconds between checks")
+    p.add_argument("--ready-file", default=None,
+                   help="a file present while every group the pool should run is up (readiness probe)")

@@ -50,6 +50,7 @@ def options_from(args: argparse.Namespace) -> PoolOptions:
         cpus_per_rank=args.cpus_per_rank,
         max_kv_blocks_per_rank=args.max_kv_blocks,
         reconcile_s=args.reconcile_interval,
+        ready_file=args.ready_file,
     )
 
 

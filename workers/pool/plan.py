@@ -37,6 +37,8 @@ class PoolOptions:
     registry_ttl_s: float = 5.0
     reconcile_s: float = 5.0
     start_timeout_s: float = 600.0
+    drain_timeout_s: float = 120.0  # a draining group still busy after this is stopped anyway
+    ready_file: str | None = None  # present while every group the pool should run is up
 
     def __post_init__(self) -> None:
         if self.groups is not None and self.groups < 0:
@@ -68,10 +70,16 @@ class Reconcile:
 
 def reconcile(desired: int, running: Iterable[int], failed: Iterable[int]) -> Reconcile:
     """Groups 0..desired-1 should run: stop the failed and the surplus, start what is missing."""
-    running_set, failed_set = set(running), set(failed)
-    stop = failed_set | {i for i in running_set if i >= desired}
+    return reconcile_indices(range(desired), running, failed)
+
+
+def reconcile_indices(want: Iterable[int], running: Iterable[int], failed: Iterable[int]) -> Reconcile:
+    """Groups `want` should run (their KubeRay replicas are up): stop the failed and those whose
+    replica is gone, start what is missing."""
+    want_set, running_set, failed_set = set(want), set(running), set(failed)
+    stop = failed_set | (running_set - want_set)
     healthy = running_set - stop
-    start = [i for i in range(desired) if i not in healthy]
+    start = sorted(want_set - healthy)
     return Reconcile(tuple(start), tuple(sorted(stop)))
 
 

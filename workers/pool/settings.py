@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from moeplane.api import podcontract
 from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbMode, Role
 from moeplane.api.layout import GroupLayout
@@ -114,8 +115,7 @@ class PoolSettings:
 
     def group_id(self, index: int) -> str:
         """Unique across a rollout: the old and the new RayCluster of a pool run side by side."""
-        rev = f"-{self.revision}" if self.revision else ""
-        return f"{self.pool_name}{rev}-g{index}"
+        return podcontract.group_id(self.pool_name, self.revision, index)
 
     def kv_blocks_per_rank(self, cap: int | None = None) -> int:
         """Blocks of the document's block size that fit the layout's KV memory per rank."""

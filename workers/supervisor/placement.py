@@ -7,15 +7,9 @@ registering, probing, draining, restarting) is the same supervisor in both modes
 - `LocalCpuShares` (`moeplane up`): every rank is a CPU share of the local Ray instance.
 - `PoolResources` (`moeplane pool`): a rank takes one GPU of the pool's Ray cluster (or a CPU share
   on a CPU pool), wherever Ray finds one.
-
-Kubernetes seam, not bound yet: one EP group is one KubeRay replica group (DESIGN.md), so group g's
-ranks belong on replica g's hosts, rank r on host r // gpusPerNode. A later change makes
-`PoolResources` (or a sibling) reserve, per group, a Ray placement group with one bundle per rank
-whose bundles carry a label selector for replica g's pods (`ray.io/replicaIndex` or a custom
-resource the RayCluster builder gives each replica), and return
-`scheduling_strategy=PlacementGroupSchedulingStrategy(pg, bundle_index=rank)` here; `release`
-removes the placement group when the group stops or restarts. Until then Ray places ranks by
-resources alone, which is correct for one group per cluster and for CPU pools.
+- `ReplicaPlacement` (`moeplane pool` on KubeRay): one EP group is one KubeRay replica group; group
+  g's ranks go to replica g's Ray nodes, rank r to host r // gpusPerNode, by Ray node labels that
+  every worker pod derives from KubeRay's replica labels (KubeRay >= 1.6, Ray >= 2.49).
 """
 
 from __future__ import annotations
@@ -23,6 +17,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from moeplane.api import podcontract as pc
 
 if TYPE_CHECKING:
     from moeplane.workers.serving.controller import GroupSpec
@@ -62,9 +58,8 @@ class LocalCpuShares:
 
 @dataclass(frozen=True)
 class PoolResources:
-    """A pool's Ray cluster: one GPU per rank (no CPU share, the GPU is the unit), or a CPU share.
-
-    The binding of group g to KubeRay replica g goes here (module docstring)."""
+    """A pool's Ray cluster: one GPU per rank (no CPU share, the GPU is the unit), or a CPU share,
+    wherever Ray finds one (a Ray cluster not made by KubeRay; see `ReplicaPlacement`)."""
 
     def actor_options(self, spec: GroupSpec, rank: int) -> dict[str, Any]:
         if spec.rank.device.startswith("cuda"):
@@ -73,3 +68,38 @@ class PoolResources:
 
     def release(self, spec: GroupSpec) -> None:
         return None
+
+
+@dataclass
+class ReplicaPlacement:
+    """`moeplane pool` on KubeRay: one EP group is one KubeRay replica group. Group g's ranks go to
+    the Ray nodes of replica g (node label `moeplane.io/replica-index`, which every worker pod sets
+    from KubeRay's `ray.io/worker-group-replica-index` through `RAY_OVERRIDE_LABELS`; KubeRay >= 1.6,
+    Ray >= 2.49), and in a multi-host group rank r to host r // `ranks_per_host` (node label
+    `moeplane.io/host-index`, from `ray.io/replica-host-index`), the host grouping hierarchical EPLB
+    assumes. So deleting one replica group's pods (a drained scale-down, a rollout) touches no other
+    group. Until the pool has seen labelled nodes (`bound`, set by its runner; a Ray cluster not made
+    by KubeRay never has them) it places like `PoolResources`."""
+
+    ranks_per_host: int = 1
+    hosts_per_group: int = 1
+    bound: bool = False
+
+    def actor_options(self, spec: GroupSpec, rank: int) -> dict[str, Any]:
+        options = PoolResources().actor_options(spec, rank)
+        index = replica_index(spec.group_id)
+        if not self.bound or index is None:
+            return options
+        selector = {pc.NODE_REPLICA_LABEL: str(index)}
+        if self.hosts_per_group > 1:
+            selector[pc.NODE_HOST_LABEL] = str(rank // max(1, self.ranks_per_host))
+        return {**options, "label_selector": selector}
+
+    def release(self, spec: GroupSpec) -> None:
+        return None
+
+
+def replica_index(group_id: str) -> int | None:
+    """The replica index a pool's group id ends with (`podcontract.group_id`: `...-g{index}`)."""
+    head, sep, tail = group_id.rpartition("-g")
+    return int(tail) if sep and head and tail.isdigit() else None

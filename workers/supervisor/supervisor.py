@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -149,6 +149,28 @@ class GroupSupervisor:
             if plan.start:
                 results = await asyncio.gather(
                     *(self._start_group(i, strict) for i in plan.start), return_exceptions=True
+                )
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if errors:
+                    raise errors[0]
+            self._fill_spares()
+
+    async def resize_to(self, want: Iterable[int], strict: bool = False) -> None:
+        """Run exactly the groups `want` (`moeplane pool` on KubeRay: the indices of the replica
+        groups whose nodes are up): start the missing ones (until live), drain then stop the others
+        (their replica is gone, or going)."""
+        wanted = frozenset(want)
+        self.desired = len(wanted)
+        async with self._resize_lock:
+            drop = sorted(set(self.groups) - wanted, reverse=True)
+            if drop:
+                log.info("pool %s: stopping %s (their replica groups are gone)", self.pool.pool,
+                         [self.groups[i].group_id for i in drop])
+                await asyncio.gather(*(self.drain_and_stop(i) for i in drop))
+            start = sorted(wanted - set(self.groups))
+            if start:
+                results = await asyncio.gather(
+                    *(self._start_group(i, strict) for i in start), return_exceptions=True
                 )
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if errors:

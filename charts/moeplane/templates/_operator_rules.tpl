@@ -22,6 +22,10 @@ The rules are moeplane.operator.rbac.RULES. */ -}}
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# A pool's worker pods, listed fresh: which pods hold which EP group (KubeRay's replica labels), so a scale-down or rollout removes exactly the drained group's pods (scaleStrategy.workersToDelete), and why a new revision's pods do not schedule.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Engine and placement ConfigMaps, worker and frontend Services.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
