@@ -411,7 +411,7 @@ def gang_labels(pool: MoEPoolSpec) -> dict[str, str]:
 
 
 def pool_revision(
-    pool: MoEPoolSpec, pool_name: str, namespace: str, accelerator: HardwarePreset, config: OperatorConfig
+    pool: MoEPoolSpec, pool_name: str, accelerator: HardwarePreset, config: OperatorConfig
 ) -> str:
     """8 hex digits over what restarts a worker; replicas are left out (scaling is not a rollout)."""
     spec = _template_spec(
@@ -431,7 +431,7 @@ def build_raycluster(
 ) -> dict[str, Any]:
     """The RayCluster of the pool's current revision; `replicas` (default: the pool's) and
     `workers_to_delete` are what the rollout plan gives this revision now."""
-    revision = pool_revision(pool, pool_name, namespace, accelerator, config)
+    revision = pool_revision(pool, pool_name, accelerator, config)
     if replicas is not None:
         pool = pool.model_copy(update={"replicas": replicas})
     labels = {
