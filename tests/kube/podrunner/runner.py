@@ -144,6 +144,14 @@ class PodRunner:
             out = target / path.parent.parent.name / path.name
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out)
+        # Ray's own logs (raylet, GCS, workers), kept in each container's private /tmp.
+        for path in (self.sandbox.root / "pods").glob("*/containers/*/tmp/ray/session_*/logs/*"):
+            if path.is_file() and path.suffix in (".out", ".err", ".log"):
+                parts = path.relative_to(self.sandbox.root / "pods").parts
+                out = target / parts[0] / f"{parts[2]}-ray" / parts[5] / path.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(path, out)
 
     async def _shutdown(self) -> None:
         workers = list(self.workers.values())
