@@ -90,6 +90,23 @@ class SteadyLoad:
         with self._lock:
             return sum(1 for o in self.outcomes if not o.ok)
 
+    def failure_timeline(self, limit: int = 10) -> list[str]:
+        """Failures grouped by (endpoint, error), in order of first sighting: when each kind began
+        and ended and how often, so a report shows which phase of a step lost requests."""
+        with self._lock:
+            failed = [o for o in self.outcomes if not o.ok]
+        kinds: dict[tuple[str, str], list[Outcome]] = {}
+        for o in failed:
+            kinds.setdefault((o.endpoint, o.error[:160]), []).append(o)
+
+        def hms(t: float) -> str:
+            return time.strftime("%H:%M:%S", time.localtime(t))
+
+        return [
+            f"{len(os)} failed {hms(os[0].started_at)}-{hms(os[-1].finished_at)} {ep or '-'}: {err}"
+            for (ep, err), os in list(kinds.items())[:limit]
+        ]
+
     def failures(self, limit: int = 5) -> list[str]:
         with self._lock:
             return [f"{o.endpoint}: {o.error}" for o in self.outcomes if not o.ok][:limit]

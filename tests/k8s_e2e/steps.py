@@ -80,6 +80,8 @@ def run_step(
             entry.max_groups = sampler.max_provisioned
             entry.ok = sum(load.ok for load in current.loads)
             entry.failed = sum(load.failed for load in current.loads)
+            for load in current.loads:
+                entry.notes.extend(load.failure_timeline())
 
 
 def require_serving(step: Step, timeout_s: float = 20.0) -> None:

@@ -109,7 +109,13 @@ class ContainerProcess:
         assert self.proc is not None
         rc = await self.proc.wait()
         code, reason, sig = decode_exit(rc)
+        self.note(f"exit {code} ({reason}{f', signal {sig}' if sig else ''})")
         return Exit(code, reason, sig, self.started_at, time.time())
+
+    def note(self, text: str) -> None:
+        """A runner's line in the container's log (why it stopped), as `kubectl describe` would show."""
+        with contextlib.suppress(OSError), self.log.open("ab") as out:
+            out.write(f"--- {time.strftime('%H:%M:%S')}: {text}\n".encode())
 
     async def stop(self, grace_s: float) -> Stopped | None:
         """SIGTERM to the container's PID 1; SIGKILL to the whole namespace after `grace_s`.

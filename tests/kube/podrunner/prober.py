@@ -66,6 +66,7 @@ async def watch(
                 changed()
             if kind == "liveness" and flipped and not probe.result:
                 await unhealthy(f"Liveness probe failed: {message}")
+                process.note(f"Liveness probe failed: {message}; the kubelet restarts the container")
                 await process.stop(grace_s)
                 return
             if kind == "readiness" and not ok and probe.failures == probe.spec.failure_threshold:

@@ -144,6 +144,20 @@ class PodRunner:
             out = target / path.parent.parent.name / path.name
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out)
+        # Ray's own logs (raylet, GCS, workers), kept in each container's private /tmp, or in a
+        # volume shared by the head's containers (mounted at /tmp/ray).
+        pods = self.sandbox.root / "pods"
+        found = [
+            *pods.glob("*/containers/*/tmp/ray/session_2*/logs/*"),
+            *pods.glob("*/volumes/*/session_2*/logs/*"),
+        ]
+        for path in found:
+            if path.is_file() and path.suffix in (".out", ".err", ".log"):
+                parts = path.relative_to(pods).parts
+                out = target / parts[0] / f"{parts[2]}-ray" / path.parent.parent.name / path.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(path, out)
 
     async def _shutdown(self) -> None:
         workers = list(self.workers.values())
