@@ -26,6 +26,10 @@ from moeplane.bus.registry import GroupState, WorkerGroup
 _PROBE_TOKEN_ID = 0
 
 
+STATS_TIMEOUT_S = 2.0
+STALE_NUMBERS_S = 30.0  # a heartbeat may repeat the group's last Stats numbers this long
+
+
 @dataclass(frozen=True)
 class PoolIdentity:
     """The pool a supervisor runs: what every registration of its groups carries."""
@@ -62,6 +66,8 @@ class SupervisedGroup:
         self.restarts = 0
         self.incarnation = next_incarnation(0)
         self.streak = RestartStreak()
+        self._numbers: WorkerGroup | None = None  # the last Stats answer, as a record
+        self._numbers_at_s = 0.0
 
     @property
     def group_id(self) -> str:
@@ -75,6 +81,8 @@ class SupervisedGroup:
         """Enter `state` under a new incarnation (publish the new record at once)."""
         self.state, self.message = state, message
         self.incarnation = next_incarnation(self.incarnation)
+        if state not in (GroupState.LIVE, GroupState.DRAINING):
+            self._numbers = None  # a restarted group's numbers start afresh
         if state is GroupState.LIVE:
             self.streak.on_live(time.monotonic())
 
@@ -103,8 +111,19 @@ class SupervisedGroup:
         fields, at_s = self._fields(), time.time()
         if self.state not in (GroupState.LIVE, GroupState.DRAINING) or self.client is None:
             return self.record(at_s)
-        stats = await self.client.stats(timeout_s=2.0)
-        return group_from_stats(stats, self.address, self.pool.model, at_s).model_copy(update=fields)
+        try:
+            stats = await self.client.stats(timeout_s=STATS_TIMEOUT_S)
+        except WorkerControlError:
+            # Whether the group is alive is the liveness probe's question (a dead or hung rank
+            # moves it out of live at once); a Stats call slow on a busy host must not let a
+            # healthy group's registration lapse. Its last numbers stand in, for a bounded time.
+            if self._numbers is None or at_s - self._numbers_at_s > STALE_NUMBERS_S:
+                raise
+            # heartbeat_at_s stays the numbers' time: routers count their reservations since then.
+            return self._numbers.model_copy(update=fields)
+        numbers = group_from_stats(stats, self.address, self.pool.model, at_s).model_copy(update=fields)
+        self._numbers, self._numbers_at_s = numbers, at_s
+        return numbers
 
     async def probe(self, timeout_s: float) -> None:
         """After the weights load: the group answers Health as serving and computes one token
