@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,18 @@ def path_map(ctx: PodContext, state: ContainerState) -> PathMap:
     return PathMap(ctx.dir / "containers" / state.name / "view", mounts)
 
 
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def image_binds() -> list[tuple[Path, str]]:
+    """The "image's" files (this checkout and its virtual environment) where they lie under /tmp
+    (a CI clone in /tmp, say): bound back over the container's private /tmp, at the same path, as a
+    real image carries its files whatever the container mounts."""
+    roots = sorted({REPO_ROOT, Path(sys.prefix).resolve()})
+    under_tmp = [r for r in roots if r.is_relative_to("/tmp")]
+    return [(r, str(r)) for r in under_tmp if not any(r != o and r.is_relative_to(o) for o in under_tmp)]
+
 def prepare(
     ctx: PodContext, state: ContainerState, sandbox: Sandbox, images: Images, io: PodIO
 ) -> ContainerProcess:
@@ -67,7 +80,7 @@ def prepare(
     cdir = ctx.dir / "containers" / state.name
     tmp = cdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    binds: list[tuple[Path, str]] = [(tmp, "/tmp"), *paths.binds]
+    binds: list[tuple[Path, str]] = [(tmp, "/tmp"), *image_binds(), *paths.binds]
     hostname = str(ctx.pod["spec"].get("hostname") or ctx.name)
     full_env = {
         **image.env,
