@@ -55,13 +55,24 @@ def path_map(ctx: PodContext, state: ContainerState) -> PathMap:
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def image_binds() -> list[tuple[Path, str]]:
+def image_binds(stage: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     """The "image's" files (this checkout and its virtual environment) where they lie under /tmp
-    (a CI clone in /tmp, say): bound back over the container's private /tmp, at the same path, as a
-    real image carries its files whatever the container mounts."""
+    (a CI clone in /tmp, say), kept visible at the same path over the container's private /tmp, as
+    a real image carries its files whatever the container mounts. A bind's source is resolved when
+    it is mounted, so each such root is first bound to `stage` (outside /tmp), then back from there
+    once the private /tmp is in place: (binds before the /tmp bind, binds after it)."""
     roots = sorted({REPO_ROOT, Path(sys.prefix).resolve()})
     under_tmp = [r for r in roots if r.is_relative_to("/tmp")]
-    return [(r, str(r)) for r in under_tmp if not any(r != o and r.is_relative_to(o) for o in under_tmp)]
+    keep = [r for r in under_tmp if not any(r != o and r.is_relative_to(o) for o in under_tmp)]
+    before: list[tuple[Path, str]] = []
+    after: list[tuple[Path, str]] = []
+    for i, root in enumerate(keep):
+        staged = stage / str(i)
+        staged.mkdir(parents=True, exist_ok=True)
+        before.append((root, str(staged)))
+        after.append((staged, str(root)))
+    return before, after
+
 
 def prepare(
     ctx: PodContext, state: ContainerState, sandbox: Sandbox, images: Images, io: PodIO
@@ -80,7 +91,8 @@ def prepare(
     cdir = ctx.dir / "containers" / state.name
     tmp = cdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    binds: list[tuple[Path, str]] = [(tmp, "/tmp"), *image_binds(), *paths.binds]
+    before, after = image_binds(cdir / "image")
+    binds: list[tuple[Path, str]] = [*before, (tmp, "/tmp"), *after, *paths.binds]
     hostname = str(ctx.pod["spec"].get("hostname") or ctx.name)
     full_env = {
         **image.env,
