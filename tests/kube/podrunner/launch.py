@@ -92,7 +92,8 @@ def prepare(
     tmp = cdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     before, after = image_binds(cdir / "image")
-    binds: list[tuple[Path, str]] = [*before, (tmp, "/tmp"), *after, *paths.binds]
+    # The image comes last: a volume the pod mounts at /tmp (an emptyDir) must not hide it.
+    binds: list[tuple[Path, str]] = [*before, (tmp, "/tmp"), *paths.binds, *after]
     hostname = str(ctx.pod["spec"].get("hostname") or ctx.name)
     full_env = {
         **image.env,
