@@ -158,7 +158,8 @@ def test_object_defaults_pass_their_own_rules(build) -> None:
     """The API server refuses a CRD whose defaults break its schema or CEL rules."""
     nodes = _defaulted_nodes(_schema(build()))
     expected = [".spec.eplb", ".spec.kvTransfer", ".spec.serving", ".spec.planner", ".spec.frontend"]
-    assert [p for p, _ in nodes] == (expected if build is deployment_crd else [])
+    rollout = [".spec.rollout"]  # both kinds: a pool carries its deployment's surge
+    assert [p for p, _ in nodes] == (expected + rollout if build is deployment_crd else rollout)
     for path, node in nodes:
         value = apply_defaults(node, node["default"])
         assert value, path

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.kube.cluster import EmulatedCluster
+from tests.kube.podrunner.launch import image_roots_under_tmp
 from tests.kube.podrunner.runner import PodRunner
 from tests.kube.podrunner_fixtures import TEST_IMAGE, apply, container_status, pod_runner, pods, ready
 
@@ -120,7 +121,10 @@ def test_pods_get_their_own_address_env_volumes_and_dns(
             seen = json.loads(resp.read())
         assert seen["token"] == "s3cret" and seen["mode"] == "fast" and seen["pod_ip"] == p["status"]["podIP"]
         assert seen["hostname"] == p["metadata"]["name"] and seen["me"] == p["status"]["podIP"]
-        assert seen["tmp"] == ["mine"]  # the container's own /tmp
+        # The container's own /tmp: its file, and the checkout where that lies under /tmp (a CI
+        # clone: the "image's" files stay visible, launch.image_binds).
+        image = [r.parts[2] for r in image_roots_under_tmp()]
+        assert seen["tmp"] == sorted(["mine", *image])
     apply(
         kube_cluster,
         {

@@ -55,18 +55,22 @@ def path_map(ctx: PodContext, state: ContainerState) -> PathMap:
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+def image_roots_under_tmp() -> list[Path]:
+    """This checkout and its virtual environment, where they lie under /tmp (outermost only)."""
+    roots = sorted({REPO_ROOT, Path(sys.prefix).resolve()})
+    under_tmp = [r for r in roots if r.is_relative_to("/tmp")]
+    return [r for r in under_tmp if not any(r != o and r.is_relative_to(o) for o in under_tmp)]
+
+
 def image_binds(stage: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     """The "image's" files (this checkout and its virtual environment) where they lie under /tmp
     (a CI clone in /tmp, say), kept visible at the same path over the container's private /tmp, as
     a real image carries its files whatever the container mounts. A bind's source is resolved when
     it is mounted, so each such root is first bound to `stage` (outside /tmp), then back from there
     once the private /tmp is in place: (binds before the /tmp bind, binds after it)."""
-    roots = sorted({REPO_ROOT, Path(sys.prefix).resolve()})
-    under_tmp = [r for r in roots if r.is_relative_to("/tmp")]
-    keep = [r for r in under_tmp if not any(r != o and r.is_relative_to(o) for o in under_tmp)]
     before: list[tuple[Path, str]] = []
     after: list[tuple[Path, str]] = []
-    for i, root in enumerate(keep):
+    for i, root in enumerate(image_roots_under_tmp()):
         staged = stage / str(i)
         staged.mkdir(parents=True, exist_ok=True)
         before.append((root, str(staged)))
