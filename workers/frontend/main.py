@@ -29,17 +29,15 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from moeplane.api.arch import ModelArch
 from moeplane.api.podcontract import ENGINE_CONFIG_ENV, GRPC_TOKEN_ENV, REDIS_URL_ENV
 from moeplane.api.runtime import EngineDocument
 from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
+from moeplane.workers.document_view import DocumentView
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import Tokenizer, load_tokenizer
 from moeplane.workers.runtime import checkpoint_location, serving_limits
-
-from moeplane.bus.keys import DeploymentKeys
 
 
 class FrontendSetupError(ValueError):
@@ -47,22 +45,10 @@ class FrontendSetupError(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(DocumentView):
     document: EngineDocument
     redis_url: str
     grpc_token: str | None
-
-    @property
-    def keys(self) -> DeploymentKeys:
-        return DeploymentKeys(self.document.namespace, self.document.deployment)
-
-    @property
-    def arch(self) -> ModelArch:
-        return self.document.model.architecture
-
-    @property
-    def served_model(self) -> str:
-        return self.document.model.served_model_name
 
 
 def load_settings(engine_config: str | None, redis_url: str | None, token: str | None) -> Settings:
@@ -117,8 +103,13 @@ async def serve(
     # queueTimeoutSeconds, requestTimeoutSeconds or the flag's timeout).
     limits = serving_limits(settings.document.serving, config.request_timeout_s)
     server = FrontendServer(
-        config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token),
-        limits=limits, drain_timeout_s=drain_timeout_s,
+        config,
+        settings.redis_url,
+        settings.keys,
+        tokenizer,
+        GrpcSecurity(token=settings.grpc_token),
+        limits=limits,
+        drain_timeout_s=drain_timeout_s,
     )
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -131,8 +122,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await server.start(host, port)
-    print(f"moeplane frontend: serving {settings.served_model!r} on {server.url}/v1 "
-          f"(registry {settings.keys.prefix})", flush=True)
+    print(
+        f"moeplane frontend: serving {settings.served_model!r} on {server.url}/v1 "
+        f"(registry {settings.keys.prefix})",
+        flush=True,
+    )
     try:
         await stop.wait()
         if shutdown_delay_s > 0:
@@ -155,8 +149,13 @@ def run(args: argparse.Namespace) -> int:
         api_key = getattr(args, "api_key", None) or os.environ.get("MOEPLANE_API_KEY") or None
         asyncio.run(
             serve(
-                settings, args.host, args.port, args.request_timeout, api_key,
-                shutdown_delay_s=args.shutdown_delay, drain_timeout_s=args.drain_timeout,
+                settings,
+                args.host,
+                args.port,
+                args.request_timeout,
+                api_key,
+                shutdown_delay_s=args.shutdown_delay,
+                drain_timeout_s=args.drain_timeout,
             )
         )
     except FrontendSetupError as exc:
