@@ -24,6 +24,11 @@ class OperatorConfig:
     image: str = "ghcr.io/moeplane/moeplane:0.1.0"  # default image of workers and the frontend
     ray_version: str = "2.40.0"
     frontend_port: int = 8000
+    # A frontend pod told to stop keeps serving this long with /health 503 while the Service's
+    # endpoints drop it (what a preStop sleep does elsewhere), then lets requests in flight finish
+    # for up to frontend_drain_timeout_s; its terminationGracePeriodSeconds covers both.
+    frontend_shutdown_delay_s: float = 5.0
+    frontend_drain_timeout_s: float = 30.0
     # Referenced by every pod the operator makes (the chart's imagePullSecrets); a pull Secret is
     # namespaced, so each must exist in the MoEDeployments' namespaces too.
     image_pull_secrets: tuple[str, ...] = ()
@@ -50,6 +55,11 @@ class OperatorConfig:
             raise ConfigError(f"--wait-seconds must be positive (got {self.wait_s})")
         if not self.standalone and not self.peering_name:
             raise ConfigError("--peering needs a peering name")
+        if self.frontend_shutdown_delay_s < 0 or self.frontend_drain_timeout_s < 0:
+            raise ConfigError(
+                f"frontend_shutdown_delay_s ({self.frontend_shutdown_delay_s}) and frontend_drain_timeout_s "
+                f"({self.frontend_drain_timeout_s}) must be >= 0"
+            )
         if not 0 < self.frontend_port < 65536:
             raise ConfigError(f"frontend_port must be a TCP port (got {self.frontend_port})")
 

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fe.add_argument("--api-key", default=None,
                     help="require this key as 'Authorization: Bearer KEY' (default: $MOEPLANE_API_KEY; "
                     "unset: no key); /health and /metrics stay open")
+    fe.add_argument("--shutdown-delay", type=_seconds, default=0.0,
+                    help="after SIGTERM, keep serving this many seconds with /health 503 'draining', "
+                    "while the Service stops sending clients here (default 0)")
+    fe.add_argument("--drain-timeout", type=_seconds, default=0.0,
+                    help="then let requests in flight or queued finish for up to this many seconds "
+                    "(default 0)")
     fe.set_defaults(func=_frontend)
 
     pool = subparsers.add_parser(
@@ -105,3 +111,14 @@ def _frontend(args: argparse.Namespace) -> int:
     from moeplane.workers.frontend.main import run
 
     return run(args)
+
+
+def _seconds(text: str) -> float:
+    """A duration flag: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be >= 0 and finite")
+    return value

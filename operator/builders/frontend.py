@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from moeplane.api import podcontract as pc
@@ -49,7 +50,11 @@ def build_frontend_deployment(
     container: dict[str, Any] = {
         "name": FRONTEND_CONTAINER,
         "image": image,
-        "args": ["frontend", "--host", "0.0.0.0", "--port", str(config.frontend_port)],
+        "args": [
+            "frontend", "--host", "0.0.0.0", "--port", str(config.frontend_port),
+            "--shutdown-delay", f"{config.frontend_shutdown_delay_s:g}",
+            "--drain-timeout", f"{config.frontend_drain_timeout_s:g}",
+        ],
         "env": [*env, *model.env, *podparts.user_env(pod)],
         "ports": [{"containerPort": config.frontend_port, "name": "http"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
@@ -69,6 +74,10 @@ def build_frontend_deployment(
             *podparts.user_volumes(pod),
         ],
         **podparts.pod_fields(config, pod),
+        # The shutdown delay and the drain, and a margin for the process to exit.
+        "terminationGracePeriodSeconds": math.ceil(
+            config.frontend_shutdown_delay_s + config.frontend_drain_timeout_s + 5
+        ),
     }
     if model.init_containers:
         pod_spec["initContainers"] = model.init_containers

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from tests.charts.chartkit import Manifest, install_order, render
-from tests.k8s_e2e.stack import E2EStack, stop_process
+from tests.k8s_e2e.stack import E2EStack
+from tests.kube.operator_proc import stop_process
 
 # The tier's Redis is external to the release (tests/k8s_e2e/stack.py).
 EXTERNAL_REDIS_URL = "redis://redis.external.invalid:6379/0"

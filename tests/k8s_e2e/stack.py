@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ from moeplane.bus.keys import DeploymentKeys
 from tests.k8s_e2e.sampler import read_registry
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
+from tests.kube.operator_proc import operator_process
 from tests.kube.podrunner import dns
 from tests.kube.podrunner.images import Images, venv_image
 from tests.kube.podrunner.runner import PodRunner
@@ -82,59 +80,6 @@ def redis_server(host: str, workdir: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-
-
-@contextmanager
-def operator_process(
-    cluster: EmulatedCluster, redis_url: str, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`moeplane operator` as the chart runs it (its image default is the worker image)."""
-    liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
-    argv = [
-        str(Path(sys.executable).parent / "moeplane"),
-        "operator",
-        "-n",
-        "default",
-        "--standalone",
-        "--resync-seconds",
-        "1",
-        "--wait-seconds",
-        "0.3",
-        "--liveness",
-        liveness,
-        "--image",
-        WORKER_IMAGE,
-        "--redis-url",
-        redis_url,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=cluster.env("operator"), stdout=out, stderr=subprocess.STDOUT)
-    try:
-
-        def alive() -> bool:
-            assert proc.poll() is None, (
-                f"the operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
-            try:
-                with urllib.request.urlopen(liveness, timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        cluster.wait_for(alive, timeout_s=90, what="the operator's liveness endpoint", interval_s=0.3)
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -274,8 +219,10 @@ def e2e_stack(workdir: Path, manifest_path: Path) -> Iterator[E2EStack]:
             redis_server(
                 runner.sandbox.addresses.node_ip() if runner.sandbox else "127.0.0.1", workdir
             ) as url,
-            operator_process(cluster, url, workdir / "operator.log") as operator,
+            operator_process(
+                cluster, workdir / "operator.log", "--image", WORKER_IMAGE, "--redis-url", url
+            ) as operator,
         ):
             yield E2EStack(
-                cluster, runner, url, operator, load_manifest(manifest_path), manifest_path, workdir
+                cluster, runner, url, operator.proc, load_manifest(manifest_path), manifest_path, workdir
             )

@@ -153,19 +153,6 @@ def _rolled_out(stack: E2EStack) -> bool:
     return len(clusters) == len(pools)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "intermittent on a loaded 2-core machine (issue 16, step 4), cause not yet fixed: "
-        "(a) the new decode revision's worker container sometimes exits a few seconds after the old "
-        "revision's pods are deleted, with no message from `ray start --block`; its rank dies "
-        "(ActorUnavailableError) and the only decode group restarts, so capacity drops to 0; "
-        "(b) with no group death, requests still fail while the frontend Deployment rolls: the old "
-        "frontend's SIGTERM closes its admission queue (503 'this frontend is shutting down; retry') "
-        "and /health is 503, so the Service has no ready endpoint, whenever a role has no routable "
-        "group (e.g. a heartbeat that missed its deadline under load let a registration lapse)"
-    ),
-)
 def test_4_rollouts_under_load_keep_capacity(stack: E2EStack, e2e_report: E2EReport) -> None:
     with run_step(e2e_report, "4 rollout (image tag, then EP layout) under load", stack) as step:
         require_serving(step)

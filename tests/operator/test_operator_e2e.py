@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import kmock
@@ -24,58 +18,13 @@ import yaml
 
 from tests.kube.cluster import EmulatedCluster
 from tests.kube.kuberay import KubeRayDriver
+from tests.kube.operator_proc import operator_process
 from tests.operator.harness import check_rbac
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGED = "app.kubernetes.io/managed-by=moeplane-operator"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def operator_process(cluster: EmulatedCluster, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    argv = [
-        str(Path(sys.executable).parent / "moeplane"),
-        "operator",
-        "-n",
-        "default",
-        "--standalone",
-        "--resync-seconds",
-        "1",
-        "--wait-seconds",
-        "0.3",
-        "--liveness",
-        liveness,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=cluster.env("operator"), stdout=out, stderr=subprocess.STDOUT)
-    try:
-
-        def alive() -> bool:
-            assert proc.poll() is None, f"the operator exited with {proc.returncode}:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(liveness, timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        cluster.wait_for(alive, timeout_s=60, what="the operator's liveness endpoint", interval_s=0.3)
-        yield proc, liveness
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def jsonpath(cluster: EmulatedCluster, *args: str) -> str:
@@ -105,7 +54,8 @@ def test_kubectl_end_to_end(
 
     # 1. CRDs and the DeepSeek-R1 deployment, with kubectl validating against /openapi/v3.
     assert "moedeployments.moeplane.io created" in k("apply", "-f", str(ROOT / "crds")).stdout
-    with operator_process(cluster, log) as (proc, liveness):
+    with operator_process(cluster, log) as operator:
+        proc, liveness = operator.proc, operator.liveness
         k("apply", "-f", str(ROOT / "examples" / "deepseek-r1.yaml"))
 
         # 2. The children, with DeepSeek's layout: EP32 over 4 nodes, EP144 over 18.

@@ -115,6 +115,10 @@ def test_frontend_args_parse_with_the_moeplane_cli(capsys: pytest.CaptureFixture
     args = front["spec"]["template"]["spec"]["containers"][0]["args"]
     parsed = parse_with_moeplane_cli(args, capsys)
     assert parsed.command == "frontend" and parsed.port == CONFIG.frontend_port
+    # The pod's grace period covers the shutdown delay (still serving, /health 503) and the drain.
+    assert (parsed.shutdown_delay, parsed.drain_timeout) == (5.0, 30.0)
+    grace = front["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= parsed.shutdown_delay + parsed.drain_timeout
 
 
 def _source(module: str) -> str:

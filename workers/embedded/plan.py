@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbMode, Role
 from moeplane.api.hardware import HardwarePreset
 from moeplane.api.layout import GroupLayout
@@ -32,6 +31,7 @@ from moeplane.api.runtime import BYTE_TOKENIZER, EngineDocument, ServingRuntime,
 from moeplane.api.runtime_io import check_engine_document
 from moeplane.api.spec import EplbSpec, MoEDeployment, SlaSpec, parse_deployment
 from moeplane.api.validation import check_spec
+from moeplane.workers.document_view import DocumentView
 from moeplane.workers.embedded.defaults import DEFAULT_MANIFEST as DEFAULT_MANIFEST
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.model.checkpoint import resolve_checkpoint
@@ -45,8 +45,6 @@ from moeplane.workers.runtime import (
     scheduler_config,
 )
 from moeplane.workers.serving.config import SchedulerConfig
-
-from moeplane.bus.keys import DeploymentKeys
 
 
 class EmbeddedPlanError(ValueError):
@@ -75,23 +73,11 @@ class PoolPlan:
 
 
 @dataclass(frozen=True)
-class EmbeddedPlan:
+class EmbeddedPlan(DocumentView):
     document: EngineDocument  # the runtime document, as a pod of this deployment reads it
     prefill: PoolPlan  # num_groups 0: aggregated serving, decode groups compute prompts
     decode: PoolPlan
     sla: SlaSpec
-
-    @property
-    def keys(self) -> DeploymentKeys:
-        return DeploymentKeys(self.document.namespace, self.document.deployment)
-
-    @property
-    def served_model(self) -> str:
-        return self.document.model.served_model_name
-
-    @property
-    def arch(self) -> ModelArch:
-        return self.document.model.architecture
 
     @property
     def weights(self) -> int | str:
@@ -230,9 +216,15 @@ def _pool(
             raise EmbeddedPlanError(f"spec.eplb.loadFile: {exc}") from None
     max_groups = spec.max_replicas if spec.max_replicas is not None else num_groups
     return PoolPlan(
-        role, layout, num_groups, rank_kv_blocks(doc, role), doc.serving.block_size_tokens,
-        layout.expert_slots - doc.model.architecture.num_routed_experts, placement,
-        min_groups=spec.min_replicas, max_groups=max(max_groups, num_groups),
+        role,
+        layout,
+        num_groups,
+        rank_kv_blocks(doc, role),
+        doc.serving.block_size_tokens,
+        layout.expert_slots - doc.model.architecture.num_routed_experts,
+        placement,
+        min_groups=spec.min_replicas,
+        max_groups=max(max_groups, num_groups),
     )
 
 

@@ -14,7 +14,8 @@ registered: with none, the deployment runs aggregated); otherwise 503 with the r
 `status` is `ok`, `degraded` (every role serves, but a group is restarting or failed: less
 capacity, and the reason) or `unavailable` (503). A degraded pool stays ready on purpose: taking
 every frontend out of its Service because one of several groups restarts would turn one dead rank
-into an outage.
+into an outage. A frontend that got SIGTERM answers `draining` (503) while it still serves the
+requests already on their way (`main.serve`).
 
 Errors that happen before the first output token (no capacity, a group's refusal, the timeout)
 get their own HTTP status; a stream that already started ends with an error event instead.
@@ -106,6 +107,9 @@ class Frontend:
         self.tokenizer = tokenizer
         self.started_at = int(time.time())
         self._live_ids: set[str] = set()  # request ids on the groups now (client ids may repeat)
+        # Set when the process got SIGTERM: /health turns 503 so the Service stops sending new
+        # clients here, while the requests already on their way are still served (see main.serve).
+        self.draining: str | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -288,6 +292,9 @@ class Frontend:
             "registry_staleness_s": round(cache.staleness_s, 3),
             "registry_error": cache.last_error,
         }
+        if self.draining is not None:
+            body.update(status="draining", reason=self.draining)
+            return web.json_response(body, status=503)
         return web.json_response(body, status=200 if report.can_serve else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -9,29 +9,35 @@ Configuration comes from the environment the operator sets (`moeplane.api.podcon
 - `MOEPLANE_REDIS_URL`: the Redis holding the worker registry and the request-metrics stream;
 - `MOEPLANE_GRPC_TOKEN` (optional): the shared token of the workers' gRPC services;
 - `MOEPLANE_API_KEY` (optional, or `--api-key`): the key clients must send as a Bearer token.
-It serves until SIGTERM or SIGINT, then drains: in-flight requests are cancelled upstream.
+It serves until SIGTERM or SIGINT, then shuts down gracefully, as a pod behind a Service must:
+- for `--shutdown-delay` seconds it still serves everything that arrives, while /health answers 503
+  `draining` (the Service's endpoints and kube-proxy learn of a terminating pod only after a while:
+  requests sent here in that window would otherwise be refused);
+- then it stops listening and gives the requests in flight or queued `--drain-timeout` seconds to
+  finish; what still waits for capacity then gets a 503 and what still runs is cancelled upstream.
+A second signal cuts both short. The operator sets the pod's terminationGracePeriodSeconds to
+cover both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from dataclasses import dataclass
 
-from moeplane.api.arch import ModelArch
 from moeplane.api.podcontract import ENGINE_CONFIG_ENV, GRPC_TOKEN_ENV, REDIS_URL_ENV
 from moeplane.api.runtime import EngineDocument
 from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
+from moeplane.workers.document_view import DocumentView
 from moeplane.workers.frontend.app import FrontendConfig
 from moeplane.workers.frontend.server import FrontendServer
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.model.tokenizer import Tokenizer, load_tokenizer
 from moeplane.workers.runtime import checkpoint_location, serving_limits
-
-from moeplane.bus.keys import DeploymentKeys
 
 
 class FrontendSetupError(ValueError):
@@ -39,22 +45,10 @@ class FrontendSetupError(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(DocumentView):
     document: EngineDocument
     redis_url: str
     grpc_token: str | None
-
-    @property
-    def keys(self) -> DeploymentKeys:
-        return DeploymentKeys(self.document.namespace, self.document.deployment)
-
-    @property
-    def arch(self) -> ModelArch:
-        return self.document.model.architecture
-
-    @property
-    def served_model(self) -> str:
-        return self.document.model.served_model_name
 
 
 def load_settings(engine_config: str | None, redis_url: str | None, token: str | None) -> Settings:
@@ -95,7 +89,13 @@ def frontend_tokenizer(document: EngineDocument) -> Tokenizer:
 
 
 async def serve(
-    settings: Settings, host: str, port: int, request_timeout_s: float | None, api_key: str | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    request_timeout_s: float | None,
+    api_key: str | None = None,
+    shutdown_delay_s: float = 0.0,
+    drain_timeout_s: float = 0.0,
 ) -> None:
     tokenizer = frontend_tokenizer(settings.document)
     config = frontend_config(settings.document, request_timeout_s, api_key)
@@ -103,20 +103,39 @@ async def serve(
     # queueTimeoutSeconds, requestTimeoutSeconds or the flag's timeout).
     limits = serving_limits(settings.document.serving, config.request_timeout_s)
     server = FrontendServer(
-        config, settings.redis_url, settings.keys, tokenizer, GrpcSecurity(token=settings.grpc_token),
+        config,
+        settings.redis_url,
+        settings.keys,
+        tokenizer,
+        GrpcSecurity(token=settings.grpc_token),
         limits=limits,
+        drain_timeout_s=drain_timeout_s,
     )
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await server.start(host, port)
-    print(f"moeplane frontend: serving {settings.served_model!r} on {server.url}/v1 "
-          f"(registry {settings.keys.prefix})", flush=True)
+    print(
+        f"moeplane frontend: serving {settings.served_model!r} on {server.url}/v1 "
+        f"(registry {settings.keys.prefix})",
+        flush=True,
+    )
     try:
         await stop.wait()
+        if shutdown_delay_s > 0:
+            server.drain(f"shutting down in {shutdown_delay_s:g} s")
+            print(f"moeplane frontend: draining; still serving for {shutdown_delay_s:g} s", flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), shutdown_delay_s)
     finally:
-        await server.stop()
+        await server.stop(hurry=hurry.is_set())
     print("moeplane frontend: stopped", flush=True)
 
 
@@ -128,7 +147,17 @@ def run(args: argparse.Namespace) -> int:
             os.environ.get(GRPC_TOKEN_ENV),
         )
         api_key = getattr(args, "api_key", None) or os.environ.get("MOEPLANE_API_KEY") or None
-        asyncio.run(serve(settings, args.host, args.port, args.request_timeout, api_key))
+        asyncio.run(
+            serve(
+                settings,
+                args.host,
+                args.port,
+                args.request_timeout,
+                api_key,
+                shutdown_delay_s=args.shutdown_delay,
+                drain_timeout_s=args.drain_timeout,
+            )
+        )
     except FrontendSetupError as exc:
         print(f"moeplane frontend: {exc}", file=sys.stderr)
         return 1

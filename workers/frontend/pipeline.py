@@ -13,12 +13,14 @@ Retry-After only when the queue is full or the wait times out.
 
 Failure rule: a request is never lost silently. A group that fails (UNAVAILABLE, or an error event
 of kind GROUP_FAILED) is routed around for this request and suspected by the router until it
-registers anew (its supervisor restarted it), and the request is tried again, up to
-`max_attempts`. If tokens were already streamed, the retry prefills prompt + those tokens and
-resumes where it stopped, so the client sees one uninterrupted stream with the same greedy tokens;
-it waits at the head of the queue for a live group, until the request's deadline, if none is
-live. A KV transfer that failed is retried with a fresh prefill on the same groups. Otherwise the
-request ends with an error message. Each migration is one log line.
+registers anew (its supervisor restarted it), and the request is tried again until its deadline; it
+gives up after `max_attempts` attempts in a row that streamed no new token (a request that fails
+every group it meets is not retried forever, one that makes progress is). If tokens were already
+streamed, the retry prefills prompt + those tokens and resumes where it stopped, so the client sees
+one uninterrupted stream with the same greedy tokens; it waits at the head of the queue for a live
+group, until the request's deadline, if none is live. A KV transfer that failed is retried with a
+fresh prefill on the same groups. Otherwise the request ends with an error message. Each migration
+is one log line.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class Exchange:
         failures: list[str] = []
         exclude: set[GroupRef] = set()
         deadline_s = self.t.arrived_mono_s + self.p.limits.request_timeout_s
-        for attempt in range(self.p.max_attempts):
+        attempt = stalled = 0  # every attempt so far; those in a row that streamed no new token
+        while True:
             remaining = self.req.sampling.max_tokens - len(self.output_ids)
             context = len(self.req.prompt_token_ids) + len(self.output_ids)
             frozen = frozenset(exclude)
@@ -203,21 +206,27 @@ class Exchange:
                 ) from None
             if self.t.dispatched_mono_s is None:
                 self.t.dispatched_mono_s = time.monotonic()
+            produced = len(self.output_ids)
             try:
                 async for chunk in self._attempt(self.route, attempt, remaining):
                     yield chunk
                 return
             except _GroupFailed as exc:
-                log.info("request %s: %s; retrying after %d tokens", self.req.request_id, exc,
-                         len(self.output_ids))
                 failures.append(str(exc))
-                self.num_retries += 1
                 if exc.group is not None:
                     exclude.add(exc.group)
                     self.p.cache.suspect(exc.group)
                 self.p.metrics.retries.labels(stage=exc.stage).inc()
+                stalled = 0 if len(self.output_ids) > produced else stalled + 1
+                if stalled >= self.p.max_attempts:
+                    break
+                log.info("request %s: %s; retrying after %d tokens", self.req.request_id, exc,
+                         len(self.output_ids))
+                self.num_retries += 1
+                attempt += 1
         raise UpstreamError(
-            f"the request failed {len(failures)} times: " + "; ".join(failures)
+            f"the request failed {len(failures)} times ({stalled} in a row without a new token): "
+            + "; ".join(failures[-self.p.max_attempts:])
         )
 
     async def _attempt(self, route: Route, attempt: int, max_tokens: int) -> AsyncGenerator[Chunk, None]:

@@ -8,6 +8,8 @@ disconnects (`handler_cancellation`), which is what cancels a non-streaming requ
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from moeplane.workers.frontend.app import Frontend, FrontendConfig
 from moeplane.workers.frontend.backend import ClientPool
@@ -36,7 +38,9 @@ class FrontendServer:
         registry_refresh_s: float = 0.5,
         metrics_maxlen: int = DEFAULT_MAXLEN,
         limits: ServingLimits | None = None,
+        drain_timeout_s: float = 0.0,
     ) -> None:
+        """`drain_timeout_s`: how long `stop()` lets requests in flight or queued finish."""
         if limits is None:  # the default queue, with the config's length and timeout
             limits = ServingLimits(
                 max_model_len=config.max_model_len, request_timeout_s=config.request_timeout_s,
@@ -47,6 +51,9 @@ class FrontendServer:
                 f"limits.request_timeout_s ({limits.request_timeout_s}) differs from the frontend config's "
                 f"({config.request_timeout_s})"
             )
+        if drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s ({drain_timeout_s}) must be >= 0")
+        self.drain_timeout_s = drain_timeout_s
         self.config = config
         self.redis = async_redis(redis_url)
         self.registry = WorkerRegistry(self.redis, keys, ttl_s=registry_ttl_s)
@@ -71,7 +78,12 @@ class FrontendServer:
         await self.cache.refresh()
         self.cache.start()
         self.writer.start()
-        runner = web.AppRunner(self.frontend.app(), handler_cancellation=True, access_log=None)
+        # On cleanup the runner waits for the handlers in flight up to its shutdown timeout: the
+        # drain, plus a moment for the 503s of requests still queued when it ends.
+        runner = web.AppRunner(
+            self.frontend.app(), handler_cancellation=True, access_log=None,
+            shutdown_timeout=self.drain_timeout_s + 2.0,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -80,13 +92,24 @@ class FrontendServer:
         self.url = f"http://{host}:{bound}"
         return self.url
 
-    async def stop(self) -> None:
-        # Requests still waiting for capacity get their 503 now rather than at the queue's timeout
-        # (another frontend replica may serve them); streams already running finish or are cancelled.
-        self.pipeline.admission.close("this frontend is shutting down; retry")
+    def drain(self, reason: str) -> None:
+        """Stop advertising readiness (/health 503 `draining`) but keep serving: a Service's
+        endpoints and its clients learn of a terminating pod only after a while."""
+        self.frontend.draining = reason
+
+    async def stop(self, hurry: bool = False) -> None:
+        """Stop listening, then give the requests in flight and in the admission queue the drain
+        timeout to finish (none when `hurry`); after it, what still waits for capacity gets a 503
+        (another frontend replica may serve it) and what still runs is cancelled."""
+        close = asyncio.get_running_loop().call_later(
+            0.0 if hurry else self.drain_timeout_s,
+            self.pipeline.admission.close, "this frontend is shutting down; retry",
+        )
         if self._runner is not None:
-            await self._runner.cleanup()  # stops accepting, then cancels in-flight handlers
+            await self._runner.cleanup()  # stops accepting, waits for the handlers, cancels the rest
             self._runner = None
+        close.cancel()
+        self.pipeline.admission.close("this frontend is shutting down; retry")
         await self.cache.stop()
         await self.writer.stop()
         await self.clients.close()

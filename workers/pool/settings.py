@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import torch
 from moeplane.api import podcontract
-from moeplane.api.arch import ModelArch
 from moeplane.api.enums import EplbMode, Role
 from moeplane.api.layout import GroupLayout
 from moeplane.api.podcontract import (
@@ -42,13 +41,12 @@ from moeplane.api.podcontract import (
 from moeplane.api.runtime import EngineDocument
 from moeplane.api.runtime_io import EngineDocumentError, read_engine_document
 from moeplane.api.spec import EplbSpec
+from moeplane.workers.document_view import DocumentView
 from moeplane.workers.eplb.types import EplbError
 from moeplane.workers.grpc_security import GrpcSecurity
 from moeplane.workers.kv.layout import KVBackend
 from moeplane.workers.placement import Placement
 from moeplane.workers.runtime import device_of, dtype_of, initial_placement, rank_kv_blocks, rank_weights
-
-from moeplane.bus.keys import DeploymentKeys
 
 __all__ = ["EPLB_LOAD_FILE_ENV", "PoolSettings", "PoolSetupError", "load_pool_settings"]
 
@@ -58,7 +56,7 @@ class PoolSetupError(ValueError):
 
 
 @dataclass(frozen=True)
-class PoolSettings:
+class PoolSettings(DocumentView):
     document: EngineDocument  # with this pool's layout in `pools`
     role: Role
     pool_name: str
@@ -68,18 +66,6 @@ class PoolSettings:
     grpc_token: str | None
     advertise_host: str | None
     weights: int | str  # a random-weights seed, or the checkpoint's location (each rank resolves it)
-
-    @property
-    def keys(self) -> DeploymentKeys:
-        return DeploymentKeys(self.document.namespace, self.document.deployment)
-
-    @property
-    def served_model(self) -> str:
-        return self.document.model.served_model_name
-
-    @property
-    def arch(self) -> ModelArch:
-        return self.document.model.architecture
 
     @property
     def group(self) -> GroupLayout:

@@ -103,15 +103,21 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     return real_bind()(fd, addr, len);
 }
 
-/* Bind an unbound socket to the pod's address (port 0), so that it leaves from the pod. */
+/* Bind an unbound socket to the pod's address, so that it leaves from the pod. The port is left to
+ * connect() (IP_BIND_ADDRESS_NO_PORT), as in a pod's own network namespace: a bind() to port 0
+ * would reserve a port for good, and the kernel gives bind(0) the odd ports it keeps from connect()
+ * (connect() takes even ones), so a pod's outgoing connections would hold odd ports such as Ray's
+ * dashboard agent port 52365 and its agent, started later, could not listen there. */
 static void bind_source(int fd, int family) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
+    int one = 1;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) return;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
         if (in->sin_port != 0 || in->sin_addr.s_addr != htonl(INADDR_ANY)) return;
         in->sin_addr = pod_ip;
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         real_bind()(fd, (struct sockaddr *)in, sizeof *in);
     } else if (ss.ss_family == AF_INET6 && family == AF_INET6) {
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
@@ -119,6 +125,7 @@ static void bind_source(int fd, int family) {
         int off = 0;
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
         mapped_pod6(&in6->sin6_addr);
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         real_bind()(fd, (struct sockaddr *)in6, sizeof *in6);
     }
 }

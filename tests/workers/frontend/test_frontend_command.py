@@ -102,6 +102,36 @@ def test_the_documents_queue_limit_gives_503_only_past_the_queue(
     """spec.serving.maxQueuedRequests reaches the Kubernetes frontend through engine.json: with no
     capacity (no group registered), two requests wait in the queue and the third, past it, gets
     503 with Retry-After at once while the two still wait."""
+    proc, url = _start_queueing_frontend(tmp_path, redis_server)
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+    pool = ThreadPoolExecutor(2)
+    try:
+        assert proc.stdout is not None
+        assert "serving 'tiny'" in proc.stdout.readline()
+        waiting = [pool.submit(_post, url + "/v1/completions", body) for _ in range(2)]
+        _wait_queued(url, 2, waiting)
+        status, headers, err = _post(url + "/v1/completions", body)
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        assert "2 requests are already queued (maxQueuedRequests 2)" in err["error"]["message"]
+        assert not any(f.done() for f in waiting)  # still queued, not refused
+        assert _get(url + "/health")[1]["queued_requests"] == 2
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        for f in waiting:  # with no drain timeout (the default) it refuses what still waits, at once
+            status, _, err = f.result(timeout=30)
+            assert status == 503 and "shutting down" in err["error"]["message"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert proc.returncode == 0 and "moeplane frontend: stopped" in out
+
+
+def _start_queueing_frontend(
+    tmp_path: Path, redis_server: LocalRedis, *flags: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`moeplane frontend` with no worker group and maxQueuedRequests 2: requests wait in its queue."""
     dep = load_manifest(DEFAULT_MANIFEST)
     name = f"fq-{uuid.uuid4().hex[:6]}"
     serving = dep.spec.serving.model_copy(update={"max_queued_requests": 2, "queue_timeout_seconds": 120})
@@ -114,28 +144,43 @@ def test_the_documents_queue_limit_gives_503_only_past_the_queue(
     port = free_port()
     env = {**os.environ, "MOEPLANE_ENGINE_CONFIG": str(engine), "MOEPLANE_REDIS_URL": redis_server.url,
            "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "moeplane", "frontend", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moeplane", "frontend", "--port", str(port), *flags],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_queued(url: str, n: int, waiting: list) -> None:
+    deadline = time.monotonic() + 60
+    while _get(url + "/health")[1]["queued_requests"] < n:
+        assert time.monotonic() < deadline, f"{n} requests never queued"
+        assert not any(f.done() for f in waiting), [f.result() for f in waiting if f.done()]
+        time.sleep(0.05)
+
+
+def test_a_stopping_frontend_drains_before_it_stops(tmp_path: Path, redis_server: LocalRedis) -> None:
+    """With --shutdown-delay, SIGTERM turns /health to 503 `draining` while the frontend still takes
+    requests (clients of the Service learn of a terminating pod late) and keeps what is queued;
+    a second signal cuts the delay and the drain short: what still waits gets its 503."""
+    proc, url = _start_queueing_frontend(
+        tmp_path, redis_server, "--shutdown-delay", "600", "--drain-timeout", "600"
+    )
     body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
     pool = ThreadPoolExecutor(2)
     try:
         assert proc.stdout is not None
         assert "serving 'tiny'" in proc.stdout.readline()
-        waiting = [pool.submit(_post, url + "/v1/completions", body) for _ in range(2)]
-        deadline = time.monotonic() + 60
-        while _get(url + "/health")[1]["queued_requests"] < 2:
-            assert time.monotonic() < deadline, "the two requests never queued"
-            assert not any(f.done() for f in waiting), [f.result() for f in waiting if f.done()]
-            time.sleep(0.05)
-        status, headers, err = _post(url + "/v1/completions", body)
-        assert status == 503 and int(headers["Retry-After"]) >= 1
-        assert "2 requests are already queued (maxQueuedRequests 2)" in err["error"]["message"]
-        assert not any(f.done() for f in waiting)  # still queued, not refused
-        assert _get(url + "/health")[1]["queued_requests"] == 2
+        waiting = [pool.submit(_post, url + "/v1/completions", body)]
+        _wait_queued(url, 1, waiting)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        for f in waiting:  # a stopping frontend refuses what still waits, at once
+        assert "draining; still serving for 600 s" in proc.stdout.readline()
+        status, health = _get(url + "/health")
+        assert status == 503 and health["status"] == "draining", health
+        assert _get(url + "/v1/models")[0] == 200  # still answering
+        waiting.append(pool.submit(_post, url + "/v1/completions", body))  # still admitted
+        _wait_queued(url, 2, waiting)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        for f in waiting:
             status, _, err = f.result(timeout=30)
             assert status == 503 and "shutting down" in err["error"]["message"]
     finally:
