@@ -8,7 +8,8 @@ Each tick, per pool:
 3. **Grow** when the coming load (`forecast.coming_load`: the last interval, or the forecast over
    the start-up horizon on a confirmed rise) needs more groups at `headroom` of the SLA, or when
    the pool was seen missing the SLA (latency over target, or requests refused for capacity)
-   and nothing already grows it.
+   and nothing already grows it — except a decode miss whose sequences in flight now fit fewer
+   groups than it has (a surge that passed: a group grown for it is ready after it).
 4. **Shrink** only to a size that meets the stricter `scale_down_headroom` at every load of the
    scale-down window (carried along a confirmed trend) — so the survivors can take the removed
    groups' load — and, for decode, holds the sequences running now; never while groups are
@@ -174,6 +175,26 @@ def _pool_target(
         if obs.starting_groups:
             reasons.append(
                 Reason(ReasonCode.OBSERVED_MISS, f"{miss}; {obs.starting_groups} groups still starting", role)
+            )
+            return current, up, False
+        surge_passed = (
+            role is Role.DECODE
+            and 0 < running < current
+            and up < current
+            and obs.queued_requests == 0
+            and (obs.utilization or 0.0) < 0.85
+        )
+        if surge_passed:
+            # The sequences in flight now fit one group fewer at the headroom, KV is not full and
+            # none wait (the correction has taken in the slow steps the miss showed): the miss was
+            # a surge that has passed, and a group grown for it would be ready after it, then hold
+            # its long sequences for minutes.
+            reasons.append(
+                Reason(
+                    ReasonCode.OBSERVED_MISS,
+                    f"{miss}; passed: {up} groups hold the {obs.running_requests} sequences in flight",
+                    role,
+                )
             )
             return current, up, False
         reasons.append(Reason(ReasonCode.OBSERVED_MISS, f"{miss}: one more group", role))

@@ -10,7 +10,7 @@ from moeplane.api.enums import Predictor, Role
 from moeplane.planner.config import PlannerConfig, PlannerConfigError, PoolBounds, SlaTargets
 from moeplane.planner.core import Planner, initial_state, on_tick
 from moeplane.planner.perf.capacity import decode_context_tokens, decode_itl_s
-from moeplane.planner.sizing import size_decode, size_prefill
+from moeplane.planner.sizing import decode_point, size_decode, size_prefill
 from moeplane.planner.tick import (
     LoadForecast,
     LoadObservation,
@@ -303,3 +303,28 @@ def test_growth_meets_a_heavier_prompt_mix_at_once(r1_models) -> None:
     needed = size_prefill(r1_models, cfg, replace(load(800), prefill_service_s=3 * light)).groups
     diluted = size_prefill(r1_models, cfg, replace(load(800), prefill_service_s=light * 8 / 6)).groups
     assert heavy == needed and needed is not None and diluted is not None and needed > diluted > groups - 1
+
+
+def test_a_decode_miss_from_a_surge_that_has_passed_adds_no_group(r1_models) -> None:
+    cfg = config()
+    sized = size_decode(r1_models, cfg, load(400)).groups
+    assert sized is not None
+    current = sized + 2
+    per_group = decode_point(r1_models, cfg, load(400), 1.0, cfg.headroom).sequences_per_group
+    ctx = decode_context_tokens(2000, 2000, 0.6)
+
+    def missed(running: int) -> TickInput:
+        # p99 ITL over target; the mean as the model says at the batch run (no correction)
+        mean = decode_itl_s(r1_models.decode, running / (current * r1_models.decode.dp_ranks), ctx) * 1e3
+        return tick(
+            60, 400, 8, current, d_latency_ms=60.0, d_mean_latency_ms=mean, d_running_requests=running
+        )
+
+    # ITL was over target over the interval, but the sequences in flight now fit fewer groups
+    # than there are, none wait and KV is not full: a group grown now would come after the surge.
+    passed = on_tick(cfg, r1_models, initial_state(cfg), missed(int(per_group * sized)))
+    assert passed.decode.desired_groups == current
+    assert any(r.code is ReasonCode.OBSERVED_MISS and "passed" in r.message for r in passed.reasons)
+    # The same miss with every group's worth of sequences still in flight: one more group.
+    pressing = on_tick(cfg, r1_models, initial_state(cfg), missed(int(per_group * current)))
+    assert pressing.decode.desired_groups == current + 1
