@@ -183,15 +183,17 @@ async def run_load(
     label: str = "load",
     progress: Callable[[int, int], None] = lambda d, n: None,
     prompt: str | None = None,
+    timeout_s: float = 300.0,
 ) -> LoadRun:
     """`requests` completions from `concurrency` closed-loop clients (each its own short prompt, or
-    `prompt` for all); RSS of `pids` sampled at the start and after each quarter of the requests."""
+    `prompt` for all), each given up after `timeout_s`; RSS of `pids` sampled at the start and after
+    each quarter of the requests."""
     marks = {requests * q // 4 for q in (1, 2, 3)}
     run = LoadRun(label, requests, concurrency, 0.0, rss_kb={n: [rss_kb(p)] for n, p in pids.items()})
     next_index = 0
     done = 0
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout_s)
     ) as http:
 
         async def client(c: int) -> None:

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +34,7 @@ from moeplane.workers.embedded.local_redis import LocalRedis
 from moeplane.workers.embedded.plan import DEFAULT_MANIFEST, load_manifest, plan_from_deployment
 from moeplane.workers.embedded.stack import EmbeddedStack, StackOptions
 from moeplane.workers.grpc_security import GrpcSecurity
+from moeplane.workers.runtime import serving_limits
 from moeplane.workers.serving.client import WorkerControlClient
 
 from moeplane.bus.registry import GroupState, WorkerRegistry
@@ -52,6 +54,9 @@ PLAN = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), decode_groups=2, ma
 TOKEN = f"tok-{uuid.uuid4().hex}"
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 LOAD_REQUESTS, LOAD_CONCURRENCY = 2000, 64
+# Bound on every wait for an event, and the stack's request and queue timeouts: far beyond any
+# wait on a busy machine, so a slow machine makes the tests slower, never failed.
+WAIT_S = 600.0
 
 
 class Captured:
@@ -95,7 +100,11 @@ def secured_redis():
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(ray_local, captured, secured_redis):
     s = EmbeddedStack(
-        PLAN, StackOptions(port=0, request_timeout_s=60, redis_url=secured_redis.url, cpus_per_rank=0.25)
+        PLAN,
+        StackOptions(
+            port=0, request_timeout_s=WAIT_S, redis_url=secured_redis.url, cpus_per_rank=0.25,
+            serving=replace(serving_limits(PLAN.serving, WAIT_S), queue_timeout_s=WAIT_S),
+        ),
     )
     s.security = GrpcSecurity(token=TOKEN)
     await s.start()
@@ -107,7 +116,7 @@ def addresses(stack: EmbeddedStack) -> list[str]:
     return [g.address for g in stack.groups]
 
 
-async def until(check, what: str, timeout_s: float = 120.0) -> None:
+async def until(check, what: str, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -121,7 +130,7 @@ async def full_strength(stack: EmbeddedStack, restarted: str, restarts: int) -> 
                 f"{restarted} restarted and every group live")
 
 
-async def post(url: str, body: dict, timeout_s: float = 60.0) -> tuple[int, dict]:
+async def post(url: str, body: dict, timeout_s: float = WAIT_S) -> tuple[int, dict]:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
@@ -183,11 +192,11 @@ async def test_redis_restart_under_load(stack, secured_redis) -> None:
     await until(lambda: any(inflight.reservations.values()), "requests in flight")
     restarted_at = time.time()
     await asyncio.to_thread(secured_redis.restart, 1.0)  # empty afterwards: no persistence
-    run = await asyncio.wait_for(load_task, 120)
+    run = await asyncio.wait_for(load_task, WAIT_S)
     assert not run.errors, run.errors[:5]
     assert run.ok >= 70, (run.ok, len(run.shed))
     # Heartbeats resume: every group registers again in the empty Redis.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + WAIT_S
     while {g.group_id for g in await registry.live_groups()} != {"prefill-0", "decode-0", "decode-1"}:
         assert time.monotonic() < deadline, "heartbeats did not resume after the restart"
         await asyncio.sleep(0.2)
@@ -210,7 +219,7 @@ async def test_decode_group_dies_mid_stream_and_the_request_resumes(stack) -> No
     texts: list[str] = []
     errors: list[dict] = []
     killed = None
-    timeout = aiohttp.ClientTimeout(total=90)
+    timeout = aiohttp.ClientTimeout(total=WAIT_S)
     streaming = {**body, "stream": True}
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
@@ -250,7 +259,7 @@ async def test_prefill_group_dies_mid_request(stack) -> None:
     # Really in the middle of requests: the prefill group holds some when its rank dies.
     await until(lambda: prefill.controller.num_requests > 0, "prefills in flight")
     os.kill(prefill.controller.identities[1].pid, signal.SIGKILL)
-    results = await asyncio.wait_for(asyncio.gather(*tasks), 90)  # never hangs
+    results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)  # never hangs
     # Every one retried: on the decode groups computing the prompt themselves, or on the restarted
     # prefill group.
     for status, answer in results:
