@@ -170,6 +170,7 @@ async def assert_no_blocks_held(stack: EmbeddedStack) -> None:
     assert not any(any(u) for u in used.values()), used
 
 
+@pytest.mark.timeout(2400)  # 24,576 decode tokens: many minutes on 2 busy cores
 async def test_overload_is_queued_not_refused(stack: EmbeddedStack) -> None:
     """The issue's overload: 96 requests, 128 prompt and 256 output tokens, at concurrency 64: more
     KV than the decode group holds, so requests queue and decode preempts; none fails. The waits

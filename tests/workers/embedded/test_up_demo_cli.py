@@ -29,7 +29,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT_S = 240
+START_TIMEOUT_S = 600
+WAIT_S = 300  # bound on each answer and exit: generous, a busy machine is slow
 
 
 def descendants(pid: int) -> set[int]:
@@ -160,27 +161,27 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
         assert url is not None, "".join(output)
         assert re.search(r"prefill group prefill-0\s+gRPC 127\.0\.0\.1:\d+", "".join(output))
         assert "redis        redis://127.0.0.1:" in "".join(output)
-        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+        with urllib.request.urlopen(url + "/health", timeout=WAIT_S) as resp:
             assert json.load(resp)["groups"] == {"prefill": 1, "decode": 1}
         # The planner runs beside the stack, with its dashboard and a token printed once.
         assert dashboard is not None, "".join(output)
         assert len(re.findall(r"dashboard token \(for Apply; printed once\): \S+", "".join(output))) == 1
-        with urllib.request.urlopen(dashboard + "/api/deployments", timeout=10) as resp:
+        with urllib.request.urlopen(dashboard + "/api/deployments", timeout=WAIT_S) as resp:
             planned = json.load(resp)["deployments"]
         assert [(d["namespace"], d["name"]) for d in planned] == [("default", "tiny")]
-        with urllib.request.urlopen(dashboard + "/dashboard", timeout=10) as resp:
+        with urllib.request.urlopen(dashboard + "/dashboard", timeout=WAIT_S) as resp:
             assert resp.status == 200
         body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 4}).encode()
         headers = {"Content-Type": "application/json"}
         with pytest.raises(urllib.error.HTTPError) as denied:  # --api-key: the OpenAI API needs it
             urllib.request.urlopen(
-                urllib.request.Request(url + "/v1/completions", data=body, headers=headers), timeout=10
+                urllib.request.Request(url + "/v1/completions", data=body, headers=headers), timeout=WAIT_S
             )
         assert denied.value.code == 401
         req = urllib.request.Request(
             url + "/v1/completions", data=body, headers={**headers, "Authorization": "Bearer up-key"}
         )
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=WAIT_S) as resp:
             assert json.load(resp)["usage"]["completion_tokens"] >= 1
         started = watch.seen | descendants(proc.pid)
         assert any("redis-server" in c for c in alive(started)) and any("raylet" in c for c in alive(started))
@@ -192,13 +193,15 @@ def test_up_serves_then_ctrl_c_stops_everything() -> None:
         assert exposed == [], [(alive({pid}), addr, port) for pid, addr, port in exposed]
 
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        rest, _ = proc.communicate(timeout=WAIT_S)
         output.append(rest)
     finally:
         stop(proc, watch)
     assert proc.returncode == 0, "".join(output)
     assert "moeplane: stopped" in "".join(output)
-    time.sleep(1.0)  # reaped processes vanish from /proc
+    deadline = time.monotonic() + WAIT_S  # reaped processes vanish from /proc, late on a busy machine
+    while alive(watch.seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert alive(watch.seen) == []
 
 
