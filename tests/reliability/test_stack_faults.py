@@ -18,6 +18,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -247,7 +248,10 @@ async def test_decode_group_dies_mid_stream_and_the_request_resumes(stack) -> No
     used = await load.wait_no_blocks(addresses(stack), stack.security)
     assert not any(any(u) for u in used.values()), used
     async with aiohttp.ClientSession() as http, http.get(stack.url + "/metrics") as resp:
-        assert 'moeplane_frontend_retries_total{stage="decode"} 1.0' in await resp.text()
+        # At least this migration (a busy machine may add others: earlier tests' slow groups).
+        text = await resp.text()
+        retried = re.search(r'^moeplane_frontend_retries_total\{stage="decode"\} (\S+)$', text, re.M)
+        assert retried is not None and float(retried.group(1)) >= 1.0
 
 
 async def test_prefill_group_dies_mid_request(stack) -> None:
