@@ -12,6 +12,8 @@ from pathlib import Path
 
 import openai
 
+from tests.kube.operator_proc import stop_process
+
 PROMPTS = ("hello", "The quick brown fox", "1 2 3 4 5")
 MAX_TOKENS = 12
 
@@ -67,12 +69,6 @@ def embedded_answers(manifest: Path, model: str, log: Path, timeout_s: float = 3
         assert found, f"moeplane up exited ({proc.poll()}):\n" + "".join(lines[-40:])
         return greedy_answers(found[0], model)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGINT, grace_s=60)  # Ctrl-C, as a user stops `moeplane up`
         reader.join(timeout=10)
         log.write_text("".join(lines))

@@ -53,12 +53,14 @@ def operator_process(cluster: EmulatedCluster, log: Path, *flags: str) -> Iterat
         stop_process(proc)
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 20 s."""
+def stop_process(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int = signal.SIGTERM, grace_s: float = 20.0
+) -> None:
+    """`sig` (SIGTERM; SIGINT is Ctrl-C), then SIGKILL after `grace_s`."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
