@@ -28,7 +28,7 @@ simulator only through the timing of decode's arrivals, which the confirmation s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from moeplane.planner.perf.profile import ProfiledModel
@@ -37,6 +37,7 @@ from moeplane.planner.sim.decode_pool import DecodePool
 from moeplane.planner.sim.floor import trace_floor
 from moeplane.planner.sim.prefill_pool import PrefillPool
 from moeplane.planner.sim.requests import DONE, RequestBook
+from moeplane.planner.sim.runner import SimReport, simulate
 from moeplane.planner.sim.traces import Trace
 from moeplane.planner.sim.truth import GroundTruth, attainable
 from moeplane.planner.tick import LoadObservation, TickInput
@@ -246,7 +247,13 @@ def met_counts(
 
 def level_timeline(required: np.ndarray, startup: int, drain: float, weight: np.ndarray) -> np.ndarray:
     """[T] bool: intervals a group is held (starting or serving) in the cheapest timeline that
-    serves every interval where `required` [T] is True.
+    serves every interval where `required` [T] is True (see `level_states`)."""
+    return level_states(required, startup, drain, weight) != 0
+
+
+def level_states(required: np.ndarray, startup: int, drain: float, weight: np.ndarray) -> np.ndarray:
+    """[T] int64 states of one group level in the cheapest timeline that serves every interval
+    where `required` [T] is True: 0 off, 1..startup starting, startup + 1 serving.
 
     States per interval: off, starting (1..startup), serving. A group may serve from interval 0
     without starting (it exists when the replay begins). Costs: `weight[k]` per held interval,
@@ -289,26 +296,46 @@ def level_timeline(required: np.ndarray, startup: int, drain: float, weight: np.
     for k in range(t_len, 0, -1):
         states[k - 1] = s
         s = int(back[k, s])
-    return states != off
+    return states
+
+
+def pool_plan(
+    required: np.ndarray, startup: int, drain: float, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """([T] groups held, [T] groups serving) per interval: the sums over the level timelines.
+    Held counts groups starting too; serving can exceed `required` where a level is bridged."""
+    held = np.zeros(len(required), dtype=np.int64)
+    serving = np.zeros(len(required), dtype=np.int64)
+    for level in range(1, int(required.max(initial=0)) + 1):
+        states = level_states(required >= level, startup, drain, weight)
+        held += states != 0
+        serving += states == startup + 1
+    return held, serving
 
 
 def pool_schedule(required: np.ndarray, startup: int, drain: float, weight: np.ndarray) -> np.ndarray:
     """[T] int64 groups held (serving or starting) per interval: the sum of the level timelines."""
-    held = np.zeros(len(required), dtype=np.int64)
-    for level in range(1, int(required.max(initial=0)) + 1):
-        held += level_timeline(required >= level, startup, drain, weight)
-    return held
+    return pool_plan(required, startup, drain, weight)[0]
 
 
 @dataclass
 class OracleSchedule:
-    requirements: Requirements
+    requirements: Requirements  # the sweeps' per-interval requirements, before any repair
     prefill_held: np.ndarray  # [T] groups held during each interval
     decode_held: np.ndarray
-    gpu_hours_bound: float  # the program's objective, drains included as estimated
+    # The program's objective on the sweeps' requirements (drains included as estimated), before
+    # the confirmation's repairs: the per-interval bound the bench checks policies against.
+    gpu_hours_bound: float
     # A lower bound on the GPU-hours of any policy meeting the SLA for `threshold` of the scored
     # requests over the whole trace (not in every interval): `trace_floor`.
     trace_floor_gpu_hours: float = 0.0
+    # The confirmation (`confirm_schedule`): the final replay, the requirements it was planned
+    # on, and how many (pool, interval) requirements the repairs raised over how many replays.
+    replay: SimReport | None = None
+    prefill_required: np.ndarray | None = None
+    decode_required: np.ndarray | None = None
+    repairs: int = 0
+    replays: int = 0
 
 
 def decode_drain_intervals(trace: Trace, decode: ProfiledModel, cfg: SimConfig, groups_hint: int) -> float:
@@ -332,6 +359,30 @@ def decode_drain_intervals(trace: Trace, decode: ProfiledModel, cfg: SimConfig, 
     return float(np.mean(remaining.max(axis=1))) * itl / cfg.interval_s
 
 
+@dataclass(frozen=True)
+class _Program:
+    """What the dynamic program needs besides the requirements."""
+
+    startup: int  # intervals
+    decode_drain: float  # intervals
+    weight: np.ndarray  # [T] paid share of each interval
+    gpus: tuple[int, int]  # per group: prefill, decode
+    interval_s: float
+
+    def plan(self, need_p: np.ndarray, need_d: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(prefill held, prefill serving, decode held, decode serving), each [T]."""
+        p_held, p_serving = pool_plan(need_p, self.startup, 0.0, self.weight)
+        d_held, d_serving = pool_plan(need_d, self.startup, self.decode_drain, self.weight)
+        return p_held, p_serving, d_held, d_serving
+
+    def gpu_hours(self, p_held: np.ndarray, d_held: np.ndarray) -> float:
+        hours = self.interval_s / 3600
+        return float(
+            np.sum(p_held * self.weight) * self.gpus[0] * hours
+            + np.sum(d_held * self.weight) * self.gpus[1] * hours
+        )
+
+
 def oracle_schedule(
     trace: Trace,
     prefill: ProfiledModel,
@@ -340,24 +391,86 @@ def oracle_schedule(
     *,
     guess: tuple[int, int] = (1, 1),
     threshold: float = ORACLE_THRESHOLD,
+    confirm_replays: int = 0,
+    swept: Requirements | None = None,
 ) -> OracleSchedule:
-    req = requirements(trace, prefill, decode, cfg, guess=guess, threshold=threshold)
+    """The program's schedule on the sweeps' requirements (`swept`, or swept here); with
+    `confirm_replays` > 0, confirmed in the full simulator and repaired where it falls short
+    (`confirm_schedule`)."""
+    req = swept or requirements(trace, prefill, decode, cfg, guess=guess, threshold=threshold)
     steps = len(req.prefill)
     starts = np.arange(steps) * cfg.interval_s
     # The part of each interval after the warm-up is paid for.
     weight = np.clip((starts + cfg.interval_s - cfg.warmup_s) / cfg.interval_s, 0.0, 1.0)
     weight = np.minimum(weight, np.clip((trace.duration_s - starts) / cfg.interval_s, 0.0, 1.0))
-    startup = math.ceil(cfg.startup_s / cfg.interval_s - 1e-9)
-    drain = decode_drain_intervals(trace, decode, cfg, int(np.median(req.decode)) or 1)
-    p_held = pool_schedule(req.prefill, startup, 0.0, weight)
-    d_held = pool_schedule(req.decode, startup, drain, weight)
-    hours = cfg.interval_s / 3600
-    bound = float(
-        np.sum(p_held * weight) * prefill.gpus_per_group * hours
-        + np.sum(d_held * weight) * decode.gpus_per_group * hours
+    program = _Program(
+        startup=math.ceil(cfg.startup_s / cfg.interval_s - 1e-9),
+        decode_drain=decode_drain_intervals(trace, decode, cfg, int(np.median(req.decode)) or 1),
+        weight=weight,
+        gpus=(prefill.gpus_per_group, decode.gpus_per_group),
+        interval_s=cfg.interval_s,
     )
-    floor = trace_floor(req, weight * hours, (prefill.gpus_per_group, decode.gpus_per_group), threshold)
-    return OracleSchedule(req, p_held, d_held, bound, floor)
+    p_held, _, d_held, _ = program.plan(req.prefill, req.decode)
+    floor = trace_floor(req, weight * cfg.interval_s / 3600, program.gpus, threshold)
+    schedule = OracleSchedule(req, p_held, d_held, program.gpu_hours(p_held, d_held), floor)
+    if confirm_replays <= 0:
+        return schedule
+    return confirm_schedule(schedule, program, trace, prefill, decode, cfg, threshold, confirm_replays)
+
+
+def confirm_schedule(
+    schedule: OracleSchedule,
+    program: _Program,
+    trace: Trace,
+    prefill: ProfiledModel,
+    decode: ProfiledModel,
+    cfg: SimConfig,
+    threshold: float,
+    replays: int,
+) -> OracleSchedule:
+    """Replay the schedule in the full simulator and, while some scored interval falls short of
+    `threshold`, raise its requirement and plan again (at most `replays` replays in all).
+
+    The sweeps judge each pool alone, at sizes held throughout, and drop a request the moment it
+    has missed, so a shortage leaves no backlog; the full simulator carries backlogs across
+    intervals, starts groups mid-burst and feeds decode from prefill. Where an interval misses,
+    the pool whose target its requests missed more (or each pool whose misses alone exceed the
+    allowance) gets one group more than the program had serving there; decode also in the next
+    interval, since a sequence decodes for longer than an interval. The result is a schedule the
+    simulator confirms (or the last one tried, with its replay showing the shortfall)."""
+    need_p = schedule.requirements.prefill.copy()
+    need_d = schedule.requirements.decode.copy()
+    p_held, p_serving, d_held, d_serving = program.plan(need_p, need_d)
+    steps = len(need_p)
+    repairs = 0
+    for done in range(1, replays + 1):
+        report = simulate(trace, prefill, decode, SchedulePolicy(p_held, d_held, cfg.interval_s), cfg)
+        out = report.intervals
+        assert out is not None and len(out.scored) == steps
+        short = out.shortfall(threshold) & (program.weight > 0)
+        if not short.any() or done == replays:
+            break
+        for k in np.flatnonzero(short).tolist():
+            allowed = (1 - threshold) * out.scored[k]
+            ttft, itl = out.ttft_missed[k], out.itl_missed[k]
+            if ttft > allowed or ttft >= itl:
+                need_p[k] = max(need_p[k], p_serving[k]) + 1
+                repairs += 1
+            if itl > allowed or itl > ttft:
+                for j in range(k, min(k + 2, steps)):
+                    need_d[j] = max(need_d[j], d_serving[j]) + 1
+                    repairs += 1
+        p_held, p_serving, d_held, d_serving = program.plan(need_p, need_d)
+    return replace(
+        schedule,
+        prefill_held=p_held,
+        decode_held=d_held,
+        replay=report,
+        prefill_required=need_p,
+        decode_required=need_d,
+        repairs=repairs,
+        replays=done,
+    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from moeplane.planner.perf.profile import ProfiledModel
@@ -25,6 +25,23 @@ class TimelinePoint:
     nodes: int
     ttft_ms: float | None  # at the SLA percentile over the interval
     itl_ms: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class IntervalOutcomes:
+    """The scored, attainable requests of each planning interval k (arriving in
+    [k·interval_s, (k+1)·interval_s); the last interval takes the trace's tail), as the oracle
+    indexes them. Arrays are [T] int64."""
+
+    interval_s: float
+    scored: np.ndarray
+    met: np.ndarray  # meeting both targets
+    ttft_missed: np.ndarray  # missing TTFT (failed requests miss both)
+    itl_missed: np.ndarray
+
+    def shortfall(self, threshold: float) -> np.ndarray:
+        """[T] bool: intervals whose share of met requests is below `threshold`."""
+        return (self.scored > 0) & (self.met < threshold * self.scored - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,13 @@ class SimReport:
     duration_s: float
     wall_s: float
     timeline: tuple[TimelinePoint, ...]
+    intervals: IntervalOutcomes | None = None
 
     def row(self) -> dict[str, object]:
-        """Flat summary (no timeline) for tables and JSON."""
-        out = asdict(self)
+        """Flat summary (no timeline or per-interval outcomes) for tables and JSON."""
+        out = asdict(replace(self, timeline=(), intervals=None))
         out.pop("timeline")
+        out.pop("intervals")
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -173,6 +192,31 @@ def _report(
         duration_s=duration,
         wall_s=wall_s,
         timeline=timeline,
+        intervals=interval_outcomes(trace, scored, good, ttft_ok, itl_ok, cfg.interval_s),
+    )
+
+
+def interval_outcomes(
+    trace: Trace,
+    scored: np.ndarray,
+    good: np.ndarray,
+    ttft_ok: np.ndarray,
+    itl_ok: np.ndarray,
+    interval_s: float,
+) -> IntervalOutcomes:
+    """Per-interval counts of the scored requests ([N] bool masks in)."""
+    steps = max(1, math.ceil(trace.duration_s / interval_s))
+    idx = np.minimum((trace.arrival_s // interval_s).astype(np.int64), steps - 1)[scored]
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(idx, weights=mask[scored].astype(np.float64), minlength=steps).astype(np.int64)
+
+    return IntervalOutcomes(
+        interval_s,
+        np.bincount(idx, minlength=steps).astype(np.int64),
+        count(good),
+        count(~ttft_ok),
+        count(~itl_ok),
     )
 
 

@@ -23,6 +23,8 @@ from moeplane.planner.spec_adapter import config_from_spec, profiled_models
 from moeplane.planner.tick import LoadForecast, LoadObservation
 
 POLICIES = ("ours", "oracle", "static-peak", "dynamo", "reactive")
+# Replays allowed to confirm (and repair) the oracle's schedule in the full simulator.
+ORACLE_CONFIRM_REPLAYS = 6
 EXAMPLE_MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "deepseek-r1.yaml"
 
 
@@ -50,7 +52,9 @@ class Scenario:
             return hit[1]
         mean = trace.load_between(0.0, trace.duration_s, self.sim.peak_window_s)
         guess = size_for(self.models, self.planner, _mean_forecast(mean))
-        schedule = oracle_schedule(trace, self.prefill, self.decode, self.sim, guess=guess)
+        schedule = oracle_schedule(
+            trace, self.prefill, self.decode, self.sim, guess=guess, confirm_replays=ORACLE_CONFIRM_REPLAYS
+        )
         self._oracles[key] = (trace, schedule)
         return schedule
 
@@ -70,6 +74,10 @@ class Scenario:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
 
     def run(self, trace: Trace, policy: str, progress: Callable[[float], None] | None = None) -> SimReport:
+        if policy == "oracle":  # its confirmation replayed the final schedule already
+            replay = self.oracle(trace).replay
+            if replay is not None:
+                return replay
         return simulate(
             trace, self.prefill, self.decode, self.policy(policy, trace), self.sim, progress=progress
         )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from moeplane.api.enums import Role
+from moeplane.planner.config import SlaTargets
 from moeplane.planner.sim.floor import trace_floor
 from moeplane.planner.sim.oracle import (
     Requirements,
@@ -14,11 +16,16 @@ from moeplane.planner.sim.oracle import (
     first_met,
     level_timeline,
     met_counts,
+    oracle_schedule,
     pool_schedule,
+    requirements,
 )
+from moeplane.planner.sim.scenario import EXAMPLE_MANIFEST, load_scenario, synthetic_traces
+from moeplane.planner.sim.traces import LengthDist
 from moeplane.planner.tick import LoadObservation, ObservedPool, TickInput
 
 pytestmark = pytest.mark.unit
+LENGTHS = LengthDist(2000, 0.6, 16, 16384)
 
 
 def held(
@@ -124,3 +131,29 @@ def test_the_trace_floor_trades_misses_between_intervals_and_bounds_every_choice
         # than meeting it in every interval
         assert floor <= best_any + 1e-9 <= best_each + 1e-9
         assert floor >= 0.8 * best_any  # and not a trivial one on these small cases
+
+
+def test_the_confirming_replays_raise_what_the_simulator_finds_short() -> None:
+    """A program planned on requirements too low for some intervals (prefill halved over five
+    scored minutes) falls short in the full simulator; the confirmation raises those intervals'
+    requirements until every scored interval meets the target, and reports the replay."""
+    scenario = load_scenario(EXAMPLE_MANIFEST, sla=SlaTargets(2000.0, 50.0, 99.0), warmup_s=300.0)
+    trace = synthetic_traces(150.0, 1200.0, isl=LENGTHS, osl=LENGTHS, seed=3, warmup_s=300.0)["poisson"]
+    args = (trace, scenario.prefill, scenario.decode, scenario.sim)
+    swept = requirements(*args, guess=(1, 1))
+    low = swept.prefill.copy()
+    low[8:13] = np.maximum(1, low[8:13] // 2)
+    assert np.any(low < swept.prefill)
+    wrong = replace(swept, prefill=low)
+    once = oracle_schedule(*args, swept=wrong, confirm_replays=1)
+    assert once.replay is not None and once.replay.worst_interval_attainment < 0.99
+    assert once.repairs == 0 and once.replays == 1
+
+    fixed = oracle_schedule(*args, swept=wrong, confirm_replays=6)
+    assert fixed.replay is not None and fixed.replay.worst_interval_attainment >= 0.99
+    assert fixed.repairs > 0 and 1 < fixed.replays <= 6
+    assert fixed.prefill_required is not None and np.all(fixed.prefill_required >= low)
+    assert np.any(fixed.prefill_required[8:13] > low[8:13])
+    assert fixed.replay.gpu_hours > once.replay.gpu_hours
+    # The bound stays the program's on the requirements it was given, before any raise.
+    assert fixed.gpu_hours_bound == once.gpu_hours_bound
