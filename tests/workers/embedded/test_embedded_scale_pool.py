@@ -25,11 +25,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 PLAN = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), max_model_len=512)
 NUM_TOKENS = 96
+# Bounds on waits for events, far past any wait: on a busy machine a group takes minutes to start.
+WAIT_S = 300.0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(ray_local):
-    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=60, drain_timeout_s=60))
+    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=600, drain_timeout_s=600))
     await s.start()
     yield s
     await s.stop()
@@ -45,8 +47,12 @@ async def until(check, timeout_s: float, what: str) -> None:
 async def stream(client: openai.AsyncOpenAI, i: int, started: asyncio.Event | None) -> tuple[str, int, float]:
     """(finish reason, chunks, finished at) of one streaming completion."""
     out = await client.completions.create(
-        model=PLAN.served_model, prompt=f"request {i} drains cleanly", max_tokens=NUM_TOKENS, stream=True,
-        temperature=0.0, extra_body={"ignore_eos": True},
+        model=PLAN.served_model,
+        prompt=f"request {i} drains cleanly",
+        max_tokens=NUM_TOKENS,
+        stream=True,
+        temperature=0.0,
+        extra_body={"ignore_eos": True},
     )
     chunks, reason = 0, ""
     async for chunk in out:
@@ -64,20 +70,20 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
 
     await stack.scale_pool(Role.DECODE, 2)
     assert stack.pool_groups(Role.DECODE)[0] == 2
-    await until(lambda: stack.pool_groups(Role.DECODE) == (2, 2), 30, "decode-1 to register")
+    await until(lambda: stack.pool_groups(Role.DECODE) == (2, 2), WAIT_S, "decode-1 to register")
     assert stack.frontend is not None
-    await until(lambda: stack.frontend.cache.counts()[Role.DECODE] == 2, 10, "the router to see decode-1")
+    await until(lambda: stack.frontend.cache.counts()[Role.DECODE] == 2, WAIT_S, "the router to see decode-1")
 
     # Enough concurrent streams that the router (most free KV blocks wins) puts some on decode-1.
     client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
     events = [asyncio.Event() for _ in range(4)]
     tasks = [asyncio.create_task(stream(client, i, ev)) for i, ev in enumerate(events)]
-    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), 60)
+    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in events)), WAIT_S)
     assert not any(t.done() for t in tasks), "requests finished before the shrink: make them longer"
 
     surplus = stack.group("decode-1")
     shrink = stack.request_scale(Role.DECODE, 1)  # drains decode-1, then stops it
-    await until(lambda: surplus.state is GroupState.DRAINING, 30, "decode-1 to drain")
+    await until(lambda: surplus.state is GroupState.DRAINING, WAIT_S, "decode-1 to drain")
     # The group itself refuses new work (UNAVAILABLE: routers go elsewhere) and the registry says
     # why, for every frontend.
     direct = WorkerControlClient(surplus.address, stack.security)
@@ -88,15 +94,14 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
     registry = stack._registry
     assert registry is not None
     states: dict[str, GroupState] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WAIT_S
     while states.get("decode-1") is not GroupState.DRAINING:  # published right after the switch
         assert time.monotonic() < deadline, states
         states = {g.group_id: g.state for g in await registry.groups()}
         await asyncio.sleep(0.02)
     assert states["decode-0"] is GroupState.LIVE
-    await asyncio.wait_for(shrink, 60)
-    shrunk_at = time.monotonic()
-    results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    await asyncio.wait_for(shrink, WAIT_S)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
     assert [r[0] for r in results] == ["length"] * 4, results
 
     records: list = []
@@ -105,16 +110,17 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
         nonlocal records
         records, _ = await read_request_records(stack.frontend.redis, PLAN.keys, count=100)
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while len(records) < 4 and time.monotonic() < deadline:
         await read()
         await asyncio.sleep(0.2)
     on_surplus = [r for r in records if r.decode_group == "decode-1"]
     assert on_surplus, f"no request was routed to decode-1: {[r.decode_group for r in records]}"
     assert [(r.status.value, r.osl_tokens) for r in records] == [("ok", NUM_TOKENS)] * 4
-    # The shrink returned only after the surplus group's requests had finished streaming.
-    finished_before = sum(1 for r in results if r[2] <= shrunk_at + 0.5)
-    assert finished_before >= len(on_surplus), (finished_before, len(on_surplus))
+    # The surplus group was stopped only after its requests had finished there: each finished on
+    # decode-1 without moving (a stop mid-stream would have resumed it on decode-0, a retry), and
+    # no drain ran out of time. Events, not clocks: a busy machine delays the last chunks.
+    assert [r.retries for r in on_surplus] == [0] * len(on_surplus), on_surplus
     assert stack.num_drain_timeouts == 0
 
     assert stack.pool_groups(Role.DECODE) == (1, 1)
