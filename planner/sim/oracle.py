@@ -14,15 +14,19 @@ the whole trace, the start-up time and the simulator's ground truth.
    gap shorter than a restart is cheaper than stopping. Groups present at time 0 are free to
    start, as for every policy. Only intervals after the warm-up are paid for.
 3. **Confirmation.** `SchedulePolicy` replays the schedule in the full simulator, which reports
-   its attainment and GPU-hours like any other policy's.
+   its attainment and GPU-hours like any other policy's. Where a scored interval falls short of
+   `threshold` there, its requirement is raised and the program solved again
+   (`confirm_schedule`), so the oracle is a schedule the simulator confirms, not only a program
+   on the sweeps; the program's first objective stays the bound.
 4. **Trace floor.** The bench grades policies by 99% of the requests over the whole trace, a
    looser bar than 99% in every interval: a policy may let a few intervals miss and pay less
    than the schedule above. `floor.trace_floor` bounds any such policy from below (a Lagrangian
    relaxation over the sweeps' per-interval curves), so the bench can check both bounds like
    with like.
 
-The requirement sweeps are exact for each pool on its own; the pools interact in the full
-simulator only through the timing of decode's arrivals, which the confirmation shows.
+The requirement sweeps are exact for each pool on its own with no backlog; the pools interact in
+the full simulator through the timing of decode's arrivals, and backlogs carry over there, which
+the confirmation finds and repairs.
 """
 
 from __future__ import annotations
