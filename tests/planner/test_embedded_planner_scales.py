@@ -29,7 +29,7 @@ TOKEN = "embedded-token"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(ray_local):
-    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=60, drain_timeout_s=30))
+    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=600, drain_timeout_s=600))
     await s.start()
     yield s
     await s.stop()

@@ -34,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 PLAN = plan_from_deployment(load_manifest(DEFAULT_MANIFEST), max_model_len=512)
 TOK = load_tokenizer("bytes", PLAN.arch)
+# Bound on waits for events, far past any wait: a busy machine slows every step.
+WAIT_S = 300.0
 NO_EOS = {"ignore_eos": True}
 REPO = Path(__file__).resolve().parents[3]
 
@@ -45,7 +47,7 @@ def weights():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(ray_local, weights):
-    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=120))
+    s = EmbeddedStack(PLAN, StackOptions(port=0, request_timeout_s=600))
     await s.start()
     yield s
     await s.stop()
@@ -487,7 +489,7 @@ async def test_api_key(stack, tmp_path) -> None:
     )
     await fe.start()
     try:
-        await fe.cache.wait_for(list({g.role for g in stack.groups}), timeout_s=10)
+        await fe.cache.wait_for(list({g.role for g in stack.groups}), timeout_s=WAIT_S)
         bad = openai.AsyncOpenAI(base_url=fe.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
             await bad.completions.create(model="tiny", prompt="k", max_tokens=1)
