@@ -22,8 +22,6 @@ import importlib.util
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from moeplane.workers.serving.limits import ServingLimits
 from moeplane.workers.supervisor.policy import RestartPolicy
 
 from moeplane.bus.registry import GroupState, WorkerGroup
+from tests.waits import until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -75,13 +74,6 @@ async def stack(ray_local):
     await s.start()
     yield s
     await s.stop()
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -157,12 +149,14 @@ def rank_pid(stack: EmbeddedStack, group_id: str, rank: int) -> int:
 async def wait_restarted(stack: EmbeddedStack, group_id: str, restarts: int) -> None:
     g = stack.group(group_id)
     await until(
-        lambda: g.state is GroupState.LIVE and g.restarts >= restarts, f"{group_id}'s restart {restarts}"
+        lambda: g.state is GroupState.LIVE and g.restarts >= restarts,
+        f"{group_id}'s restart {restarts}",
+        WAIT_S,
     )
     assert stack.frontend is not None
     await stack.frontend.cache.refresh()
     await until(lambda: {g.group_id for g in stack.frontend.cache.groups()} == {"prefill-0", "decode-0"},
-                "the router to route to both groups again")
+                "the router to route to both groups again", WAIT_S)
 
 
 async def assert_no_blocks_held(stack: EmbeddedStack) -> None:
@@ -216,7 +210,7 @@ async def test_prefill_rank_killed_with_prefills_in_flight(stack: EmbeddedStack)
         async with HealthWatch(stack) as health:
             requests = [asyncio.create_task(completion(http, stack.url, p, 12)) for p in prompts]
             # Really in flight: the prefill group holds requests when its rank dies.
-            await until(lambda: prefill.controller.num_requests > 0, "prefills in flight")
+            await until(lambda: prefill.controller.num_requests > 0, "prefills in flight", WAIT_S)
             restarts = prefill.restarts
             os.kill(rank_pid(stack, "prefill-0", 0), signal.SIGKILL)
             results = await asyncio.wait_for(asyncio.gather(*requests), WAIT_S)
@@ -272,10 +266,10 @@ async def test_repeated_kills_mark_the_group_failed_then_it_comes_back(stack: Em
             # Earlier tests' failures count too: the streak only ends after `stable_s` of serving.
             kills = 0
             while g.state is not GroupState.FAILED:
-                await until(lambda: g.state is GroupState.LIVE, "decode-0 live")
+                await until(lambda: g.state is GroupState.LIVE, "decode-0 live", WAIT_S)
                 os.kill(rank_pid(stack, "decode-0", 1), signal.SIGKILL)
                 kills += 1
-                await until(lambda: g.state is not GroupState.LIVE, "decode-0 down")
+                await until(lambda: g.state is not GroupState.LIVE, "decode-0 down", WAIT_S)
                 assert kills <= POLICY.max_restarts + 1
             assert "rank 1 died" in g.message and "3 failures in a row" in g.message
             failed_restarts = g.restarts
@@ -283,6 +277,7 @@ async def test_repeated_kills_mark_the_group_failed_then_it_comes_back(stack: Em
                 lambda: [x.state for x in tiny_queue.cache.all_groups() if x.group_id == "decode-0"]
                 == [GroupState.FAILED],
                 "the second frontend to see decode-0 failed",
+                WAIT_S,
             )
             # While it is failed: two requests wait in the tiny queue, the rest get 503 at once.
             body = {"model": "tiny", "prompt": "queued", "max_tokens": 4, "temperature": 0}
@@ -292,7 +287,7 @@ async def test_repeated_kills_mark_the_group_failed_then_it_comes_back(stack: Em
                     return resp.status, resp.headers.get("Retry-After"), await resp.text()
 
             queued = [asyncio.create_task(post()) for _ in range(2)]
-            await until(lambda: tiny_queue.pipeline.admission.num_waiting == 2, "two queued requests")
+            await until(lambda: tiny_queue.pipeline.admission.num_waiting == 2, "two queued requests", WAIT_S)
             refused = await asyncio.gather(*(post() for _ in range(3)))
             assert g.state is GroupState.FAILED  # still: they were refused by the full queue
             for status, retry_after, text in refused:

@@ -40,12 +40,14 @@ from moeplane.workers.serving.client import WorkerControlClient
 
 from moeplane.bus.registry import GroupState, WorkerRegistry
 from moeplane.bus.request_metrics import read_request_records
+from tests.waits import until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 _spec = importlib.util.spec_from_file_location(
     "moeplane_bench_load", Path(__file__).parents[2] / "bench" / "load.py"
 )
+
 assert _spec is not None and _spec.loader is not None
 load = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = load  # dataclasses resolve their module by name
@@ -117,18 +119,11 @@ def addresses(stack: EmbeddedStack) -> list[str]:
     return [g.address for g in stack.groups]
 
 
-async def until(check, what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def full_strength(stack: EmbeddedStack, restarted: str, restarts: int) -> None:
     """The killed group is live again, restarted once more, and every group is live."""
     g = stack.group(restarted)
     await until(lambda: g.restarts >= restarts and all(x.state is GroupState.LIVE for x in stack.groups),
-                f"{restarted} restarted and every group live")
+                f"{restarted} restarted and every group live", WAIT_S)
 
 
 async def post(url: str, body: dict, timeout_s: float = WAIT_S) -> tuple[int, dict]:
@@ -190,7 +185,7 @@ async def test_redis_restart_under_load(stack, secured_redis) -> None:
     load_task = asyncio.create_task(load.run_load(stack.url, "tiny", 80, 8, 6, {}, "during-restart"))
     # The restart lands while requests are on the groups (waited for, however busy the machine).
     inflight = stack.frontend.pipeline.inflight
-    await until(lambda: any(inflight.reservations.values()), "requests in flight")
+    await until(lambda: any(inflight.reservations.values()), "requests in flight", WAIT_S)
     restarted_at = time.time()
     await asyncio.to_thread(secured_redis.restart, 1.0)  # empty afterwards: no persistence
     run = await asyncio.wait_for(load_task, WAIT_S)
@@ -261,7 +256,7 @@ async def test_prefill_group_dies_mid_request(stack) -> None:
     restarts = prefill.restarts
     tasks = [asyncio.create_task(post(stack.url, {**body, "prompt": f"{i} {prompt}"})) for i in range(4)]
     # Really in the middle of requests: the prefill group holds some when its rank dies.
-    await until(lambda: prefill.controller.num_requests > 0, "prefills in flight")
+    await until(lambda: prefill.controller.num_requests > 0, "prefills in flight", WAIT_S)
     os.kill(prefill.controller.identities[1].pid, signal.SIGKILL)
     results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)  # never hangs
     # Every one retried: on the decode groups computing the prompt themselves, or on the restarted

@@ -20,6 +20,7 @@ from moeplane.workers.serving.sequence import SamplingParams
 
 from moeplane.bus.registry import GroupState
 from moeplane.bus.request_metrics import read_request_records
+from tests.waits import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -35,13 +36,6 @@ async def stack(ray_local):
     await s.start()
     yield s
     await s.stop()
-
-
-async def until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def stream(client: openai.AsyncOpenAI, i: int, started: asyncio.Event | None) -> tuple[str, int]:
@@ -70,9 +64,9 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
 
     await stack.scale_pool(Role.DECODE, 2)
     assert stack.pool_groups(Role.DECODE)[0] == 2
-    await until(lambda: stack.pool_groups(Role.DECODE) == (2, 2), WAIT_S, "decode-1 to register")
+    await until(lambda: stack.pool_groups(Role.DECODE) == (2, 2), "decode-1 to register", WAIT_S)
     assert stack.frontend is not None
-    await until(lambda: stack.frontend.cache.counts()[Role.DECODE] == 2, WAIT_S, "the router to see decode-1")
+    await until(lambda: stack.frontend.cache.counts()[Role.DECODE] == 2, "the router to see decode-1", WAIT_S)
 
     # Enough concurrent streams that the router (most free KV blocks wins) puts some on decode-1.
     client = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
@@ -83,7 +77,7 @@ async def test_scale_up_then_down_with_requests_in_flight(stack: EmbeddedStack) 
 
     surplus = stack.group("decode-1")
     shrink = stack.request_scale(Role.DECODE, 1)  # drains decode-1, then stops it
-    await until(lambda: surplus.state is GroupState.DRAINING, WAIT_S, "decode-1 to drain")
+    await until(lambda: surplus.state is GroupState.DRAINING, "decode-1 to drain", WAIT_S)
     # The group itself refuses new work (UNAVAILABLE: routers go elsewhere) and the registry says
     # why, for every frontend.
     direct = WorkerControlClient(surplus.address, stack.security)

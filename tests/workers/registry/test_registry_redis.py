@@ -20,6 +20,9 @@ from moeplane.bus.request_metrics import (
     RequestStatus,
     read_request_records,
 )
+from tests.waits import until
+
+WAIT_S = 30.0  # bound on waiting for Redis to expire a key (its clock, not ours)
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +47,6 @@ def _record(i: int) -> RequestRecord:
     )
 
 
-async def until_true(check, what: str, timeout_s: float = 30.0) -> None:
-    """Poll an async `check` until it holds (bounded): expiry is Redis's clock, not ours."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_publish_expire_prune_and_remove(redis_server: LocalRedis) -> None:
     client = async_redis(redis_server.url)
     keys = _keys()
@@ -70,7 +65,7 @@ async def test_publish_expire_prune_and_remove(redis_server: LocalRedis) -> None
     async def none_live() -> bool:
         return await reg.live_groups() == []
 
-    await until_true(none_live, "both TTLs to lapse")
+    await until(none_live, "both TTLs to lapse", WAIT_S)
     await reg.publish(_group("decode-0", free=7))
     assert [(g.group_id, g.kv_blocks_free) for g in await reg.live_groups()] == [("decode-0", 7)]
     assert await reg.prune_dead() == ["prefill-0"]
@@ -116,15 +111,15 @@ async def test_heartbeat_keeps_alive_lapses_when_group_stops_answering(redis_ser
     beat.start()
     # Alive only as long as it keeps beating: several beats longer than the TTL ...
     published = beat.num_published
-    await until_true(lambda: asyncio.sleep(0, beat.num_published >= published + 6), "six more beats")
-    await until_true(live, "a live registration")
+    await until(lambda: asyncio.sleep(0, beat.num_published >= published + 6), "six more beats", WAIT_S)
+    await until(live, "a live registration", WAIT_S)
     # ... and gone within a TTL of its group no longer answering ...
     answering = False
-    await until_true(lapsed, "the registration to lapse")
+    await until(lapsed, "the registration to lapse", WAIT_S)
     assert beat.num_failed >= 1
     # ... and back with its next answer.
     answering = True
-    await until_true(live, "the registration to come back")
+    await until(live, "the registration to come back", WAIT_S)
     await beat.stop(deregister=True)
     assert await client.hlen(reg.keys.workers()) == 0
     await client.aclose()
