@@ -319,6 +319,14 @@ class PlannerSpec(ApiModel):
     max_step_groups: int = Field(
         2, gt=0, description="Most EP groups a pool may grow or shrink by in one decision."
     )
+    capacity_margin_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Extra capacity the planner holds, in percent of the load it sizes for: room for "
+        "rises faster than a group starts (a new group serves only after its start-up). 0 sizes for the "
+        "forecast alone; traffic that jumps 20% within a start-up needs about 20.",
+    )
     perf_model: PerfModelSource = Field(
         PerfModelSource.ROOFLINE, description="Performance model: roofline or profile."
     )

@@ -94,6 +94,9 @@ class PlannerConfig:
     # loads are carried down along it, so shrinking follows it).
     trend_intervals: int = 3
     trend_intervals_down: int = 5
+    # Pools are sized for the load times (1 + capacity_margin): room for rises faster than a
+    # group starts, which no forecast from the past sees coming.
+    capacity_margin: float = 0.0
     # Observed/predicted service time, smoothed and clamped; step times are scaled by it.
     correction_alpha: float = 0.4
     correction_min: float = 0.5
@@ -114,6 +117,7 @@ class PlannerConfig:
             "startupSeconds": self.startup_s,
             "forecastMarginZ": self.forecast_margin_z,
             "forecastErrorAlpha": self.forecast_error_alpha,
+            "capacityMarginPercent": self.capacity_margin * 100,
             "trendIntervals": (self.trend_intervals, self.trend_intervals_down),
             "correctionAlpha": self.correction_alpha,
             "correctionMin/Max": (self.correction_min, self.correction_max),
@@ -132,6 +136,7 @@ class PlannerConfig:
             "startupSeconds": self.startup_s >= 0,
             "forecastMarginZ": self.forecast_margin_z >= 0,
             "forecastErrorAlpha": 0 < self.forecast_error_alpha <= 1,
+            "capacityMarginPercent": 0 <= self.capacity_margin <= 1,
             "trendIntervals": min(self.trend_intervals, self.trend_intervals_down) >= 1,
             "correctionAlpha": 0 < self.correction_alpha <= 1,
             "correctionMin/Max": 0 < self.correction_min <= 1 <= self.correction_max,

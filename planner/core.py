@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from moeplane.api.enums import Role
 from moeplane.planner.config import PlannerConfig
 from moeplane.planner.correction import correct
-from moeplane.planner.forecast import LoadPoint, coming_load, observe, recent_decode, recent_loads
+from moeplane.planner.forecast import LoadPoint, coming_load, observe, recent_decode, recent_loads, scaled
 from moeplane.planner.predictors import LoadPredictor, make_predictor
 from moeplane.planner.sizing import (
     PoolModels,
@@ -93,7 +93,7 @@ def _size(
     config: PlannerConfig, models: PoolModels, role: Role, load: LoadForecast, corr: float, headroom: float
 ) -> int | None:
     sizer = size_prefill if role is Role.PREFILL else size_decode
-    return sizer(models, config, load, corr, headroom).groups
+    return sizer(models, config, scaled(load, 1 + config.capacity_margin), corr, headroom).groups
 
 
 def observed_miss(config: PlannerConfig, models: PoolModels, tick: TickInput, role: Role) -> str | None:
@@ -275,7 +275,8 @@ def on_tick(
             f"{coming.arrival_rate_per_s:.2f} req/s (peak {coming.peak_arrival_rate_per_s:.2f}), "
             f"ISL {coming.isl_tokens:.0f}, OSL {coming.osl_tokens:.0f}"
             + (f", {coming.cached_fraction:.0%} cached" if coming.cached_fraction else "")
-            + (f", {tick.load.rejected_fraction:.0%} refused" if tick.load.rejected_fraction else ""),
+            + (f", {tick.load.rejected_fraction:.0%} refused" if tick.load.rejected_fraction else "")
+            + (f"; sized with a {config.capacity_margin:.0%} margin" if config.capacity_margin else ""),
         )
     ]
     desired: dict[Role, int] = {}

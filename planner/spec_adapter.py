@@ -27,6 +27,7 @@ def config_from_spec(spec: MoEDeploymentSpec, **overrides: object) -> PlannerCon
         gpu_budget_nodes=pl.gpu_budget_nodes,
         cooldown_s=pl.cooldown_seconds,
         max_step_groups=pl.max_step_groups,
+        capacity_margin=pl.capacity_margin_percent / 100,
     )
     return replace(config, **overrides) if overrides else config  # type: ignore[arg-type]
 

@@ -145,6 +145,8 @@ CASES: list[tuple[str, dict, dict[str, Any], list[str], Any, bool]] = [
     ("gpu-budget-too-small", R1, {"spec.planner.gpuBudgetNodes": 20},
      ["spec.planner.gpuBudgetNodes: 20 nodes x 8 = 160 GPUs cannot hold the pools' minimum: prefill 1 x EP32"
       " + decode 1 x EP144 = 176 GPUs"], "same", False),
+    ("capacity-margin-over-100", R1, {"spec.planner.capacityMarginPercent": 150},
+     ["spec.planner.capacityMarginPercent: must be at most 100 (got 150)"], [], True),
     ("profile-without-file", R1, {"spec.planner.perfModel": "profile"},
      ["spec.planner.profileFile: is required when perfModel is profile"], "same", False),
     ("architecture-inconsistent", TINY, {"spec.model.preset": DELETE,

@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import yaml
 from moeplane.api.enums import Predictor, Role
+from moeplane.api.spec import parse_deployment
 from moeplane.planner.config import PlannerConfig, PlannerConfigError, PoolBounds, SlaTargets
 from moeplane.planner.core import Planner, initial_state, on_tick
 from moeplane.planner.perf.capacity import decode_context_tokens, decode_itl_s
+from moeplane.planner.sim.scenario import EXAMPLE_MANIFEST
 from moeplane.planner.sizing import decode_point, size_decode, size_prefill
+from moeplane.planner.spec_adapter import config_from_spec
 from moeplane.planner.tick import (
     LoadForecast,
     LoadObservation,
@@ -67,6 +71,29 @@ def test_steady_load_is_sized_by_the_performance_model(r1_models) -> None:
     summary = decision.to_dict()
     assert summary["decode"]["desiredGroups"] == decision.decode.desired_groups
     assert any("sized" in r for r in summary["reasons"])
+
+
+def test_a_capacity_margin_sizes_for_that_much_more_load_and_says_so(r1_models) -> None:
+    plain, margin = config(), config(capacity_margin=0.25)
+    held = on_tick(margin, r1_models, initial_state(margin), tick(60, 800, 1, 1))
+    # The margin sizes both pools as the plain planner sizes 25% more load; the forecast is unchanged.
+    more = on_tick(plain, r1_models, initial_state(plain), tick(60, 1000, 1, 1))
+    assert held.prefill.desired_groups == more.prefill.desired_groups
+    assert held.decode.desired_groups == more.decode.desired_groups
+    less = on_tick(plain, r1_models, initial_state(plain), tick(60, 800, 1, 1))
+    assert held.prefill.desired_groups > less.prefill.desired_groups
+    assert held.forecast.arrival_rate_per_s == pytest.approx(800)
+    assert any("sized with a 25% margin" in r.message for r in held.reasons)
+    # The margin also holds on the way down: the plain planner sheds groups the margin keeps.
+    big = more.prefill.desired_groups
+    kept = on_tick(margin, r1_models, initial_state(margin), tick(60, 800, big, 1))
+    shed = on_tick(plain, r1_models, initial_state(plain), tick(60, 800, big, 1))
+    assert kept.prefill.desired_groups == big > shed.prefill.desired_groups
+    with pytest.raises(PlannerConfigError, match=r"planner\.capacityMarginPercent out of range: 150"):
+        config(capacity_margin=1.5)
+    manifest = yaml.safe_load(EXAMPLE_MANIFEST.read_text())
+    manifest["spec"]["planner"]["capacityMarginPercent"] = 20
+    assert config_from_spec(parse_deployment(manifest).spec).capacity_margin == pytest.approx(0.2)
 
 
 def test_more_load_more_groups_and_the_state_is_not_mutated(r1_models) -> None:
