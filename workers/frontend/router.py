@@ -159,11 +159,19 @@ class RegistryCache:
     Redis is unreachable nothing ages out and routing goes on from the last copy; after a
     restart that lost the data, groups reappear with their next heartbeat well within `hold_s`.
     A group that stopped heartbeating is dropped after `hold_s` of reads that miss it. Listeners
-    (`on_change`) are called after every successful read and every `suspect`.
+    (`on_change`) are called after every successful read and every `suspect`. `clock` (seconds,
+    monotonic) measures ages, suspicions and staleness; tests drive it to age groups by events.
     """
 
-    def __init__(self, registry: WorkerRegistry, refresh_s: float = 0.5, hold_s: float | None = None) -> None:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        refresh_s: float = 0.5,
+        hold_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
+        self.clock = clock
         self.refresh_s = refresh_s
         self.hold_s = registry.ttl_s if hold_s is None else hold_s
         self._seen: dict[str, tuple[WorkerGroup, float]] = {}  # id -> (latest record, age in s)
@@ -185,7 +193,7 @@ class RegistryCache:
                 log.warning("registry unreachable, routing from the cached copy: %s", exc)
             self.last_error = str(exc)
             return False
-        now = time.monotonic()
+        now = self.clock()
         # Ages grow only between two successful reads, by at most two refresh periods: neither a
         # Redis outage nor a stall of this process is evidence that a group died.
         elapsed = 0.0
@@ -213,7 +221,7 @@ class RegistryCache:
 
     def groups(self) -> list[WorkerGroup]:
         """The groups to route to: live, and not suspected since they last registered anew."""
-        now = time.monotonic()
+        now = self.clock()
         self._suspect = {gid: s for gid, s in self._suspect.items() if s[1] > now}
         return [
             g for gid, (g, _) in sorted(self._seen.items())
@@ -224,13 +232,13 @@ class RegistryCache:
         """Route around one run of a group that just failed a call: until it registers under a
         newer incarnation (its supervisor restarted it) or `for_s` (default `hold_s`) passes."""
         group_id, incarnation = group
-        self._suspect[group_id] = (incarnation, time.monotonic() + (self.hold_s if for_s is None else for_s))
+        self._suspect[group_id] = (incarnation, self.clock() + (self.hold_s if for_s is None else for_s))
         self._notify()
 
     @property
     def staleness_s(self) -> float:
         """Seconds since the last successful read (inf before the first)."""
-        return float("inf") if self._last_ok_s is None else time.monotonic() - self._last_ok_s
+        return float("inf") if self._last_ok_s is None else self.clock() - self._last_ok_s
 
     def counts(self) -> dict[Role, int]:
         """Routable groups per role."""
